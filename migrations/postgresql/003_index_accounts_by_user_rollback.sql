@@ -1,0 +1,2 @@
+-- switchyard:no-transaction
+DROP INDEX CONCURRENTLY IF EXISTS accounts_user_id_idx;

@@ -1,0 +1,138 @@
+//! The command line: what each command accepts, and how its results are shown. Human
+//! output goes to stdout, logs to stderr; `--json` gives machine output for listings.
+
+mod audit;
+mod migrations;
+mod table;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+use crate::error::Result;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Zero-downtime schema migrations and online backfills for PostgreSQL, MongoDB and Elasticsearch",
+    long_about = "Zero-downtime schema migrations and online backfills.\n\n\
+        Versioned migrations live in migrations/<database>/ (one folder per configured database) \
+        and their history is kept in each database. Start with `switchyard status`.\n\n\
+        Exit codes: 0 success; 1 a migration, job or check failed; 2 bad usage, bad configuration \
+        or an invalid file (nothing was changed).",
+    after_help = "Configuration: --config FILE (default config/switchyard.toml), overridden by \
+        SWITCHYARD__SECTION__KEY environment variables, e.g. SWITCHYARD__DATABASES__POSTGRESQL__URL."
+)]
+pub struct Cli {
+    /// Configuration file [default: config/switchyard.toml, or built-in defaults if absent]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log format on stderr
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// More log detail on stderr (-v info, -vv debug); SWITCHYARD_LOG=filter overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply pending migrations in version order; stop at the first failure
+    #[command(
+        after_help = "Examples:\n  switchyard migrate\n  switchyard migrate --version 1.2.0 --databases postgresql\n  switchyard migrate --dry-run"
+    )]
+    Migrate {
+        /// Apply up to and including this version
+        #[arg(long, value_name = "V")]
+        version: Option<String>,
+        /// Only these databases (names from the configuration)
+        #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "NAME")]
+        databases: Vec<String>,
+        /// Print what would run, change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show every migration and its status (COMPLETED, FAILED, ROLLED_BACK, PENDING)
+    Status {
+        #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "NAME")]
+        databases: Vec<String>,
+        /// Print a JSON array instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Undo everything applied after version V (V = 0 or 0.0.0 undoes all), newest first
+    #[command(
+        after_help = "A migration without a rollback file (NNN_name_rollback.sql) is irreversible: \
+        rollback then refuses and changes nothing.\n\nExample:\n  switchyard rollback 1.0.0 --databases postgresql"
+    )]
+    Rollback {
+        /// The version to return to
+        #[arg(value_name = "V")]
+        version: String,
+        #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "NAME")]
+        databases: Vec<String>,
+        /// Print what would run, change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Create the files of a new migration with the next version
+    #[command(
+        after_help = "Example:\n  switchyard create \"Add user preferences\" --database postgresql"
+    )]
+    Create {
+        /// What the migration does, in words; it becomes the file name
+        name: String,
+        /// The database (a name from the configuration, or postgresql/mongodb/elasticsearch)
+        #[arg(long, value_name = "NAME")]
+        database: String,
+    },
+    /// Check every migration file (format, versions) and, unless --offline, that applied files are unchanged
+    Validate {
+        /// Check the files only; do not connect to the databases
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Show the audit log: who ran what, when, and how it ended
+    Audit {
+        /// How many entries, newest first
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print a JSON array instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a parsed command line to completion.
+pub async fn run(cli: Cli) -> Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Migrate {
+            version,
+            databases,
+            dry_run,
+        } => migrations::migrate(&config, version.as_deref(), &databases, dry_run).await,
+        Command::Status { databases, json } => migrations::status(&config, &databases, json).await,
+        Command::Rollback {
+            version,
+            databases,
+            dry_run,
+        } => migrations::rollback(&config, &version, &databases, dry_run).await,
+        Command::Create { name, database } => migrations::create(&config, &name, &database),
+        Command::Validate { offline } => migrations::validate(&config, offline).await,
+        Command::Audit { limit, json } => audit::show(&config, limit, json).await,
+    }
+}

@@ -1,0 +1,153 @@
+//! The one error type of the library, and the one place that decides what each error
+//! means to a user: its exit code (`2` when the input was wrong and nothing was changed,
+//! `1` when something ran and failed).
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// A problem found in one file (a migration, a job or the configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileProblem {
+    pub file: PathBuf,
+    pub reason: String,
+}
+
+impl fmt::Display for FileProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.file.display(), self.reason)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The command line asked for something that cannot be done as asked.
+    #[error("{0}")]
+    Usage(String),
+
+    /// The configuration (file plus environment) is invalid.
+    #[error("{file}: {reason}")]
+    Config { file: String, reason: String },
+
+    /// One or more migration or job files are invalid.
+    #[error("{}", problems_text(.0))]
+    InvalidFiles(Vec<FileProblem>),
+
+    /// The request conflicts with what is recorded (an applied file was edited, a
+    /// migration has no rollback): refused before anything was changed.
+    #[error("{0}")]
+    Refused(String),
+
+    /// A database could not be reached or answered with an error outside a migration.
+    #[error("database `{database}`: {context}: {message}")]
+    Database {
+        database: String,
+        context: String,
+        message: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// Another run holds the migration lock of a database for longer than we wait.
+    #[error("database `{database}`: {message}")]
+    LockTimeout { database: String, message: String },
+
+    /// A migration ran and failed; it is recorded as FAILED with this error.
+    #[error("migration {version} ({name}) failed on `{database}`: {message}")]
+    MigrationFailed {
+        database: String,
+        version: String,
+        name: String,
+        message: String,
+    },
+
+    /// The state store (audit log, job checkpoints) failed.
+    #[error("state store: {0}")]
+    State(String),
+
+    /// A local file could not be read or written.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn problems_text(problems: &[FileProblem]) -> String {
+    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    lines.join("\n")
+}
+
+impl Error {
+    /// The process exit code for this error: 2 when nothing was changed because the
+    /// input was wrong, 1 when something ran and failed.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) | Error::Config { .. } | Error::InvalidFiles(_) | Error::Refused(_) => {
+                2
+            }
+            Error::Database { .. }
+            | Error::LockTimeout { .. }
+            | Error::MigrationFailed { .. }
+            | Error::State(_)
+            | Error::Io { .. } => 1,
+        }
+    }
+
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn database(
+        database: &str,
+        context: impl Into<String>,
+        source: tokio_postgres::Error,
+    ) -> Self {
+        Error::Database {
+            database: database.to_string(),
+            context: context.into(),
+            message: describe_postgres_error(&source),
+            source,
+        }
+    }
+}
+
+/// A PostgreSQL error as a user needs to read it: severity, message, SQLSTATE, and the
+/// detail, hint and position when the server gave them. (`tokio_postgres::Error`'s own
+/// Display says only "db error".)
+pub fn describe_postgres_error(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => {
+            let mut text = format!(
+                "{}: {} (SQLSTATE {})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            );
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!("; detail: {detail}"));
+            }
+            if let Some(hint) = db.hint() {
+                text.push_str(&format!("; hint: {hint}"));
+            }
+            if let Some(tokio_postgres::error::ErrorPosition::Original(position)) = db.position() {
+                text.push_str(&format!("; at character {position}"));
+            }
+            text
+        }
+        None => {
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            text
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

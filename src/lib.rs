@@ -1,0 +1,17 @@
+//! switchyard: zero-downtime schema migrations and online backfills across PostgreSQL,
+//! MongoDB and Elasticsearch.
+//!
+//! Data flows one way: configuration and files are parsed ([`config`], [`migrate`]),
+//! decisions are made without side effects ([`migrate`]'s plan), and a backend
+//! ([`backend`]) carries them out against a database. [`state`] keeps what must
+//! outlive a process; [`cli`] is the only place that prints.
+
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod migrate;
+pub mod secret;
+pub mod state;
+
+pub use error::{Error, Result};

@@ -1,0 +1,162 @@
+//! Versioned migrations (the seeds' migration system): files per database in the
+//! formats of seed 003, history kept in each database, checksums, a lock per database,
+//! dry runs.
+//!
+//! Data flows one way: [`files`] parses a folder into [`Migration`]s, [`plan`] decides
+//! against the recorded [`HistoryRow`]s, [`runner`] applies through a
+//! [`MigrationTarget`] that a backend implements.
+
+mod files;
+mod history;
+mod operations;
+mod plan;
+mod runner;
+mod target;
+mod version;
+
+pub use files::{load_folder, Body, Migration, SqlScript, NO_TRANSACTION_MARKER};
+pub use history::{HistoryRow, Status};
+pub use operations::{ElasticOperation, MongoOperation};
+pub use plan::{check_applied_unchanged, status_rows, StatusRow};
+pub use runner::{Event, Runner};
+pub use target::{MigrationTarget, Step};
+pub use version::{Version, VersionStyle};
+
+use std::path::{Path, PathBuf};
+
+use crate::backend::postgres::PostgresMigrations;
+use crate::config::{Config, DatabaseKind};
+use crate::error::{Error, FileProblem, Result};
+
+/// One configured database with its parsed migration folder.
+pub struct DatabaseMigrations {
+    pub name: String,
+    pub kind: DatabaseKind,
+    pub folder: PathBuf,
+    pub migrations: Vec<Migration>,
+}
+
+/// The databases a command acts on: those named (each must be configured), or every
+/// configured one. Their folders are parsed first, so that an invalid file anywhere
+/// stops the command before anything changes.
+pub fn load_databases(config: &Config, selected: &[String]) -> Result<Vec<DatabaseMigrations>> {
+    let names: Vec<&String> = if selected.is_empty() {
+        config.databases.keys().collect()
+    } else {
+        for name in selected {
+            config.database(name)?;
+        }
+        selected.iter().collect()
+    };
+    if names.is_empty() {
+        return Err(Error::Usage(
+            "no databases are configured: add a [databases.NAME] section to the configuration (see config/switchyard.toml)".into(),
+        ));
+    }
+    let mut problems = Vec::new();
+    let mut loaded = Vec::new();
+    for name in names {
+        let kind = config.databases[name].kind;
+        let folder = config.migrations.dir.join(name);
+        match load_folder(&folder, kind) {
+            Ok(migrations) => loaded.push(DatabaseMigrations {
+                name: name.clone(),
+                kind,
+                folder,
+                migrations,
+            }),
+            Err(mut found) => problems.append(&mut found),
+        }
+    }
+    if problems.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(Error::InvalidFiles(problems))
+    }
+}
+
+/// Every folder under the migrations directory, configured or not, parsed; a folder that
+/// is neither configured nor one of the default names is a problem. For `validate`.
+pub fn load_every_folder(config: &Config) -> Result<Vec<DatabaseMigrations>> {
+    let dir = &config.migrations.dir;
+    let mut names: Vec<String> = config.databases.keys().cloned().collect();
+    let mut problems = Vec::new();
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries.flatten().filter(|e| e.path().is_dir()) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !name.starts_with('.') && !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(dir, e)),
+    }
+    names.sort();
+    let mut loaded = Vec::new();
+    for name in names {
+        let folder = dir.join(&name);
+        let kind = match config.databases.get(&name) {
+            Some(database) => database.kind,
+            None => match DatabaseKind::from_default_name(&name) {
+                Some(kind) => kind,
+                None => {
+                    problems.push(FileProblem {
+                        file: folder,
+                        reason: format!("no database named `{name}` in the configuration, so its kind is unknown"),
+                    });
+                    continue;
+                }
+            },
+        };
+        match load_folder(&folder, kind) {
+            Ok(migrations) => loaded.push(DatabaseMigrations {
+                name,
+                kind,
+                folder,
+                migrations,
+            }),
+            Err(mut found) => problems.append(&mut found),
+        }
+    }
+    if problems.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(Error::InvalidFiles(problems))
+    }
+}
+
+/// Connects to a configured database as a migration target.
+pub async fn open_target(config: &Config, name: &str) -> Result<Box<dyn MigrationTarget>> {
+    let database = config.database(name)?;
+    match database.kind {
+        DatabaseKind::Postgresql => Ok(Box::new(
+            PostgresMigrations::connect(name, &database.url, config.migrations.lock_timeout).await?,
+        )),
+        kind @ (DatabaseKind::Mongodb | DatabaseKind::Elasticsearch) => Err(Error::Usage(format!(
+            "database `{name}`: running {kind} migrations is not available in this version (their files are validated; PostgreSQL migrations run)"
+        ))),
+    }
+}
+
+/// The version `create` gives a new migration in `folder`, and the file prefix.
+pub fn next_version(migrations: &[Migration], folder: &Path) -> (Version, String) {
+    let highest_prefix = std::fs::read_dir(folder)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.split_once('_')
+                .and_then(|(p, _)| p.parse::<u64>().ok())
+        })
+        .max()
+        .unwrap_or(0);
+    let prefix = format!("{:03}", highest_prefix + 1);
+    let version = match migrations.last() {
+        Some(last) => last.version.next(),
+        None => Version::parse("1.0.0").expect("a valid version"),
+    };
+    (version, prefix)
+}

@@ -1,0 +1,90 @@
+//! The state store: where switchyard keeps what must outlive a process and be shared by
+//! every shell on the same configuration: the audit log now, job state and checkpoints
+//! with the online-jobs engine.
+//!
+//! Two implementations behind one trait: an embedded SQLite file (the default; no server
+//! needed) and a PostgreSQL schema `switchyard` (shared by many hosts). Both create
+//! their tables on open, idempotently and safely when several processes open at once.
+//! Entries hold no secrets: callers pass redacted text only.
+
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::secret::SecretUrl;
+
+/// Whether an audited command succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Ok,
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+        }
+    }
+
+    fn parse(text: &str) -> Outcome {
+        if text == "ok" {
+            Outcome::Ok
+        } else {
+            Outcome::Failed
+        }
+    }
+}
+
+/// Who ran what, when, against which database, and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEntry {
+    pub at: DateTime<Utc>,
+    /// `user@host` of the process that acted.
+    pub actor: String,
+    /// The command as typed, less the binary's path (`migrate --databases postgresql`).
+    pub command: String,
+    pub database: Option<String>,
+    pub outcome: Outcome,
+    /// What happened: versions applied, or the error.
+    pub detail: String,
+}
+
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<()>;
+
+    /// The newest `limit` entries, newest first.
+    async fn recent_audit(&self, limit: usize) -> Result<Vec<AuditEntry>>;
+}
+
+/// Opens the store named by `state.url`: `sqlite://PATH` or `postgres://…`.
+pub async fn open(url: &SecretUrl) -> Result<Arc<dyn StateStore>> {
+    let text = url.expose();
+    if let Some(path) = text.strip_prefix("sqlite://") {
+        Ok(Arc::new(sqlite::SqliteState::open(path.as_ref()).await?))
+    } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PostgresState::open(url).await?))
+    } else {
+        Err(Error::Config {
+            file: "state.url".into(),
+            reason: format!("`{url}` is neither sqlite://PATH nor postgres://…"),
+        })
+    }
+}
+
+/// `user@host` of this process, for audit entries and history rows.
+pub fn actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".to_string());
+    format!("{user}@{}", gethostname::gethostname().to_string_lossy())
+}

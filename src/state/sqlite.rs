@@ -1,0 +1,118 @@
+//! The embedded state store: one SQLite file, in WAL mode so that a daemon and CLI
+//! commands can use it at once. Calls run on tokio's blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection};
+
+use super::{AuditEntry, Outcome, StateStore};
+use crate::error::{Error, Result};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS audit_log (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    at       TEXT NOT NULL,
+    actor    TEXT NOT NULL,
+    command  TEXT NOT NULL,
+    database TEXT,
+    outcome  TEXT NOT NULL,
+    detail   TEXT NOT NULL
+);";
+
+/// How long a writer waits for another process's write lock on the file.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct SqliteState {
+    path: PathBuf,
+    connection: Arc<Mutex<Connection>>,
+}
+
+impl SqliteState {
+    pub async fn open(path: &Path) -> Result<SqliteState> {
+        let path = path.to_path_buf();
+        let opened = path.clone();
+        let connection =
+            tokio::task::spawn_blocking(move || -> std::result::Result<Connection, String> {
+                if let Some(parent) = opened.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+                }
+                let connection = Connection::open(&opened).map_err(|e| e.to_string())?;
+                connection
+                    .busy_timeout(BUSY_TIMEOUT)
+                    .map_err(|e| e.to_string())?;
+                connection
+                    .pragma_update(None, "journal_mode", "WAL")
+                    .map_err(|e| e.to_string())?;
+                connection
+                    .execute_batch(SCHEMA)
+                    .map_err(|e| e.to_string())?;
+                Ok(connection)
+            })
+            .await
+            .expect("the blocking pool runs the task")
+            .map_err(|e| Error::State(format!("{}: {e}", path.display())))?;
+        Ok(SqliteState {
+            path,
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    async fn with_connection<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let connection = Arc::clone(&self.connection);
+        tokio::task::spawn_blocking(move || {
+            let connection = connection
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&connection)
+        })
+        .await
+        .expect("the blocking pool runs the task")
+        .map_err(|e| Error::State(format!("{}: {e}", self.path.display())))
+    }
+}
+
+#[async_trait]
+impl StateStore for SqliteState {
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<()> {
+        let entry = entry.clone();
+        self.with_connection(move |c| {
+            c.execute(
+                "INSERT INTO audit_log (at, actor, command, database, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![entry.at.to_rfc3339(), entry.actor, entry.command, entry.database, entry.outcome.as_str(), entry.detail],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn recent_audit(&self, limit: usize) -> Result<Vec<AuditEntry>> {
+        self.with_connection(move |c| {
+            let mut statement = c.prepare(
+                "SELECT at, actor, command, database, outcome, detail FROM audit_log ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = statement.query_map([limit as i64], |row| {
+                let at: String = row.get(0)?;
+                let outcome: String = row.get(4)?;
+                Ok(AuditEntry {
+                    at: chrono::DateTime::parse_from_rfc3339(&at)
+                        .map(|t| t.to_utc())
+                        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))?,
+                    actor: row.get(1)?,
+                    command: row.get(2)?,
+                    database: row.get(3)?,
+                    outcome: Outcome::parse(&outcome),
+                    detail: row.get(5)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::{at_field, Error, Result};
 use crate::secret::{Secret, SecretUrl};
 
 /// Where the configuration is read from when `--config` is not given.
@@ -207,18 +207,9 @@ impl Config {
             file: source_label.clone(),
             reason: e.to_string(),
         })?;
-        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
-            let field = e.path().to_string();
-            let reason = e.into_inner().to_string();
-            let reason = if field == "." {
-                reason
-            } else {
-                format!("field `{field}`: {reason}")
-            };
-            Error::Config {
-                file: source_label.clone(),
-                reason,
-            }
+        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| Error::Config {
+            file: source_label.clone(),
+            reason: at_field("", e.path(), &e.inner().to_string()),
         })?;
         config.validate().map_err(|reason| Error::Config {
             file: source_label,

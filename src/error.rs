@@ -151,3 +151,38 @@ pub fn describe_postgres_error(error: &tokio_postgres::Error) -> String {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `field `a.b[2]`: message` for a serde error at `path` under `prefix` (empty for the
+/// document root). An unknown field is reported at its parent, since the message
+/// already names it.
+pub fn at_field(prefix: &str, path: &serde_path_to_error::Path, message: &str) -> String {
+    use serde_path_to_error::Segment;
+    let mut segments: Vec<&Segment> = path.iter().collect();
+    if message.starts_with("unknown field") {
+        segments.pop();
+    }
+    let mut field = prefix.to_string();
+    for segment in segments {
+        match segment {
+            Segment::Seq { index } => field.push_str(&format!("[{index}]")),
+            Segment::Map { key } => {
+                if !field.is_empty() {
+                    field.push('.');
+                }
+                field.push_str(key);
+            }
+            Segment::Enum { variant } => {
+                if !field.is_empty() {
+                    field.push('.');
+                }
+                field.push_str(variant);
+            }
+            Segment::Unknown => field.push_str(".?"),
+        }
+    }
+    if field.is_empty() {
+        message.to_string()
+    } else {
+        format!("field `{field}`: {message}")
+    }
+}

@@ -30,7 +30,7 @@ impl SecretUrl {
         match url::Url::parse(&self.0) {
             Ok(parsed) => parsed
                 .password()
-                .map(|p| percent_decode(p))
+                .map(percent_decode)
                 .filter(|p| !p.is_empty()),
             Err(_) => self
                 .0

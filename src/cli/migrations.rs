@@ -281,15 +281,11 @@ pub async fn status(config: &Config, selected: &[String], json: bool) -> Result<
 }
 
 pub fn create(config: &Config, description: &str, database: &str) -> Result<()> {
-    let kind = match config.databases.get(database) {
-        Some(configured) => configured.kind,
-        None => DatabaseKind::from_default_name(database).ok_or_else(|| {
-            config
-                .database(database)
-                .err()
-                .expect("the database is not configured")
-        })?,
-    };
+    // A configured database, or a folder of seed 003's default names.
+    let kind = config
+        .database(database)
+        .map(|configured| configured.kind)
+        .or_else(|unknown| DatabaseKind::from_default_name(database).ok_or(unknown))?;
     let slug = slug(description);
     if slug.is_empty() {
         return Err(Error::Usage(format!(

@@ -20,9 +20,9 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::operations::{ElasticOperation, MongoOperation};
-use super::version::Version;
+use super::version::{Version, VersionStyle};
 use crate::config::DatabaseKind;
-use crate::error::FileProblem;
+use crate::error::{at_field, FileProblem};
 
 /// The first line that makes a PostgreSQL script run outside a transaction.
 pub const NO_TRANSACTION_MARKER: &str = "-- switchyard:no-transaction";
@@ -324,10 +324,10 @@ fn parse_operations<Op: DeserializeOwned>(
     operations: serde_json::Value,
 ) -> Result<Vec<Op>, FileProblem> {
     serde_path_to_error::deserialize::<_, Vec<Op>>(operations).map_err(|e| {
-        let field = format!("operations{}", e.path())
-            .replace("operations.[", "operations[")
-            .replace("operations.", "operations");
-        problem(path, format!("field `{field}`: {}", e.into_inner()))
+        problem(
+            path,
+            at_field("operations", e.path(), &e.inner().to_string()),
+        )
     })
 }
 
@@ -349,14 +349,10 @@ fn parse_json<T: DeserializeOwned>(path: &Path) -> Result<T, FileProblem> {
     let text = read_text(path)?;
     let mut deserializer = serde_json::Deserializer::from_str(&text);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let field = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            problem(path, format!("invalid JSON: {inner}"))
-        } else if field == "." {
-            problem(path, inner.to_string())
+        if e.inner().is_syntax() || e.inner().is_eof() {
+            problem(path, format!("invalid JSON: {}", e.inner()))
         } else {
-            problem(path, format!("field `{field}`: {inner}"))
+            problem(path, at_field("", e.path(), &e.inner().to_string()))
         }
     })
 }
@@ -382,8 +378,17 @@ fn check_versions(migrations: &mut [Migration], problems: &mut Vec<FileProblem>)
             .cmp(&b.version)
             .then_with(|| a.main_file().cmp(b.main_file()))
     });
-    if let Some(first) = migrations.first() {
-        let style = first.version.style();
+    // The folder's style is its majority's; each file of the other style is reported.
+    let semver = migrations
+        .iter()
+        .filter(|m| m.version.style() == VersionStyle::Semver)
+        .count();
+    let style = if semver * 2 >= migrations.len() {
+        VersionStyle::Semver
+    } else {
+        VersionStyle::Number
+    };
+    if let Some(example) = migrations.iter().find(|m| m.version.style() == style) {
         for other in migrations.iter().filter(|m| m.version.style() != style) {
             problems.push(problem(
                 other.main_file(),
@@ -391,7 +396,7 @@ fn check_versions(migrations: &mut [Migration], problems: &mut Vec<FileProblem>)
                     "version `{}` is {}, but `{}` uses {}: one folder uses one version style",
                     other.version,
                     other.version.style(),
-                    first.main_file().display(),
+                    example.main_file().display(),
                     style
                 ),
             ));
@@ -515,9 +520,9 @@ mod tests {
             "001_a.json: invalid JSON",
             "002_b.json: no SQL file: expected `002_b.sql` beside it",
             "004_d.json: duplicate version `1.1.0`: ",
-            "005_e.sql: version `005` is a plain number (3), but ",
+            "005_e.sql: version `005` is a plain number (like 3), but ",
             "nonumber.sql: the file name must start with a number",
-            "006_f.json: unknown field `colour`",
+            "006_f.json: unknown field `colour`, expected one of `version`",
         ];
         for expected in expect {
             assert!(

@@ -13,8 +13,8 @@ pub enum VersionStyle {
 impl fmt::Display for VersionStyle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            VersionStyle::Semver => "semver (1.2.0)",
-            VersionStyle::Number => "a plain number (3)",
+            VersionStyle::Semver => "semver (like 1.2.0)",
+            VersionStyle::Number => "a plain number (like 3)",
         })
     }
 }

@@ -81,10 +81,10 @@ pub async fn open(url: &SecretUrl) -> Result<Arc<dyn StateStore>> {
     }
 }
 
-/// `user@host` of this process, for audit entries and history rows.
+/// `user@host` of this process (the OS account), for audit entries and
+/// history rows.
 pub fn actor() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".to_string());
-    format!("{user}@{}", gethostname::gethostname().to_string_lossy())
+    let user = whoami::username().unwrap_or_else(|_| "unknown".to_string());
+    let host = whoami::hostname().unwrap_or_else(|_| "unknown".to_string());
+    format!("{user}@{host}")
 }

@@ -1,0 +1,210 @@
+//! Shared helpers for integration tests: a private database per test on the real
+//! PostgreSQL named by `SWITCHYARD_TEST_POSTGRES_URL` (`scripts/services up` starts one
+//! and prints it), a project folder with its own configuration, and the real binary.
+#![allow(dead_code)] // each test binary uses a different part of these helpers
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The server `scripts/services up` starts, when the variable is not set.
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:54329/postgres";
+
+pub fn server_url() -> String {
+    std::env::var("SWITCHYARD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_string())
+}
+
+/// `url` with its database name replaced.
+pub fn with_database(url: &str, database: &str) -> String {
+    let mut parsed = url::Url::parse(url).expect("SWITCHYARD_TEST_POSTGRES_URL is a URL");
+    parsed.set_path(&format!("/{database}"));
+    parsed.to_string()
+}
+
+fn admin() -> postgres::Client {
+    postgres::Client::connect(&server_url(), postgres::NoTls).unwrap_or_else(|e| {
+        panic!(
+            "cannot reach the test PostgreSQL at {} ({e}); start it with `scripts/services up`",
+            server_url()
+        )
+    })
+}
+
+/// A database of its own for one test, dropped at the end.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub fn new() -> TestDb {
+        let name = format!("sy_test_{}", uuid::Uuid::new_v4().simple());
+        admin()
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create test database");
+        let url = with_database(&server_url(), &name);
+        TestDb { name, url }
+    }
+
+    pub fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url, postgres::NoTls).expect("connect to the test database")
+    }
+
+    /// The first column of every row of `sql`, as text.
+    pub fn column(&self, sql: &str) -> Vec<String> {
+        self.client()
+            .query(sql, &[])
+            .expect(sql)
+            .iter()
+            .map(|row| {
+                row.get::<_, Option<String>>(0)
+                    .unwrap_or_else(|| "NULL".into())
+            })
+            .collect()
+    }
+
+    /// Waits (up to 20 s) until the first column of `sql` reads `expected`.
+    pub fn wait_for(&self, sql: &str, expected: &str) {
+        let mut client = self.client();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let value: Option<String> = client.query_one(sql, &[]).expect(sql).get(0);
+            if value.as_deref() == Some(expected) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for `{sql}` to be {expected}, last {value:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    pub fn exists(&self, relation: &str) -> bool {
+        self.column(&format!("SELECT to_regclass('{relation}')::text"))[0] != "NULL"
+    }
+
+    /// `version status` of every history row, in version order (empty without the table).
+    pub fn history(&self) -> Vec<String> {
+        if !self.exists("switchyard_migrations") {
+            return Vec::new();
+        }
+        self.column("SELECT version || ' ' || status FROM switchyard_migrations ORDER BY string_to_array(version, '.')::int[]")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = admin().batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+/// A project folder: `config/switchyard.toml` naming one PostgreSQL database
+/// `postgresql`, and `migrations/postgresql/`.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+    pub db: TestDb,
+}
+
+impl Project {
+    pub fn new() -> Project {
+        Project::with_config("")
+    }
+
+    /// A project whose configuration has `extra` TOML appended.
+    pub fn with_config(extra: &str) -> Project {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = TestDb::new();
+        std::fs::create_dir_all(dir.path().join("config")).unwrap();
+        std::fs::create_dir_all(dir.path().join("migrations/postgresql")).unwrap();
+        let config = format!(
+            "[databases.postgresql]\nkind = \"postgresql\"\nurl = \"{}\"\n{extra}",
+            db.url
+        );
+        std::fs::write(dir.path().join("config/switchyard.toml"), config).unwrap();
+        Project { dir, db }
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    /// Writes `migrations/postgresql/<name>`.
+    pub fn migration(&self, name: &str, text: &str) -> &Project {
+        std::fs::write(self.path("migrations/postgresql").join(name), text).unwrap();
+        self
+    }
+
+    /// A migration with JSON metadata, SQL and (when given) a rollback.
+    pub fn sql_migration(
+        &self,
+        base: &str,
+        version: &str,
+        up: &str,
+        down: Option<&str>,
+    ) -> &Project {
+        let name = base.split_once('_').map_or(base, |(_, n)| n);
+        self.migration(&format!("{base}.json"), &format!(r#"{{"version": "{version}", "name": "{name}", "database_type": "postgresql", "migration_type": "schema"}}"#));
+        self.migration(&format!("{base}.sql"), up);
+        if let Some(down) = down {
+            self.migration(&format!("{base}_rollback.sql"), down);
+        }
+        self
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        command
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("SWITCHYARD_LOG");
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SWITCHYARD__")) {
+            command.env_remove(key);
+        }
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run::from(self.command(args).output().expect("run switchyard"))
+    }
+}
+
+/// A finished run of the binary.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    /// Asserts the exit code, showing the output when it differs.
+    pub fn expect_code(self, code: i32) -> Run {
+        assert_eq!(
+            self.code, code,
+            "exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    pub fn ok(self) -> Run {
+        self.expect_code(0)
+    }
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap()
+}

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection};
@@ -34,24 +34,7 @@ impl SqliteState {
     pub async fn open(path: &Path) -> Result<SqliteState> {
         let path = path.to_path_buf();
         let opened = path.clone();
-        let connection =
-            tokio::task::spawn_blocking(move || -> std::result::Result<Connection, String> {
-                if let Some(parent) = opened.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-                }
-                let connection = Connection::open(&opened).map_err(|e| e.to_string())?;
-                connection
-                    .busy_timeout(BUSY_TIMEOUT)
-                    .map_err(|e| e.to_string())?;
-                connection
-                    .pragma_update(None, "journal_mode", "WAL")
-                    .map_err(|e| e.to_string())?;
-                connection
-                    .execute_batch(SCHEMA)
-                    .map_err(|e| e.to_string())?;
-                Ok(connection)
-            })
+        let connection = tokio::task::spawn_blocking(move || open_file(&opened))
             .await
             .expect("the blocking pool runs the task")
             .map_err(|e| Error::State(format!("{}: {e}", path.display())))?;
@@ -76,6 +59,40 @@ impl SqliteState {
         .expect("the blocking pool runs the task")
         .map_err(|e| Error::State(format!("{}: {e}", self.path.display())))
     }
+}
+
+/// Opens (creating when new) the file, in WAL mode, with the schema in place.
+fn open_file(path: &Path) -> std::result::Result<Connection, String> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    let connection = Connection::open(path).map_err(|e| e.to_string())?;
+    connection
+        .busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| e.to_string())?;
+    // Switching to WAL does not wait on the busy handler, so several processes opening
+    // a new file at once retry here until the first one has set it up.
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        let setup = connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .and_then(|_| connection.execute_batch(SCHEMA));
+        match setup {
+            Ok(()) => return Ok(connection),
+            Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 #[async_trait]

@@ -60,6 +60,10 @@ pub enum Error {
         message: String,
     },
 
+    /// Verification found ranges where source and target differ; cutover is refused.
+    #[error("job `{job}`: verification failed, cutover refused:\n{}", .ranges.join("\n"))]
+    VerifyFailed { job: String, ranges: Vec<String> },
+
     /// The state store (audit log, job checkpoints) failed.
     #[error("state store: {0}")]
     State(String),
@@ -89,6 +93,7 @@ impl Error {
             Error::Database { .. }
             | Error::LockTimeout { .. }
             | Error::MigrationFailed { .. }
+            | Error::VerifyFailed { .. }
             | Error::State(_)
             | Error::Io { .. } => 1,
         }

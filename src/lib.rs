@@ -9,7 +9,9 @@
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod error;
+pub mod job;
 pub mod migrate;
 pub mod secret;
 pub mod state;

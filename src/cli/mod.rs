@@ -2,6 +2,7 @@
 //! output goes to stdout, logs to stderr; `--json` gives machine output for listings.
 
 mod audit;
+mod jobs;
 mod migrations;
 mod table;
 
@@ -105,6 +106,9 @@ pub enum Command {
         #[arg(long)]
         offline: bool,
     },
+    /// Online jobs: copy or backfill in throttled, resumable batches, catch up, verify, cut over
+    #[command(subcommand)]
+    Job(JobCommand),
     /// Show the audit log: who ran what, when, and how it ended
     Audit {
         /// How many entries, newest first
@@ -113,6 +117,48 @@ pub enum Command {
         /// Print a JSON array instead of a table
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Print what the job will do (phases, SQL, row estimate, what depends on the source); change nothing
+    Plan {
+        /// The job file (jobs/NAME.toml)
+        file: PathBuf,
+    },
+    /// Run the job in the foreground as far as it can go; run it again to resume
+    #[command(
+        after_help = "Exits 0 when the job is done, or when its next step is manual (cutover, contract) \
+        or not yet due; Ctrl-C stops at a batch boundary with the checkpoint written.\n\n\
+        Example:\n  switchyard job run jobs/accounts_partitioned.toml"
+    )]
+    Run {
+        /// The job file (jobs/NAME.toml)
+        file: PathBuf,
+    },
+    /// Show every job (or one) with its phase, progress, rate, lag and ETA
+    Status {
+        name: Option<String>,
+        /// Print a JSON array instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause at the next batch boundary
+    Pause { name: String },
+    /// Continue a paused job
+    Resume { name: String },
+    /// Catch up, then cut over (once verified)
+    Cutover { name: String },
+    /// Run the contract step now
+    Contract { name: String },
+    /// Stop and undo: before cutover remove what expand made; after cutover swap back
+    Abort { name: String },
+    /// Change the copy rate live; 0 removes the limit
+    Throttle {
+        name: String,
+        #[arg(long, value_name = "N")]
+        rows_per_second: u64,
     },
 }
 
@@ -133,6 +179,26 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => migrations::rollback(&config, &version, &databases, dry_run).await,
         Command::Create { name, database } => migrations::create(&config, &name, &database),
         Command::Validate { offline } => migrations::validate(&config, offline).await,
+        Command::Job(command) => match command {
+            JobCommand::Plan { file } => jobs::plan(&config, &file).await,
+            JobCommand::Run { file } => jobs::run(&config, &file).await,
+            JobCommand::Status { name, json } => jobs::status(&config, name.as_deref(), json).await,
+            JobCommand::Pause { name } => jobs::control(&config, &name, jobs::Control::Pause).await,
+            JobCommand::Resume { name } => {
+                jobs::control(&config, &name, jobs::Control::Resume).await
+            }
+            JobCommand::Cutover { name } => {
+                jobs::control(&config, &name, jobs::Control::Cutover).await
+            }
+            JobCommand::Contract { name } => {
+                jobs::control(&config, &name, jobs::Control::Contract).await
+            }
+            JobCommand::Abort { name } => jobs::control(&config, &name, jobs::Control::Abort).await,
+            JobCommand::Throttle {
+                name,
+                rows_per_second,
+            } => jobs::control(&config, &name, jobs::Control::Throttle(rows_per_second)).await,
+        },
         Command::Audit { limit, json } => audit::show(&config, limit, json).await,
     }
 }

@@ -2,6 +2,10 @@
 //! every shell on the same configuration: the audit log now, job state and checkpoints
 //! with the online-jobs engine.
 //!
+//! Records are opaque JSON here; their meaning lives in [`crate::engine`]. A job's
+//! record is written only by the process running it, its control only by operators'
+//! commands, so the two never overwrite each other.
+//!
 //! Two implementations behind one trait: an embedded SQLite file (the default; no server
 //! needed) and a PostgreSQL schema `switchyard` (shared by many hosts). Both create
 //! their tables on open, idempotently and safely when several processes open at once.
@@ -64,7 +68,24 @@ pub trait StateStore: Send + Sync {
 
     /// The newest `limit` entries, newest first.
     async fn recent_audit(&self, limit: usize) -> Result<Vec<AuditEntry>>;
+
+    /// Saves a job's record (JSON written by the process running the job).
+    async fn put_job(&self, name: &str, record: &str) -> Result<()>;
+
+    async fn job(&self, name: &str) -> Result<Option<String>>;
+
+    /// Every job's record, by name.
+    async fn jobs(&self) -> Result<Vec<String>>;
+
+    /// A job's control (JSON written by operators: pause, throttle, cutover, abort).
+    async fn control(&self, name: &str) -> Result<Option<String>>;
+
+    /// Replaces a job's control with `change(current)`, atomically against other writers.
+    async fn update_control(&self, name: &str, change: ControlChange) -> Result<()>;
 }
+
+/// A read-modify-write of a control record: gets the current JSON (if any), returns the new.
+pub type ControlChange = Box<dyn FnOnce(Option<String>) -> String + Send>;
 
 /// Opens the store named by `state.url`: `sqlite://PATH` or `postgres://…`.
 pub async fn open(url: &SecretUrl) -> Result<Arc<dyn StateStore>> {

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use tokio_postgres::Client;
 
-use super::{AuditEntry, Outcome, StateStore};
+use super::{AuditEntry, ControlChange, Outcome, StateStore};
 use crate::backend::postgres::connect;
 use crate::error::{Error, Result};
 use crate::secret::SecretUrl;
@@ -23,6 +23,11 @@ CREATE TABLE IF NOT EXISTS switchyard.audit_log (
     database text,
     outcome  text NOT NULL,
     detail   text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS switchyard.jobs (
+    name    text PRIMARY KEY,
+    record  text NOT NULL,
+    control text
 );";
 
 pub struct PostgresState {
@@ -75,5 +80,77 @@ impl StateStore for PostgresState {
                 detail: row.get(5),
             })
             .collect())
+    }
+
+    async fn put_job(&self, name: &str, record: &str) -> Result<()> {
+        self.client
+            .execute(
+                "INSERT INTO switchyard.jobs (name, record) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET record = EXCLUDED.record",
+                &[&name, &record],
+            )
+            .await
+            .map(drop)
+            .map_err(|e| Error::database(NAME, "cannot save the job's state", e))
+    }
+
+    async fn job(&self, name: &str) -> Result<Option<String>> {
+        self.client
+            .query_opt(
+                "SELECT record FROM switchyard.jobs WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .map(|row| row.map(|r| r.get(0)))
+            .map_err(|e| Error::database(NAME, "cannot read the job's state", e))
+    }
+
+    async fn jobs(&self) -> Result<Vec<String>> {
+        self.client
+            .query("SELECT record FROM switchyard.jobs ORDER BY name", &[])
+            .await
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .map_err(|e| Error::database(NAME, "cannot read the jobs", e))
+    }
+
+    async fn control(&self, name: &str) -> Result<Option<String>> {
+        self.client
+            .query_opt(
+                "SELECT control FROM switchyard.jobs WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .map(|row| row.and_then(|r| r.get(0)))
+            .map_err(|e| Error::database(NAME, "cannot read the job's control", e))
+    }
+
+    async fn update_control(&self, name: &str, change: ControlChange) -> Result<()> {
+        let failed = |e| Error::database(NAME, "cannot update the job's control", e);
+        self.client.batch_execute("BEGIN").await.map_err(failed)?;
+        let work = async {
+            self.client
+                .execute("INSERT INTO switchyard.jobs (name, record) VALUES ($1, '{}') ON CONFLICT (name) DO NOTHING", &[&name])
+                .await?;
+            let current: Option<String> = self
+                .client
+                .query_one(
+                    "SELECT control FROM switchyard.jobs WHERE name = $1 FOR UPDATE",
+                    &[&name],
+                )
+                .await?
+                .get(0);
+            let updated = change(current);
+            self.client
+                .execute(
+                    "UPDATE switchyard.jobs SET control = $2 WHERE name = $1",
+                    &[&name, &updated],
+                )
+                .await?;
+            self.client.batch_execute("COMMIT").await
+        };
+        if let Err(e) = work.await {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+            return Err(failed(e));
+        }
+        Ok(())
     }
 }

@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{AuditEntry, Outcome, StateStore};
+use super::{AuditEntry, ControlChange, Outcome, StateStore};
 use crate::error::{Error, Result};
 
 const SCHEMA: &str = "
@@ -20,6 +20,11 @@ CREATE TABLE IF NOT EXISTS audit_log (
     database TEXT,
     outcome  TEXT NOT NULL,
     detail   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    name    TEXT PRIMARY KEY,
+    record  TEXT NOT NULL,
+    control TEXT
 );";
 
 /// How long a writer waits for another process's write lock on the file.
@@ -129,6 +134,68 @@ impl StateStore for SqliteState {
                 })
             })?;
             rows.collect()
+        })
+        .await
+    }
+
+    async fn put_job(&self, name: &str, record: &str) -> Result<()> {
+        let (name, record) = (name.to_string(), record.to_string());
+        self.with_connection(move |c| {
+            c.execute(
+                "INSERT INTO jobs (name, record) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET record = excluded.record",
+                params![name, record],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn job(&self, name: &str) -> Result<Option<String>> {
+        let name = name.to_string();
+        self.with_connection(move |c| {
+            c.query_row("SELECT record FROM jobs WHERE name = ?1", [name], |row| {
+                row.get(0)
+            })
+            .optional()
+        })
+        .await
+    }
+
+    async fn jobs(&self) -> Result<Vec<String>> {
+        self.with_connection(|c| {
+            let mut statement = c.prepare("SELECT record FROM jobs ORDER BY name")?;
+            let rows = statement.query_map([], |row| row.get(0))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn control(&self, name: &str) -> Result<Option<String>> {
+        let name = name.to_string();
+        self.with_connection(move |c| {
+            c.query_row("SELECT control FROM jobs WHERE name = ?1", [name], |row| {
+                row.get(0)
+            })
+            .optional()
+            .map(Option::flatten)
+        })
+        .await
+    }
+
+    async fn update_control(&self, name: &str, change: ControlChange) -> Result<()> {
+        let name = name.to_string();
+        self.with_connection(move |c| {
+            let tx = c.unchecked_transaction()?;
+            let current: Option<String> = tx
+                .query_row("SELECT control FROM jobs WHERE name = ?1", [&name], |row| row.get(0))
+                .optional()?
+                .flatten();
+            let updated = change(current);
+            tx.execute(
+                "INSERT INTO jobs (name, record, control) VALUES (?1, '{}', ?2) ON CONFLICT (name) DO UPDATE SET control = excluded.control",
+                params![name, updated],
+            )?;
+            tx.commit()
         })
         .await
     }

@@ -3,6 +3,8 @@
 //! and prints it), a project folder with its own configuration, and the real binary.
 #![allow(dead_code)] // each test binary uses a different part of these helpers
 
+pub mod writer;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -202,6 +204,46 @@ impl Run {
 
     pub fn ok(self) -> Run {
         self.expect_code(0)
+    }
+}
+
+impl Project {
+    /// Writes `jobs/<name>.toml` and returns its path relative to the project.
+    pub fn job_file(&self, name: &str, toml: &str) -> String {
+        std::fs::create_dir_all(self.path("jobs")).unwrap();
+        std::fs::write(self.path(&format!("jobs/{name}.toml")), toml).unwrap();
+        format!("jobs/{name}.toml")
+    }
+
+    /// `job status NAME --json`'s one object.
+    pub fn job_status(&self, name: &str) -> serde_json::Value {
+        let run = self.run(&["job", "status", name, "--json"]).ok();
+        let rows: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        rows[0].clone()
+    }
+
+    /// Waits (up to 60 s) until the job's status satisfies `check`.
+    pub fn wait_for_job(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let run = self.run(&["job", "status", name, "--json"]);
+            if run.code == 0 {
+                let rows: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+                if check(&rows[0]) {
+                    return rows[0].clone();
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for job {name}: {what}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 

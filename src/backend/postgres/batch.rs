@@ -1,0 +1,180 @@
+//! The SQL of one copy or fill batch, and the worker that runs it.
+//!
+//! A batch is one statement: it reads the next rows of a range after the range's last
+//! key, writes them (INSERT into the target, or UPDATE in place for a backfill), and
+//! moves the range's checkpoint in `switchyard.copy_progress`, all in the statement's
+//! own transaction. So a batch is either wholly there with its checkpoint, or not at
+//! all, whatever instant the process dies.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use tokio_postgres::{Client, Statement};
+
+use super::table::{ident, TableInfo};
+use crate::engine::traits::{CopyWorker, RangeProgress};
+use crate::error::{Error, Result};
+
+/// What a batch writes.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// INSERT into `target` the `(column, expression over the source row)` pairs.
+    Copy {
+        target: String,
+        columns: Vec<(String, String)>,
+    },
+    /// UPDATE the source in place: `column = expression`.
+    Fill { columns: Vec<(String, String)> },
+}
+
+#[derive(Debug, Clone)]
+pub struct BatchSql {
+    pub job: String,
+    pub source: TableInfo,
+    pub write: Write,
+}
+
+impl BatchSql {
+    /// The batch statement. Parameters: `$1` job, `$2` range number, then the last key
+    /// (when `after`), then the range's upper key (when `upper`), all as text.
+    pub fn statement(&self, after: bool, upper: bool, limit: usize) -> String {
+        let (condition, _) = self.source.range_condition(Some("s"), after, upper, 3);
+        let keys = self.source.key_list(Some("s"));
+        let key_aliases: Vec<String> = (0..self.source.key.len())
+            .map(|i| format!("_sy_k{i}"))
+            .collect();
+        let key_select: Vec<String> = self
+            .source
+            .key
+            .iter()
+            .zip(&key_aliases)
+            .map(|(c, alias)| format!("s.{} AS {alias}", ident(&c.name)))
+            .collect();
+        let last_key: Vec<String> = key_aliases.iter().map(|a| format!("{a}::text")).collect();
+        let order_desc: Vec<String> = key_aliases.iter().map(|a| format!("{a} DESC")).collect();
+        let (select_extra, write) = match &self.write {
+            Write::Copy { target, columns } => {
+                let select: Vec<String> = columns
+                    .iter()
+                    .map(|(c, e)| format!(", ({e}) AS {}", ident(c)))
+                    .collect();
+                let names: Vec<String> = columns.iter().map(|(c, _)| ident(c)).collect();
+                (
+                    select.concat(),
+                    format!(
+                        "INSERT INTO {target} ({names}) SELECT {names} FROM batch",
+                        names = names.join(", ")
+                    ),
+                )
+            }
+            Write::Fill { columns } => {
+                let sets: Vec<String> = columns
+                    .iter()
+                    .map(|(c, e)| format!("{} = ({e})", ident(c)))
+                    .collect();
+                let matches: Vec<String> =
+                    key_aliases.iter().map(|a| format!("batch.{a}")).collect();
+                (
+                    String::new(),
+                    format!(
+                        "UPDATE {source} AS s SET {sets} FROM batch WHERE ({keys}) = ({matches})",
+                        source = self.source.name.sql(),
+                        sets = sets.join(", "),
+                        matches = matches.join(", ")
+                    ),
+                )
+            }
+        };
+        format!(
+            "WITH batch AS (
+                SELECT {key_select}{select_extra} FROM {source} AS s WHERE {condition} ORDER BY {keys} LIMIT {limit}
+             ), written AS (
+                {write}
+             ), last AS (
+                SELECT ARRAY[{last_key}] AS k FROM batch ORDER BY {order_desc} LIMIT 1
+             ), progress AS (
+                UPDATE switchyard.copy_progress
+                   SET last_key = COALESCE((SELECT k FROM last), last_key),
+                       rows = rows + (SELECT count(*) FROM batch),
+                       done = (SELECT count(*) FROM batch) < {limit}
+                 WHERE job = $1 AND range_no = $2
+                 RETURNING last_key, done
+             )
+             SELECT (SELECT count(*) FROM batch), (SELECT last_key FROM progress), (SELECT done FROM progress)",
+            key_select = key_select.join(", "),
+            source = self.source.name.sql(),
+            last_key = last_key.join(", "),
+            order_desc = order_desc.join(", "),
+        )
+    }
+}
+
+/// A copy worker on its own connection, with its statements prepared once.
+pub struct PostgresCopyWorker {
+    pub database: String,
+    pub client: Client,
+    pub sql: BatchSql,
+    pub statements: HashMap<(bool, bool, usize), Statement>,
+}
+
+#[async_trait]
+impl CopyWorker for PostgresCopyWorker {
+    async fn copy_batch(&mut self, progress: &mut RangeProgress, limit: usize) -> Result<u64> {
+        let after = progress
+            .last_key
+            .clone()
+            .or_else(|| progress.range.lower.clone());
+        let upper = progress.range.upper.clone();
+        let shape = (after.is_some(), upper.is_some(), limit);
+        let statement = match self.statements.get(&shape) {
+            Some(statement) => statement.clone(),
+            None => {
+                let text = self.sql.statement(shape.0, shape.1, limit);
+                let prepared = self.client.prepare(&text).await.map_err(|e| {
+                    Error::database(&self.database, "cannot prepare the batch statement", e)
+                })?;
+                self.statements.insert(shape, prepared.clone());
+                prepared
+            }
+        };
+        let job = self.sql.job.as_str();
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            vec![&job, &progress.range.number];
+        let after_values = after.unwrap_or_default();
+        let upper_values = upper.unwrap_or_default();
+        params.extend(
+            after_values
+                .iter()
+                .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)),
+        );
+        params.extend(
+            upper_values
+                .iter()
+                .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)),
+        );
+        let row = self
+            .client
+            .query_one(&statement, &params)
+            .await
+            .map_err(|e| {
+                Error::database(
+                    &self.database,
+                    format!("batch of range {} failed", progress.range.number),
+                    e,
+                )
+            })?;
+        let rows: i64 = row.get(0);
+        let last_key: Option<Vec<String>> = row.get(1);
+        let done: Option<bool> = row.get(2);
+        let done = done.ok_or_else(|| {
+            Error::State(format!(
+                "job `{job}`: range {} has no checkpoint row (was the job aborted meanwhile?)",
+                progress.range.number
+            ))
+        })?;
+        progress.last_key = last_key;
+        progress.rows += rows as u64;
+        progress.done = done;
+        Ok(rows as u64)
+    }
+}

@@ -1,0 +1,337 @@
+//! `switchyard job …`: plan, run, status, and the operator's controls.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::sync::watch;
+
+use super::audit;
+use super::table::Table;
+use crate::backend::postgres::PostgresJob;
+use crate::config::Config;
+use crate::engine::{self, JobControl, JobRecord, Phase, RunEnd, RunOptions};
+use crate::error::{Error, Result};
+use crate::job::{self, JobSpec};
+use crate::state::{self, Outcome, StateStore};
+
+async fn open_backend(config: &Config, spec: &JobSpec) -> Result<PostgresJob> {
+    let database = config.database(&spec.source.database)?;
+    PostgresJob::open(spec, &database.url, config.migrations.lock_timeout).await
+}
+
+pub async fn plan(config: &Config, file: &Path) -> Result<()> {
+    let spec = job::load(file, config)?;
+    let backend = open_backend(config, &spec).await?;
+    let plan = backend.plan().await?;
+    println!(
+        "job {} ({}), source {}: about {} rows",
+        spec.name,
+        spec.kind.as_str(),
+        spec.source.table.as_deref().unwrap_or("-"),
+        plan.rows_estimate
+    );
+    match spec.copy.rows_per_second {
+        0 => println!("throttle: none (unthrottled; `switchyard job throttle {} --rows-per-second N` limits it live)", spec.name),
+        rate => println!(
+            "throttle: {rate} rows/s, so the copy takes about {}",
+            humantime::format_duration(std::time::Duration::from_secs(plan.rows_estimate / rate.max(1)))
+        ),
+    }
+    for (phase, statements) in &plan.phases {
+        println!("\n{phase}:");
+        for statement in statements {
+            for line in statement.lines() {
+                println!("    {}", line.trim_end());
+            }
+        }
+    }
+    if plan.dependents.is_empty() {
+        println!("\nnothing else depends on the source");
+    } else {
+        println!("\nwhat depends on the source:");
+        for d in &plan.dependents {
+            let mark = if d.blocks_cutover {
+                "BLOCKS CUTOVER"
+            } else {
+                "ok"
+            };
+            println!("    {mark:<14} {} {}: {}", d.kind, d.name, d.handling);
+        }
+    }
+    println!("\nnothing was changed");
+    Ok(())
+}
+
+/// Becomes true on Ctrl-C or SIGTERM.
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (sender, receiver) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match terminate.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::warn!("stopping at the next batch boundary");
+        let _ = sender.send(true);
+    });
+    receiver
+}
+
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:>18} [{bar:30}] {human_pos}/{human_len} rows  {per_sec}  eta {eta}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Drives a job in this process until it is done or waits; prints where it stands.
+/// How long `job run` waits for a job another process holds (a killed run's session
+/// can hold it for a moment), and how long a control command does.
+const RUN_CLAIM_WAIT: Duration = Duration::from_secs(15);
+const CONTROL_CLAIM_WAIT: Duration = Duration::from_secs(2);
+
+async fn drive(
+    config: &Config,
+    store: Arc<dyn StateStore>,
+    spec: &JobSpec,
+    file: &str,
+    claim_wait: Duration,
+) -> Result<RunEnd> {
+    let backend = open_backend(config, spec).await?;
+    let bar = progress_bar();
+    let shown = bar.clone();
+    let options = RunOptions {
+        shutdown: shutdown_signal(),
+        on_progress: Box::new(move |record: &JobRecord| {
+            shown.set_length(record.rows_total.max(record.rows_copied));
+            shown.set_position(record.rows_copied);
+            let lag = if record.phase == Phase::CatchUp {
+                format!(" lag {:.1}s", record.lag_seconds)
+            } else {
+                String::new()
+            };
+            shown.set_message(format!("{}{lag}", record.phase.as_str()));
+        }),
+        claim_wait,
+    };
+    let outcome = engine::run(spec, backend, store.as_ref(), file, options).await;
+    bar.finish_and_clear();
+    let record = JobRecord::load(store.as_ref(), &spec.name).await?;
+    let (result, detail) = match (&outcome, &record) {
+        (Ok(end), Some(record)) => (
+            Outcome::Ok,
+            format!(
+                "{end:?}; phase {}, {} rows copied, {} changes applied",
+                record.phase.as_str(),
+                record.rows_copied,
+                record.changes_applied
+            ),
+        ),
+        (Ok(end), None) => (Outcome::Ok, format!("{end:?}")),
+        (Err(e), _) => (Outcome::Failed, e.to_string()),
+    };
+    audit::record(store.as_ref(), Some(&spec.source.database), result, detail).await;
+    let end = outcome?;
+    let name = &spec.name;
+    match &end {
+        RunEnd::Done => println!("job {name}: done"),
+        RunEnd::WaitingForCutover => println!("job {name}: verified and caught up, ready to cut over: switchyard job cutover {name}"),
+        RunEnd::WaitingForContract(Some(due)) => println!(
+            "job {name}: cut over; contract is due at {} UTC (or now: switchyard job contract {name})",
+            due.format("%Y-%m-%d %H:%M:%S")
+        ),
+        RunEnd::WaitingForContract(None) => println!("job {name}: waiting for contract: switchyard job contract {name}"),
+        RunEnd::Stopped => println!("job {name}: stopped at a batch boundary, checkpoints written; run it again to continue"),
+        RunEnd::Aborted => println!("job {name}: aborted"),
+        RunEnd::RunningElsewhere => println!("job {name}: runs in another process, which acts on the job's control"),
+    }
+    if let Some(record) = record.filter(|r| r.writes_blocked_ms.is_some() && end != RunEnd::Aborted)
+    {
+        println!(
+            "job {name}: writes to the source were blocked for {}ms at cutover",
+            record.writes_blocked_ms.unwrap_or(0)
+        );
+    }
+    Ok(end)
+}
+
+pub async fn run(config: &Config, file: &Path) -> Result<()> {
+    let spec = job::load(file, config)?;
+    let store = state::open(&config.state.url).await?;
+    match drive(
+        config,
+        store,
+        &spec,
+        &file.display().to_string(),
+        RUN_CLAIM_WAIT,
+    )
+    .await?
+    {
+        RunEnd::RunningElsewhere => Err(Error::Refused(format!(
+            "job `{}` is already running in another process",
+            spec.name
+        ))),
+        _ => Ok(()),
+    }
+}
+
+pub async fn status(config: &Config, name: Option<&str>, json: bool) -> Result<()> {
+    let store = state::open(&config.state.url).await?;
+    let records = match name {
+        Some(name) => vec![JobRecord::load(store.as_ref(), name)
+            .await?
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "no job named `{name}` has run with this state store ({})",
+                    config.state.url
+                ))
+            })?],
+        None => JobRecord::load_all(store.as_ref()).await?,
+    };
+    if json {
+        let rows: Vec<serde_json::Value> = records
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "name": r.name, "kind": r.kind.as_str(), "phase": r.phase.as_str(),
+                    "rows_copied": r.rows_copied, "rows_total": r.rows_total,
+                    "rows_per_second": r.rows_per_second, "lag_seconds": r.lag_seconds,
+                    "eta_seconds": r.eta_seconds, "error": r.error,
+                    "changes_applied": r.changes_applied, "writes_blocked_ms": r.writes_blocked_ms,
+                    "updated_at": r.updated_at,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).expect("status serialises")
+        );
+        return Ok(());
+    }
+    if records.is_empty() {
+        println!(
+            "No jobs have run with this state store ({}).",
+            config.state.url
+        );
+        return Ok(());
+    }
+    let mut table = Table::new(&[
+        "NAME", "KIND", "PHASE", "ROWS", "RATE", "LAG", "ETA", "UPDATED",
+    ]);
+    for r in &records {
+        let mut notes = Vec::new();
+        if let Some(error) = &r.error {
+            notes.push(format!("Error: {error}"));
+        }
+        table.row(
+            vec![
+                r.name.clone(),
+                r.kind.as_str().into(),
+                r.phase.as_str().into(),
+                format!("{}/{}", r.rows_copied, r.rows_total),
+                format!("{:.0}/s", r.rows_per_second),
+                format!("{:.1}s", r.lag_seconds),
+                r.eta_seconds.map_or("-".into(), |s| {
+                    humantime::format_duration(std::time::Duration::from_secs(s as u64)).to_string()
+                }),
+                r.updated_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            ],
+            notes,
+        );
+    }
+    print!("{}", table.render());
+    Ok(())
+}
+
+/// An operator's command on a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Pause,
+    Resume,
+    Cutover,
+    Contract,
+    Abort,
+    Throttle(u64),
+}
+
+pub async fn control(config: &Config, name: &str, command: Control) -> Result<()> {
+    let store = state::open(&config.state.url).await?;
+    let record = JobRecord::load(store.as_ref(), name)
+        .await?
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "no job named `{name}` has run with this state store ({})",
+                config.state.url
+            ))
+        })?;
+    if record.phase.is_final() {
+        return Err(Error::Refused(
+            format!(
+                "job `{name}` is {}; nothing to {command:?}",
+                record.phase.as_str()
+            )
+            .to_lowercase(),
+        ));
+    }
+    match command {
+        Control::Cutover if record.kind != job::JobKind::Copy => {
+            return Err(Error::Refused(format!(
+                "job `{name}` is a {}: only copy jobs cut over",
+                record.kind.as_str()
+            )))
+        }
+        Control::Cutover
+            if !matches!(
+                record.phase,
+                Phase::ReadyToCutover
+                    | Phase::CatchUp
+                    | Phase::Verify
+                    | Phase::Cutover
+                    | Phase::Paused
+                    | Phase::Failed
+            ) =>
+        {
+            return Err(Error::Refused(format!(
+                "job `{name}` is in {}; it can cut over once verified",
+                record.phase.as_str()
+            )))
+        }
+        _ => {}
+    }
+    JobControl::update(store.as_ref(), name, move |c| match command {
+        Control::Pause => c.paused = true,
+        Control::Resume => c.paused = false,
+        Control::Cutover => c.cutover_requested = true,
+        Control::Contract => c.contract_requested = true,
+        Control::Abort => c.abort_requested = true,
+        Control::Throttle(rate) => c.rows_per_second = Some(rate),
+    })
+    .await?;
+    audit::record(
+        store.as_ref(),
+        None,
+        Outcome::Ok,
+        format!("job {name}: {command:?} requested").to_lowercase(),
+    )
+    .await;
+    match command {
+        Control::Pause => println!("job {name}: pause requested; it pauses at the next batch boundary (switchyard job resume {name})"),
+        Control::Resume => println!("job {name}: resumed"),
+        Control::Throttle(0) => println!("job {name}: unthrottled"),
+        Control::Throttle(rate) => println!("job {name}: throttled to {rate} rows/s"),
+        Control::Cutover | Control::Contract | Control::Abort => {
+            // Act now, in this process, unless another process runs the job.
+            let spec = job::load(Path::new(&record.file), config)?;
+            drive(config, store, &spec, &record.file, CONTROL_CLAIM_WAIT).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! What the state store holds for a job: its record (written by the process running it)
+//! and its control (written by operators' commands).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::job::JobKind;
+use crate::state::StateStore;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Pending,
+    Expand,
+    Copy,
+    CatchUp,
+    Verify,
+    ReadyToCutover,
+    Cutover,
+    Contract,
+    Done,
+    Paused,
+    Failed,
+    Aborted,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 12] = [
+        Phase::Pending,
+        Phase::Expand,
+        Phase::Copy,
+        Phase::CatchUp,
+        Phase::Verify,
+        Phase::ReadyToCutover,
+        Phase::Cutover,
+        Phase::Contract,
+        Phase::Done,
+        Phase::Paused,
+        Phase::Failed,
+        Phase::Aborted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Expand => "expand",
+            Phase::Copy => "copy",
+            Phase::CatchUp => "catch_up",
+            Phase::Verify => "verify",
+            Phase::ReadyToCutover => "ready_to_cutover",
+            Phase::Cutover => "cutover",
+            Phase::Contract => "contract",
+            Phase::Done => "done",
+            Phase::Paused => "paused",
+            Phase::Failed => "failed",
+            Phase::Aborted => "aborted",
+        }
+    }
+
+    /// Phases a job never leaves by itself.
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Done | Phase::Aborted)
+    }
+}
+
+/// A job's record: its phase and progress, as `job status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub name: String,
+    pub kind: JobKind,
+    pub phase: Phase,
+    /// While paused or failed: the phase to continue in.
+    #[serde(default)]
+    pub resume_phase: Option<Phase>,
+    pub rows_copied: u64,
+    /// Estimate, from the planner's statistics.
+    pub rows_total: u64,
+    pub rows_per_second: f64,
+    pub changes_applied: u64,
+    pub lag_seconds: f64,
+    pub eta_seconds: Option<f64>,
+    pub error: Option<String>,
+    /// The job file it runs from.
+    pub file: String,
+    /// Whether expand created the target (so that abort may drop it).
+    #[serde(default)]
+    pub created_target: bool,
+    pub started_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default)]
+    pub cutover_at: Option<DateTime<Utc>>,
+    /// How long writes to the source were blocked at cutover.
+    #[serde(default)]
+    pub writes_blocked_ms: Option<u64>,
+}
+
+impl JobRecord {
+    pub fn new(name: &str, kind: JobKind, file: &str) -> JobRecord {
+        let now = Utc::now();
+        JobRecord {
+            name: name.to_string(),
+            kind,
+            phase: Phase::Pending,
+            resume_phase: None,
+            rows_copied: 0,
+            rows_total: 0,
+            rows_per_second: 0.0,
+            changes_applied: 0,
+            lag_seconds: 0.0,
+            eta_seconds: None,
+            error: None,
+            file: file.to_string(),
+            created_target: false,
+            started_at: now,
+            updated_at: now,
+            cutover_at: None,
+            writes_blocked_ms: None,
+        }
+    }
+
+    pub async fn load(store: &dyn StateStore, name: &str) -> Result<Option<JobRecord>> {
+        match store.job(name).await? {
+            Some(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| Error::State(format!("job `{name}`: unreadable record: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn load_all(store: &dyn StateStore) -> Result<Vec<JobRecord>> {
+        let mut records = Vec::new();
+        for text in store.jobs().await? {
+            // A control written before the job ever ran leaves an empty record.
+            if let Ok(record) = serde_json::from_str(&text) {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+
+    pub async fn save(&mut self, store: &dyn StateStore) -> Result<()> {
+        self.updated_at = Utc::now();
+        let text = serde_json::to_string(self).expect("a job record serialises");
+        store.put_job(&self.name, &text).await
+    }
+}
+
+/// What operators asked of a job.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobControl {
+    #[serde(default)]
+    pub paused: bool,
+    /// Overrides `copy.rows_per_second` (0: unthrottled) while set.
+    #[serde(default)]
+    pub rows_per_second: Option<u64>,
+    #[serde(default)]
+    pub cutover_requested: bool,
+    #[serde(default)]
+    pub contract_requested: bool,
+    #[serde(default)]
+    pub abort_requested: bool,
+}
+
+impl JobControl {
+    pub async fn load(store: &dyn StateStore, name: &str) -> Result<JobControl> {
+        match store.control(name).await? {
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| Error::State(format!("job `{name}`: unreadable control: {e}"))),
+            None => Ok(JobControl::default()),
+        }
+    }
+
+    /// Applies `change` to the stored control, atomically.
+    pub async fn update(
+        store: &dyn StateStore,
+        name: &str,
+        change: impl FnOnce(&mut JobControl) + Send + 'static,
+    ) -> Result<()> {
+        store
+            .update_control(
+                name,
+                Box::new(move |current| {
+                    let mut control: JobControl = current
+                        .and_then(|t| serde_json::from_str(&t).ok())
+                        .unwrap_or_default();
+                    change(&mut control);
+                    serde_json::to_string(&control).expect("a job control serialises")
+                }),
+            )
+            .await
+    }
+}

@@ -1,0 +1,519 @@
+//! Drives one job through its phases until it is done or the next step waits for a
+//! person or the clock. See the module docs of [`crate::engine`] for the invariants.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use super::record::{JobControl, JobRecord, Phase};
+use super::throttle::Throttle;
+use super::traits::{
+    ChangeApplier, Copier, CopyWorker, Expander, Lease, RangeProgress, Switcher, Verifier,
+};
+use crate::error::{Error, Result};
+use crate::job::{ContractAfter, CutoverMode, JobKind, JobSpec, VerifyMethod};
+use crate::state::StateStore;
+
+/// How often the running process reads the job's control and saves its progress.
+const CONTROL_INTERVAL: Duration = Duration::from_millis(250);
+/// Changes applied per catch-up transaction.
+const CATCH_UP_BATCH: usize = 5_000;
+/// Cutover attempts when the writes lock is busy.
+const CUTOVER_ATTEMPTS: u32 = 5;
+
+/// Why `run` returned without an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    Done,
+    /// Verified and caught up; `job cutover NAME` continues.
+    WaitingForCutover,
+    /// Contract runs at this time (or only on `job contract NAME` when `None`).
+    WaitingForContract(Option<DateTime<Utc>>),
+    /// Stopped by a signal at a batch boundary, checkpoints written.
+    Stopped,
+    Aborted,
+    /// Another process runs this job; it was asked (through the control) to act.
+    RunningElsewhere,
+}
+
+pub struct RunOptions {
+    /// Becomes true on SIGINT/SIGTERM: stop at the next batch boundary.
+    pub shutdown: watch::Receiver<bool>,
+    /// Called with the record whenever progress is saved.
+    pub on_progress: Box<dyn Fn(&JobRecord) + Send + Sync>,
+    /// How long to wait for the job's lease when another process holds it (a killed
+    /// run's session can hold it for a moment after the process is gone).
+    pub claim_wait: Duration,
+}
+
+/// Everything a backend provides for a job.
+pub trait Backend: Lease + Expander + Copier + ChangeApplier + Verifier + Switcher {}
+impl<T: Lease + Expander + Copier + ChangeApplier + Verifier + Switcher> Backend for T {}
+
+enum Flow {
+    Next(Phase),
+    End(RunEnd),
+}
+
+struct Engine<'a, B> {
+    spec: &'a JobSpec,
+    backend: B,
+    store: &'a dyn StateStore,
+    record: JobRecord,
+    options: RunOptions,
+    throttle: Arc<Throttle>,
+}
+
+/// Runs the job from wherever its record says it is.
+pub async fn run<B: Backend>(
+    spec: &JobSpec,
+    mut backend: B,
+    store: &dyn StateStore,
+    file: &str,
+    options: RunOptions,
+) -> Result<RunEnd> {
+    let claim_deadline = Instant::now() + options.claim_wait;
+    while !backend.try_claim().await? {
+        if Instant::now() >= claim_deadline {
+            return Ok(RunEnd::RunningElsewhere);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut record = match JobRecord::load(store, &spec.name).await? {
+        Some(record) => record,
+        None => JobRecord::new(&spec.name, spec.kind, file),
+    };
+    if record.kind != spec.kind {
+        return Err(Error::Refused(format!(
+            "job `{}` ran as a {} job; its file now says {}: abort it first, or give the new job another name",
+            spec.name,
+            record.kind.as_str(),
+            spec.kind.as_str()
+        )));
+    }
+    record.file = file.to_string();
+    let throttle = Arc::new(Throttle::new(
+        spec.copy.rows_per_second,
+        spec.copy.batch_size,
+    ));
+    let mut engine = Engine {
+        spec,
+        backend,
+        store,
+        record,
+        options,
+        throttle,
+    };
+    engine.drive().await
+}
+
+impl<B: Backend> Engine<'_, B> {
+    async fn drive(&mut self) -> Result<RunEnd> {
+        let mut phase = match self.record.phase {
+            Phase::Paused | Phase::Failed => self.record.resume_phase.unwrap_or(Phase::Pending),
+            phase => phase,
+        };
+        if phase == Phase::Done || phase == Phase::Aborted {
+            return Ok(if phase == Phase::Done {
+                RunEnd::Done
+            } else {
+                RunEnd::Aborted
+            });
+        }
+        loop {
+            let control = JobControl::load(self.store, &self.spec.name).await?;
+            if control.abort_requested {
+                return self.abort().await;
+            }
+            self.record.error = None;
+            self.enter(phase).await?;
+            let flow = match self.step(phase).await {
+                Ok(flow) => flow,
+                Err(error) => {
+                    self.record.phase = Phase::Failed;
+                    self.record.resume_phase = Some(phase);
+                    self.record.error = Some(error.to_string());
+                    self.save().await?;
+                    return Err(error);
+                }
+            };
+            match flow {
+                Flow::Next(next) => phase = next,
+                Flow::End(end) => return Ok(end),
+            }
+        }
+    }
+
+    /// Saves the phase before it acts.
+    async fn enter(&mut self, phase: Phase) -> Result<()> {
+        self.record.phase = phase;
+        self.record.resume_phase = None;
+        tracing::info!(job = %self.spec.name, phase = phase.as_str(), "phase");
+        self.save().await
+    }
+
+    async fn save(&mut self) -> Result<()> {
+        self.record.save(self.store).await?;
+        (self.options.on_progress)(&self.record);
+        Ok(())
+    }
+
+    async fn step(&mut self, phase: Phase) -> Result<Flow> {
+        let copy = self.spec.kind == JobKind::Copy;
+        Ok(match phase {
+            Phase::Pending => Flow::Next(Phase::Expand),
+            Phase::Expand => {
+                let created = self.backend.expand().await?;
+                self.record.created_target |= created;
+                Flow::Next(Phase::Copy)
+            }
+            Phase::Copy => match self.copy().await? {
+                Some(end) => Flow::End(end),
+                None if copy && self.catches_up() => Flow::Next(Phase::CatchUp),
+                None => Flow::Next(Phase::Verify),
+            },
+            Phase::CatchUp => match self.catch_up(self.spec.cutover.max_lag).await? {
+                Some(end) => Flow::End(end),
+                None => Flow::Next(Phase::Verify),
+            },
+            Phase::Verify => {
+                self.verify().await?;
+                if copy {
+                    Flow::Next(Phase::ReadyToCutover)
+                } else {
+                    self.record.cutover_at.get_or_insert_with(Utc::now);
+                    return self.contract_when_due().await;
+                }
+            }
+            Phase::ReadyToCutover => {
+                let control = JobControl::load(self.store, &self.spec.name).await?;
+                if self.spec.cutover.mode == CutoverMode::Auto || control.cutover_requested {
+                    Flow::Next(Phase::Cutover)
+                } else {
+                    Flow::End(RunEnd::WaitingForCutover)
+                }
+            }
+            Phase::Cutover => {
+                if self.record.cutover_at.is_none() {
+                    if let Some(end) = self.cutover().await? {
+                        return Ok(Flow::End(end));
+                    }
+                }
+                return self.contract_when_due().await;
+            }
+            Phase::Contract => {
+                self.backend.contract().await?;
+                JobControl::update(self.store, &self.spec.name, |c| {
+                    c.contract_requested = false
+                })
+                .await?;
+                Flow::Next(Phase::Done)
+            }
+            Phase::Done => Flow::End(RunEnd::Done),
+            Phase::Paused | Phase::Failed | Phase::Aborted => {
+                unreachable!("never entered as a working phase")
+            }
+        })
+    }
+
+    fn catches_up(&self) -> bool {
+        self.spec.catch_up.method != crate::job::CatchUpMethod::None
+    }
+
+    /// Between batches: the shutdown signal, and the control (pause, throttle, abort).
+    /// Returns why to stop, if anything says so.
+    async fn interrupted(&mut self) -> Result<Option<Interrupt>> {
+        if *self.options.shutdown.borrow() {
+            return Ok(Some(Interrupt::Shutdown));
+        }
+        let control = JobControl::load(self.store, &self.spec.name).await?;
+        self.throttle.set_rate(
+            control
+                .rows_per_second
+                .unwrap_or(self.spec.copy.rows_per_second),
+        );
+        Ok(if control.abort_requested {
+            Some(Interrupt::Abort)
+        } else if control.paused {
+            Some(Interrupt::Pause)
+        } else {
+            None
+        })
+    }
+
+    /// Handles an interruption in `phase`: waits out a pause (then returns `None` to go
+    /// on), or returns how the run ends.
+    async fn handle(&mut self, interrupt: Interrupt, phase: Phase) -> Result<Option<RunEnd>> {
+        match interrupt {
+            Interrupt::Shutdown => {
+                self.record.phase = phase;
+                self.save().await?;
+                Ok(Some(RunEnd::Stopped))
+            }
+            Interrupt::Abort => self.abort().await.map(Some),
+            Interrupt::Pause => {
+                self.record.phase = Phase::Paused;
+                self.record.resume_phase = Some(phase);
+                self.save().await?;
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(CONTROL_INTERVAL) => {}
+                        _ = self.options.shutdown.changed() => {}
+                    }
+                    match self.interrupted().await? {
+                        Some(Interrupt::Pause) => continue,
+                        Some(other) => return Box::pin(self.handle(other, phase)).await,
+                        None => break,
+                    }
+                }
+                self.enter(phase).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn abort(&mut self) -> Result<RunEnd> {
+        let after_cutover = self.record.cutover_at.is_some() && self.spec.kind == JobKind::Copy;
+        self.backend
+            .abort(after_cutover, self.record.created_target)
+            .await?;
+        self.record.phase = Phase::Aborted;
+        self.record.resume_phase = None;
+        self.save().await?;
+        Ok(RunEnd::Aborted)
+    }
+
+    /// The copy (or in-place fill) phase: workers over ranges, batches throttled.
+    async fn copy(&mut self) -> Result<Option<RunEnd>> {
+        loop {
+            let ranges = self.backend.ranges(self.spec.copy.concurrency).await?;
+            self.record.rows_total = self
+                .backend
+                .estimate_rows()
+                .await?
+                .max(ranges.iter().map(|r| r.rows).sum());
+            self.record.rows_copied = ranges.iter().map(|r| r.rows).sum();
+            let pending: VecDeque<RangeProgress> = ranges.into_iter().filter(|r| !r.done).collect();
+            if pending.is_empty() {
+                return Ok(None);
+            }
+            match self.copy_ranges(pending).await? {
+                None => return Ok(None),
+                Some(interrupt) => {
+                    if let Some(end) = self.handle(interrupt, Phase::Copy).await? {
+                        return Ok(Some(end));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Copies until every range is done (`None`) or something interrupts.
+    async fn copy_ranges(&mut self, pending: VecDeque<RangeProgress>) -> Result<Option<Interrupt>> {
+        let workers = self.spec.copy.concurrency.min(pending.len());
+        let queue = Arc::new(Mutex::new(pending));
+        let copied = Arc::new(AtomicU64::new(self.record.rows_copied));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..workers {
+            let worker = self.backend.worker().await?;
+            let (queue, copied, stop, throttle) = (
+                queue.clone(),
+                copied.clone(),
+                stop.clone(),
+                self.throttle.clone(),
+            );
+            let batch_size = self.spec.copy.batch_size;
+            tasks.spawn(copy_worker(
+                worker, queue, copied, stop, throttle, batch_size,
+            ));
+        }
+        let started = Instant::now();
+        let start_rows = self.record.rows_copied;
+        let mut interrupt = None;
+        let mut failure = None;
+        loop {
+            tokio::select! {
+                joined = tasks.join_next() => match joined {
+                    None => break,
+                    Some(Ok(Ok(()))) => {}
+                    Some(Ok(Err(error))) => { stop.store(true, Ordering::SeqCst); failure.get_or_insert(error); }
+                    Some(Err(panic)) => { stop.store(true, Ordering::SeqCst); failure.get_or_insert(Error::State(format!("a copy worker died: {panic}"))); }
+                },
+                _ = tokio::time::sleep(CONTROL_INTERVAL) => {
+                    if interrupt.is_none() {
+                        interrupt = self.interrupted().await?;
+                        if interrupt.is_some() { stop.store(true, Ordering::SeqCst); }
+                    }
+                    self.progress(copied.load(Ordering::Relaxed), start_rows, started);
+                    self.save().await?;
+                }
+            }
+        }
+        self.progress(copied.load(Ordering::Relaxed), start_rows, started);
+        self.save().await?;
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(interrupt),
+        }
+    }
+
+    fn progress(&mut self, copied: u64, start_rows: u64, started: Instant) {
+        self.record.rows_copied = copied;
+        let seconds = started.elapsed().as_secs_f64();
+        if seconds > 0.0 && copied > start_rows {
+            self.record.rows_per_second = (copied - start_rows) as f64 / seconds;
+        }
+        let left = self.record.rows_total.saturating_sub(copied) as f64;
+        self.record.eta_seconds =
+            (self.record.rows_per_second > 0.0).then(|| left / self.record.rows_per_second);
+    }
+
+    /// Applies captured changes until a pass drains what it found and the lag is below
+    /// `max_lag`.
+    async fn catch_up(&mut self, max_lag: Duration) -> Result<Option<RunEnd>> {
+        let mut last_save = Instant::now();
+        loop {
+            if let Some(interrupt) = self.interrupted().await? {
+                if let Some(end) = self.handle(interrupt, self.record.phase).await? {
+                    return Ok(Some(end));
+                }
+            }
+            let applied = self.backend.apply_changes(CATCH_UP_BATCH).await?;
+            self.record.changes_applied += applied;
+            let lag = self.backend.lag().await?;
+            self.record.lag_seconds = lag.seconds;
+            if last_save.elapsed() >= CONTROL_INTERVAL || applied == 0 {
+                self.save().await?;
+                last_save = Instant::now();
+            }
+            // Caught up: what was there is applied, and what came since is young enough.
+            if (applied as usize) < CATCH_UP_BATCH && lag.seconds <= max_lag.as_secs_f64() {
+                self.save().await?;
+                return Ok(None);
+            }
+            if applied == 0 {
+                tokio::time::sleep(CONTROL_INTERVAL / 5).await;
+            }
+        }
+    }
+
+    async fn verify(&mut self) -> Result<()> {
+        let checksum = match self.spec.verify.method {
+            VerifyMethod::None => return Ok(()),
+            VerifyMethod::Count => false,
+            VerifyMethod::Checksum => true,
+        };
+        let ranges: Vec<_> = self
+            .backend
+            .ranges(self.spec.copy.concurrency)
+            .await?
+            .into_iter()
+            .map(|r| r.range)
+            .collect();
+        let suspects = self.backend.verify(&ranges, checksum, false).await?;
+        if suspects.is_empty() {
+            return Ok(());
+        }
+        // Writes went on while comparing: check the differing chunks again, each while
+        // writes wait for a moment, after the last changes were applied.
+        tracing::info!(job = %self.spec.name, chunks = suspects.len(), "chunks differ; checking them again consistently");
+        let chunks: Vec<_> = suspects.into_iter().map(|m| m.range).collect();
+        let mismatches = self.backend.verify(&chunks, checksum, true).await?;
+        if mismatches.is_empty() {
+            return Ok(());
+        }
+        Err(Error::VerifyFailed {
+            job: self.spec.name.clone(),
+            ranges: mismatches.into_iter().map(|m| m.detail).collect(),
+        })
+    }
+
+    /// Waits for the lag gate, then cuts over, retrying when the writes lock is busy.
+    async fn cutover(&mut self) -> Result<Option<RunEnd>> {
+        if self.catches_up() {
+            if let Some(end) = self.catch_up(self.spec.cutover.max_lag).await? {
+                return Ok(Some(end));
+            }
+        }
+        let mut attempt = 0;
+        let report = loop {
+            attempt += 1;
+            match self.backend.cutover().await {
+                Ok(report) => break report,
+                Err(Error::LockTimeout { .. }) if attempt < CUTOVER_ATTEMPTS => {
+                    let jitter = Duration::from_millis(
+                        100 * attempt as u64 + (Utc::now().timestamp_subsec_millis() % 100) as u64,
+                    );
+                    tracing::warn!(job = %self.spec.name, attempt, "the source is busy; cutover retries");
+                    tokio::time::sleep(jitter).await;
+                    if self.catches_up() {
+                        self.catch_up(self.spec.cutover.max_lag).await?;
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        };
+        self.record.changes_applied += report.changes_drained;
+        self.record.writes_blocked_ms = Some(report.writes_blocked.as_millis() as u64);
+        self.record.cutover_at = Some(Utc::now());
+        self.record.lag_seconds = 0.0;
+        JobControl::update(self.store, &self.spec.name, |c| c.cutover_requested = false).await?;
+        self.save().await?;
+        Ok(None)
+    }
+
+    /// Contract now if it is due or asked for; otherwise say when.
+    async fn contract_when_due(&mut self) -> Result<Flow> {
+        let control = JobControl::load(self.store, &self.spec.name).await?;
+        let from = self.record.cutover_at.unwrap_or_else(Utc::now);
+        let due = match self.spec.contract.after {
+            ContractAfter::Manual => None,
+            ContractAfter::Delay(delay) => {
+                Some(from + chrono::Duration::from_std(delay).unwrap_or(chrono::TimeDelta::MAX))
+            }
+        };
+        if control.contract_requested || due.is_some_and(|due| due <= Utc::now()) {
+            return Ok(Flow::Next(Phase::Contract));
+        }
+        self.save().await?;
+        Ok(Flow::End(RunEnd::WaitingForContract(due)))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interrupt {
+    Shutdown,
+    Pause,
+    Abort,
+}
+
+/// One copy worker: takes ranges from the queue and copies them batch by batch until the
+/// queue is empty or `stop` is set (then it puts its unfinished range back).
+async fn copy_worker(
+    mut worker: Box<dyn CopyWorker>,
+    queue: Arc<Mutex<VecDeque<RangeProgress>>>,
+    copied: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    throttle: Arc<Throttle>,
+    batch_size: usize,
+) -> Result<()> {
+    loop {
+        let Some(mut progress) = queue.lock().expect("queue lock").pop_front() else {
+            return Ok(());
+        };
+        while !progress.done {
+            if stop.load(Ordering::SeqCst) {
+                queue.lock().expect("queue lock").push_back(progress);
+                return Ok(());
+            }
+            throttle.admit(batch_size).await;
+            let rows = worker.copy_batch(&mut progress, batch_size).await?;
+            copied.fetch_add(rows, Ordering::Relaxed);
+        }
+    }
+}

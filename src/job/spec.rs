@@ -1,0 +1,439 @@
+//! The job file, `jobs/<name>.toml`: what to copy or backfill, and how.
+//!
+//! Invariants of a [`JobSpec`] returned by [`load`]: every field was known, every value
+//! is in range, the databases it names are configured, and the source and target are
+//! given in the form their database kind needs. Errors name the file and field.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, DatabaseKind};
+use crate::error::{at_field, Error, FileProblem, Result};
+
+const DEFAULT_BATCH_SIZE: usize = 10_000;
+const DEFAULT_CONCURRENCY: usize = 2;
+const DEFAULT_MAX_LAG: Duration = Duration::from_secs(10);
+const DEFAULT_CUTOVER_MAX_LAG: Duration = Duration::from_secs(1);
+const DEFAULT_CONTRACT_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    Copy,
+    Backfill,
+    Reindex,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Copy => "copy",
+            JobKind::Backfill => "backfill",
+            JobKind::Reindex => "reindex",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub name: String,
+    pub kind: JobKind,
+    /// Cron schedule (UTC) on which `serve` starts the job.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// Daily window (UTC), `HH:MM-HH:MM`, outside which `serve` pauses the job.
+    #[serde(default)]
+    pub window: Option<String>,
+    pub source: Endpoint,
+    #[serde(default)]
+    pub target: Option<Endpoint>,
+    #[serde(default)]
+    pub expand: Expand,
+    #[serde(default)]
+    pub transform: Transform,
+    #[serde(default)]
+    pub copy: CopySettings,
+    #[serde(default)]
+    pub catch_up: CatchUp,
+    #[serde(default)]
+    pub verify: VerifySettings,
+    #[serde(default)]
+    pub cutover: CutoverSettings,
+    #[serde(default)]
+    pub contract: Contract,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub database: String,
+    #[serde(default)]
+    pub table: Option<String>,
+    #[serde(default)]
+    pub collection: Option<String>,
+    #[serde(default)]
+    pub index: Option<String>,
+    /// The batch key: one column or several; unique and ordered.
+    #[serde(default)]
+    pub key: Option<KeyColumns>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum KeyColumns {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl KeyColumns {
+    pub fn columns(&self) -> Vec<String> {
+        match self {
+            KeyColumns::One(column) => vec![column.clone()],
+            KeyColumns::Many(columns) => columns.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expand {
+    /// Statements run before copying; they must be idempotent (`IF NOT EXISTS`).
+    #[serde(default)]
+    pub sql: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transform {
+    /// Target column = SQL expression over the source row's columns.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopySettings {
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// 0: unthrottled.
+    #[serde(default)]
+    pub rows_per_second: u64,
+    #[serde(default = "default_max_lag", with = "humantime_serde")]
+    pub max_lag: Duration,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_batch_size() -> usize {
+    DEFAULT_BATCH_SIZE
+}
+fn default_max_lag() -> Duration {
+    DEFAULT_MAX_LAG
+}
+fn default_concurrency() -> usize {
+    DEFAULT_CONCURRENCY
+}
+
+impl Default for CopySettings {
+    fn default() -> Self {
+        CopySettings {
+            batch_size: DEFAULT_BATCH_SIZE,
+            rows_per_second: 0,
+            max_lag: DEFAULT_MAX_LAG,
+            concurrency: DEFAULT_CONCURRENCY,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchUpMethod {
+    #[default]
+    LogicalReplication,
+    ChangeStream,
+    None,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatchUp {
+    #[serde(default)]
+    pub method: CatchUpMethod,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyMethod {
+    Count,
+    #[default]
+    Checksum,
+    None,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifySettings {
+    #[serde(default)]
+    pub method: VerifyMethod,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CutoverMode {
+    #[default]
+    Manual,
+    Auto,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CutoverMethod {
+    #[default]
+    Rename,
+    AliasSwap,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CutoverSettings {
+    #[serde(default)]
+    pub mode: CutoverMode,
+    #[serde(default = "default_cutover_max_lag", with = "humantime_serde")]
+    pub max_lag: Duration,
+    #[serde(default)]
+    pub method: CutoverMethod,
+}
+
+fn default_cutover_max_lag() -> Duration {
+    DEFAULT_CUTOVER_MAX_LAG
+}
+
+impl Default for CutoverSettings {
+    fn default() -> Self {
+        CutoverSettings {
+            mode: CutoverMode::Manual,
+            max_lag: DEFAULT_CUTOVER_MAX_LAG,
+            method: CutoverMethod::Rename,
+        }
+    }
+}
+
+/// When contract runs: after a delay from cutover (or from the end of a backfill), or
+/// only on `job contract`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContractAfter {
+    Delay(Duration),
+    Manual,
+}
+
+impl<'de> Deserialize<'de> for ContractAfter {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text == "manual" {
+            return Ok(ContractAfter::Manual);
+        }
+        humantime::parse_duration(&text)
+            .map(ContractAfter::Delay)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is neither a duration (24h, 30m) nor \"manual\": {e}"
+                ))
+            })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contract {
+    #[serde(default)]
+    pub sql: Vec<String>,
+    #[serde(default = "default_contract_after")]
+    pub after: ContractAfter,
+}
+
+fn default_contract_after() -> ContractAfter {
+    ContractAfter::Delay(DEFAULT_CONTRACT_AFTER)
+}
+
+impl Default for Contract {
+    fn default() -> Self {
+        Contract {
+            sql: Vec::new(),
+            after: default_contract_after(),
+        }
+    }
+}
+
+/// Reads and checks a job file against the configuration.
+pub fn load(path: &Path, config: &Config) -> Result<JobSpec> {
+    let problem = |reason: String| {
+        Error::InvalidFiles(vec![FileProblem {
+            file: path.to_path_buf(),
+            reason,
+        }])
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| problem(format!("cannot read: {e}")))?;
+    let spec = parse(&text).map_err(problem)?;
+    spec.validate(config).map_err(problem)?;
+    Ok(spec)
+}
+
+/// Parses a job file's text; the error names the field.
+pub fn parse(text: &str) -> std::result::Result<JobSpec, String> {
+    let deserializer =
+        toml::Deserializer::parse(text).map_err(|e| format!("invalid TOML: {}", e.message()))?;
+    serde_path_to_error::deserialize(deserializer)
+        .map_err(|e| at_field("", e.path(), e.inner().message()))
+}
+
+impl JobSpec {
+    /// Checks what the types cannot; returns `field `path`: reason`.
+    pub fn validate(&self, config: &Config) -> std::result::Result<(), String> {
+        let field = |path: &str, reason: String| format!("field `{path}`: {reason}");
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(field("name", format!("`{}` must be letters, digits and `_` only (it names replication slots and metrics)", self.name)));
+        }
+        if self.name.len() > 40 {
+            return Err(field(
+                "name",
+                "at most 40 characters (it names replication slots)".into(),
+            ));
+        }
+        if self.copy.batch_size == 0 {
+            return Err(field("copy.batch_size", "must be at least 1".into()));
+        }
+        if self.copy.concurrency == 0 || self.copy.concurrency > 64 {
+            return Err(field(
+                "copy.concurrency",
+                format!("{} is outside 1..=64", self.copy.concurrency),
+            ));
+        }
+        if let Some(window) = &self.window {
+            parse_window(window).map_err(|reason| field("window", reason))?;
+        }
+        let source_kind = self.endpoint_kind("source", &self.source, config)?;
+        if source_kind != DatabaseKind::Postgresql {
+            return Err(field(
+                "source.database",
+                format!(
+                    "{source_kind} jobs are not available in this version (PostgreSQL jobs are)"
+                ),
+            ));
+        }
+        match self.kind {
+            JobKind::Copy => {
+                let target = self.target.as_ref().ok_or_else(|| {
+                    "missing section `[target]`: a copy needs a target table".to_string()
+                })?;
+                let target_kind = self.endpoint_kind("target", target, config)?;
+                if target_kind != source_kind || target.database != self.source.database {
+                    return Err(field(
+                        "target.database",
+                        format!("`{}`: this version copies within one PostgreSQL database (source is `{}`)", target.database, self.source.database),
+                    ));
+                }
+                if target.table == self.source.table {
+                    return Err(field(
+                        "target.table",
+                        "the target must be another table than the source".into(),
+                    ));
+                }
+                if self.cutover.method != CutoverMethod::Rename {
+                    return Err(field(
+                        "cutover.method",
+                        "PostgreSQL cuts over by `rename`".into(),
+                    ));
+                }
+            }
+            JobKind::Backfill => {
+                if self.target.is_some() {
+                    return Err("section `[target]`: a backfill changes its source in place; remove [target]".into());
+                }
+                if self.transform.columns.is_empty() {
+                    return Err(field(
+                        "transform.columns",
+                        "a backfill needs at least one column = expression to fill".into(),
+                    ));
+                }
+            }
+            JobKind::Reindex => {
+                return Err(field(
+                    "kind",
+                    "`reindex` is for Elasticsearch, which this version does not run yet".into(),
+                ))
+            }
+        }
+        if self.catch_up.method == CatchUpMethod::ChangeStream {
+            return Err(field(
+                "catch_up.method",
+                "`change_stream` is for MongoDB; PostgreSQL uses `logical_replication` or `none`"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn endpoint_kind(
+        &self,
+        section: &str,
+        endpoint: &Endpoint,
+        config: &Config,
+    ) -> std::result::Result<DatabaseKind, String> {
+        let database = config.databases.get(&endpoint.database).ok_or_else(|| {
+            format!(
+                "field `{section}.database`: no database named `{}` in the configuration",
+                endpoint.database
+            )
+        })?;
+        if database.kind == DatabaseKind::Postgresql {
+            let table = endpoint.table.as_deref().unwrap_or_default();
+            if table.is_empty() {
+                return Err(format!(
+                    "field `{section}.table`: required for a PostgreSQL database"
+                ));
+            }
+            if table.split('.').count() > 2 || table.split('.').any(str::is_empty) {
+                return Err(format!(
+                    "field `{section}.table`: `{table}` is not `table` or `schema.table`"
+                ));
+            }
+            if endpoint.collection.is_some() || endpoint.index.is_some() {
+                return Err(format!("field `{section}`: `collection` and `index` are for MongoDB and Elasticsearch; use `table`"));
+            }
+        }
+        Ok(database.kind)
+    }
+
+    /// The key columns: as given, or the table's primary key when not given.
+    pub fn key_columns(&self) -> Option<Vec<String>> {
+        self.source.key.as_ref().map(KeyColumns::columns)
+    }
+}
+
+/// `01:00-05:00` → minutes after midnight (start, end); the window may wrap midnight.
+pub fn parse_window(text: &str) -> std::result::Result<(u32, u32), String> {
+    let minutes = |part: &str| -> Option<u32> {
+        let (h, m) = part.trim().split_once(':')?;
+        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60).then_some(h * 60 + m)
+    };
+    let (start, end) = text
+        .split_once('-')
+        .ok_or_else(|| format!("`{text}` is not HH:MM-HH:MM"))?;
+    match (minutes(start), minutes(end)) {
+        (Some(start), Some(end)) if start != end => Ok((start, end)),
+        (Some(_), Some(_)) => Err(format!("`{text}` is empty: start and end are the same")),
+        _ => Err(format!("`{text}` is not HH:MM-HH:MM (UTC)")),
+    }
+}

@@ -1,0 +1,471 @@
+//! Online jobs on a real PostgreSQL: copy under concurrent writes, kills at any point,
+//! cutover, abort, backfill, controls, and what a user sees for bad job files.
+
+mod common;
+
+use common::writer::{checksum, contents, create_items, Lcg, Writer};
+use common::Project;
+
+fn copy_job(name: &str, extra: &str) -> String {
+    format!(
+        r#"name = "{name}"
+kind = "copy"
+
+[source]
+database = "postgresql"
+table = "public.items"
+
+[target]
+database = "postgresql"
+table = "public.items_v2"
+
+[expand]
+sql = ["CREATE TABLE IF NOT EXISTS public.items_v2 (id bigint PRIMARY KEY, v text NOT NULL, pad text)"]
+
+[copy]
+batch_size = 500
+concurrency = 2
+{extra}
+"#
+    )
+}
+
+fn seed() -> u64 {
+    let seed = std::env::var("SWITCHYARD_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("seed {seed} (rerun with SWITCHYARD_TEST_SEED={seed})");
+    seed
+}
+
+#[test]
+fn copy_under_writes_then_cutover_loses_nothing() {
+    let project = Project::new();
+    let mut db = project.db.client();
+    let model = create_items(&mut db, "items", 20_000);
+    let file = project.job_file("items", &copy_job("items", ""));
+    let writer = Writer::start(&project.db.url, "items", model, seed());
+
+    let run = project.run(&["job", "run", &file]).ok();
+    assert_eq!(
+        run.stdout,
+        "job items: verified and caught up, ready to cut over: switchyard job cutover items\n"
+    );
+    assert_eq!(project.job_status("items")["phase"], "ready_to_cutover");
+
+    // Writes go on through the cutover; blocked statements continue on the new table.
+    let cutover = project.run(&["job", "cutover", "items"]).ok();
+    assert!(
+        cutover
+            .stdout
+            .starts_with("job items: cut over; contract is due at "),
+        "{}",
+        cutover.stdout
+    );
+    assert!(
+        cutover
+            .stdout
+            .contains("\njob items: writes to the source were blocked for "),
+        "{}",
+        cutover.stdout
+    );
+    let (model, ops) = writer.stop();
+    assert!(ops > 100, "the writer made only {ops} changes");
+    assert_eq!(
+        contents(&mut db, "items"),
+        model,
+        "the new table must hold exactly what was written"
+    );
+    assert!(project.db.exists("items_old") && !project.db.exists("items_v2"));
+    assert_eq!(
+        project.db.column(
+            "SELECT count(*)::text FROM pg_replication_slots WHERE database = current_database()"
+        ),
+        ["0"],
+        "no slot may hold WAL after cutover"
+    );
+    assert_eq!(
+        project
+            .db
+            .column("SELECT count(*)::text FROM pg_publication"),
+        ["0"]
+    );
+
+    let status = project.job_status("items");
+    assert!(
+        status["writes_blocked_ms"].as_u64().unwrap() < 1_000,
+        "{status}"
+    );
+    project.run(&["job", "contract", "items"]).ok();
+    assert_eq!(project.job_status("items")["phase"], "done");
+}
+
+#[test]
+fn killed_at_any_point_the_job_resumes_with_nothing_lost_or_duplicated() {
+    let project = Project::new();
+    let mut db = project.db.client();
+    let model = create_items(&mut db, "items", 30_000);
+    let file = project.job_file("items", &copy_job("items", "rows_per_second = 20000\n"));
+    let seed = seed();
+    let mut random = Lcg::new(seed);
+    let writer = Writer::start(&project.db.url, "items", model, seed);
+    let mut kills = 0;
+    let mut phases = std::collections::BTreeMap::new();
+    loop {
+        let mut child = project
+            .command(&["job", "run", &file])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Let it run a random while (0-600 ms), then SIGKILL it; after 12 kills, let it finish.
+        let budget = if kills < 12 {
+            random.below(600)
+        } else {
+            120_000
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(budget);
+        let finished = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        match finished {
+            Some(status) => {
+                if !status.success() {
+                    let missing = project.db.column("SELECT s.id::text || ' ' || s.v || ' xmin ' || s.xmin::text FROM items s LEFT JOIN items_v2 t USING (id) WHERE t.id IS NULL");
+                    let extra = project.db.column("SELECT t.id::text || ' ' || t.v FROM items_v2 t LEFT JOIN items s USING (id) WHERE s.id IS NULL");
+                    let progress = project.db.column("SELECT job || ' ' || lsn::text || ' ' || changes FROM switchyard.catch_up_progress");
+                    eprintln!("on failure: rows missing from the target {missing:?}, extra in it {extra:?}, catch-up checkpoint {progress:?}");
+                }
+                assert!(status.success(), "job run failed after {kills} kills");
+                break;
+            }
+            None => {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                kills += 1;
+                let phase = project.job_status("items")["phase"]
+                    .as_str()
+                    .unwrap_or("pending")
+                    .to_string();
+                *phases.entry(phase).or_insert(0) += 1;
+            }
+        }
+    }
+    eprintln!("kills by phase: {phases:?}");
+    assert!(
+        phases.get("copy").copied().unwrap_or(0) >= 2,
+        "kills must hit the copy: {phases:?}"
+    );
+    assert!(kills >= 4, "only {kills} kills: {phases:?}");
+    let (model, _) = writer.stop();
+    let cut = project.run(&["job", "cutover", "items"]);
+    if cut.code != 0 {
+        let all = project.run(&["job", "status", "--json"]);
+        let audit = project.run(&["audit"]);
+        let files = std::fs::read_dir(project.path("data"))
+            .unwrap()
+            .map(|e| format!("{:?}", e.unwrap().file_name()))
+            .collect::<Vec<_>>();
+        eprintln!(
+            "on failure: cutover said {}; job status {} {}; audit {}; state files {files:?}",
+            cut.stderr, all.stdout, all.stderr, audit.stdout
+        );
+    }
+    cut.ok();
+    assert_eq!(contents(&mut db, "items"), model);
+    let (rows, _) = checksum(&mut db, "items");
+    assert_eq!(rows as usize, model.len(), "no duplicates");
+    eprintln!("{kills} kills survived");
+}
+
+#[test]
+fn verify_compares_every_column_including_toasted_ones() {
+    let project = Project::new();
+    let mut db = project.db.client();
+    create_items(&mut db, "items", 5_000);
+    let file = project.job_file("items", &copy_job("items", ""));
+    project.run(&["job", "run", &file]).ok();
+    // Updates that leave the TOASTed `pad` out, during catch-up.
+    db.batch_execute("UPDATE items SET v = v || '!' WHERE id % 50 = 0")
+        .unwrap();
+    project.run(&["job", "cutover", "items"]).ok();
+    assert_eq!(checksum(&mut db, "items"), checksum(&mut db, "items_old"));
+}
+
+#[test]
+fn a_real_difference_fails_verify_naming_the_chunks() {
+    // A transform that never gives the same value twice: every chunk differs, even when
+    // compared again consistently.
+    let project = Project::new();
+    let mut db = project.db.client();
+    create_items(&mut db, "items", 2_000);
+    let job = copy_job(
+        "items",
+        "[transform]\ncolumns = { v = \"s.v || random()::text\" }\n",
+    );
+    let file = project.job_file("items", &job);
+    let failed = project.run(&["job", "run", &file]).expect_code(1);
+    assert_eq!(
+        failed.stderr,
+        "error: job `items`: verification failed, cutover refused:\n\
+         range 0 (keys up to (1000)): 1000 rows on both sides, but their contents differ\n\
+         range 1 (keys after (1000)): 1000 rows on both sides, but their contents differ\n"
+    );
+    let status = project.job_status("items");
+    assert_eq!(status["phase"], "failed");
+    assert!(status["error"]
+        .as_str()
+        .unwrap()
+        .contains("verification failed"));
+    project.run(&["job", "cutover", "items"]).expect_code(1);
+    assert!(
+        !project.db.exists("items_old"),
+        "a failed verification must block cutover"
+    );
+}
+
+#[test]
+fn abort_before_cutover_leaves_nothing_behind() {
+    let project = Project::new();
+    let mut db = project.db.client();
+    create_items(&mut db, "items", 3_000);
+    let before = checksum(&mut db, "items");
+    let file = project.job_file("items", &copy_job("items", ""));
+    project.run(&["job", "run", &file]).ok();
+    assert!(project.db.exists("items_v2"));
+    let run = project.run(&["job", "abort", "items"]).ok();
+    assert_eq!(run.stdout, "job items: aborted\n");
+    assert!(
+        !project.db.exists("items_v2"),
+        "the target expand created must be gone"
+    );
+    assert_eq!(
+        project.db.column(
+            "SELECT count(*)::text FROM pg_replication_slots WHERE database = current_database()"
+        ),
+        ["0"]
+    );
+    assert_eq!(
+        project
+            .db
+            .column("SELECT count(*)::text FROM pg_publication"),
+        ["0"]
+    );
+    assert_eq!(
+        project
+            .db
+            .column("SELECT count(*)::text FROM switchyard.copy_progress"),
+        ["0"]
+    );
+    assert_eq!(
+        checksum(&mut db, "items"),
+        before,
+        "the source is as it was"
+    );
+    assert_eq!(project.job_status("items")["phase"], "aborted");
+    let again = project.run(&["job", "pause", "items"]).expect_code(2);
+    assert_eq!(
+        again.stderr,
+        "error: job `items` is aborted; nothing to pause\n"
+    );
+}
+
+#[test]
+fn abort_after_cutover_swaps_back() {
+    let project = Project::new();
+    let mut db = project.db.client();
+    create_items(&mut db, "items", 1_000);
+    let before = checksum(&mut db, "items");
+    let file = project.job_file(
+        "items",
+        &copy_job(
+            "items",
+            "[cutover]\nmode = \"auto\"\n[contract]\nafter = \"manual\"\n",
+        ),
+    );
+    let run = project.run(&["job", "run", &file]).ok();
+    assert!(
+        run.stdout.starts_with("job items: waiting for contract"),
+        "{}",
+        run.stdout
+    );
+    assert!(project.db.exists("items_old"));
+    project.run(&["job", "abort", "items"]).ok();
+    assert!(!project.db.exists("items_old") && project.db.exists("items_v2"));
+    assert_eq!(checksum(&mut db, "items"), before);
+    assert_eq!(
+        project
+            .db
+            .column("SELECT relkind::text FROM pg_class WHERE relname = 'items'"),
+        ["r"]
+    );
+}
+
+#[test]
+fn backfill_under_concurrent_writes_leaves_no_wrong_value() {
+    let project = Project::new();
+    let mut db = project.db.client();
+    let model = create_items(&mut db, "items", 20_000);
+    let file = project.job_file(
+        "fill",
+        r#"name = "fill"
+kind = "backfill"
+
+[source]
+database = "postgresql"
+table = "items"
+
+[expand]
+sql = ["ALTER TABLE items ADD COLUMN IF NOT EXISTS v_upper text"]
+
+[transform]
+columns = { v_upper = "upper(v) || '#' || id" }
+
+[copy]
+batch_size = 1000
+
+[contract]
+after = "manual"
+"#,
+    );
+    let writer = Writer::start(&project.db.url, "items", model, seed());
+    let run = project.run(&["job", "run", &file]).ok();
+    assert_eq!(
+        run.stdout,
+        "job fill: waiting for contract: switchyard job contract fill\n"
+    );
+    let (model, _) = writer.stop();
+    assert_eq!(contents(&mut db, "items"), model);
+    assert_eq!(
+        project.db.column(
+            "SELECT count(*)::text FROM items WHERE v_upper IS DISTINCT FROM upper(v) || '#' || id"
+        ),
+        ["0"]
+    );
+    assert_eq!(
+        project
+            .db
+            .column("SELECT count(*)::text FROM pg_trigger WHERE tgname = 'switchyard_fill_fill'"),
+        ["1"]
+    );
+    project.run(&["job", "contract", "fill"]).ok();
+    assert_eq!(
+        project
+            .db
+            .column("SELECT count(*)::text FROM pg_trigger WHERE tgname = 'switchyard_fill_fill'"),
+        ["0"]
+    );
+    assert_eq!(project.job_status("fill")["phase"], "done");
+}
+
+#[test]
+fn pause_throttle_and_resume_act_on_a_running_job() {
+    let project = Project::new();
+    let mut db = project.db.client();
+    create_items(&mut db, "items", 20_000);
+    let file = project.job_file("items", &copy_job("items", "rows_per_second = 4000\n"));
+    let child = project
+        .command(&["job", "run", &file])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    project.wait_for_job("items", "copying", |s| {
+        s["phase"] == "copy" && s["rows_copied"].as_u64() > Some(0)
+    });
+    project.run(&["job", "pause", "items"]).ok();
+    let paused = project.wait_for_job("items", "paused", |s| s["phase"] == "paused");
+    let copied = paused["rows_copied"].as_u64().unwrap();
+    assert!(copied < 20_000, "paused after {copied} rows");
+    assert_eq!(
+        project.job_status("items")["rows_copied"].as_u64().unwrap(),
+        copied,
+        "a paused job copies nothing"
+    );
+    project
+        .run(&["job", "throttle", "items", "--rows-per-second", "0"])
+        .ok();
+    project.run(&["job", "resume", "items"]).ok();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(project.job_status("items")["phase"], "ready_to_cutover");
+    assert_eq!(checksum(&mut db, "items"), checksum(&mut db, "items_v2"));
+}
+
+#[test]
+fn plan_changes_nothing() {
+    let project = Project::new();
+    let mut db = project.db.client();
+    create_items(&mut db, "items", 100);
+    db.batch_execute("CREATE VIEW items_view AS SELECT id FROM items")
+        .unwrap();
+    let file = project.job_file("items", &copy_job("items", ""));
+    let plan = project.run(&["job", "plan", &file]).ok();
+    assert!(
+        plan.stdout
+            .starts_with("job items (copy), source public.items: about 100 rows\n"),
+        "{}",
+        plan.stdout
+    );
+    assert!(plan
+        .stdout
+        .contains("CREATE TABLE IF NOT EXISTS public.items_v2"));
+    assert!(
+        plan.stdout
+            .contains("BLOCKS CUTOVER view items_view: would keep reading the old table"),
+        "{}",
+        plan.stdout
+    );
+    assert!(plan.stdout.ends_with("nothing was changed\n"));
+    assert!(!project.db.exists("items_v2") && !project.db.exists("switchyard.copy_progress"));
+    assert_eq!(
+        project.db.column(
+            "SELECT count(*)::text FROM pg_replication_slots WHERE database = current_database()"
+        ),
+        ["0"]
+    );
+}
+
+/// Each bad job file exits 2, naming the file and the field, and changes nothing.
+#[test]
+fn bad_job_files_exit_2_naming_file_and_field() {
+    let project = Project::new();
+    let base = copy_job("items", "");
+    let cases: Vec<(String, &str)> = vec![
+        (base.replace("batch_size = 500", "batch_size = 0"), "field `copy.batch_size`: must be at least 1"),
+        (base.replace("batch_size = 500", "batch_sise = 500"), "field `copy`: unknown field `batch_sise`, expected one of `batch_size`, `rows_per_second`, `max_lag`, `concurrency`"),
+        (base.replace("kind = \"copy\"", "kind = \"move\""), "field `kind`: unknown variant `move`, expected one of `copy`, `backfill`, `reindex`"),
+        (base.replace("database = \"postgresql\"\ntable = \"public.items\"", "database = \"nosuch\"\ntable = \"public.items\""), "field `source.database`: no database named `nosuch` in the configuration"),
+        (base.replace("name = \"items\"", "name = \"items; drop\""), "field `name`: `items; drop` must be letters, digits and `_` only (it names replication slots and metrics)"),
+        (base.replace("concurrency = 2", "concurrency = \"two\""), "field `copy.concurrency`: invalid type: string \"two\", expected usize"),
+        (format!("{base}\n[cutover]\nmax_lag = \"soon\"\n"), "field `cutover.max_lag`: "),
+        (base.replace("[target]", "[nothing]"), "unknown field `nothing`, expected one of `name`, `kind`"),
+        ("name = \"x\"\nkind = \"copy\"\n[source]\n".to_string(), "field `source`: missing field `database`"),
+        ("name = [".to_string(), "invalid TOML: "),
+    ];
+    for (text, expected) in cases {
+        let file = project.job_file("bad", &text);
+        let run = project.run(&["job", "run", &file]).expect_code(2);
+        assert!(
+            run.stderr
+                .starts_with(&format!("error: {file}: {expected}")),
+            "for {expected:?}:\n{}",
+            run.stderr
+        );
+        project.run(&["job", "plan", &file]).expect_code(2);
+    }
+    assert!(
+        !project.db.exists("switchyard.copy_progress"),
+        "nothing may have run"
+    );
+}

@@ -25,6 +25,11 @@ fn init_logging(format: LogFormat, verbose: u8) {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when a reader closes the pipe (`| head`).
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     init_logging(cli.log_format, cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -403,6 +403,22 @@ fn pause_throttle_and_resume_act_on_a_running_job() {
 }
 
 #[test]
+fn slow_batches_make_the_copy_back_off() {
+    let project = Project::new();
+    let mut db = project.db.client();
+    create_items(&mut db, "items", 3_000);
+    // Every batch takes longer than 1 ms, so each is followed by a pause as long.
+    let file = project.job_file("items", &copy_job("items", "max_lag = \"1ms\"\n"));
+    project.run(&["job", "run", &file]).ok();
+    let status = project.job_status("items");
+    assert!(
+        status["throttle_wait_seconds"].as_f64().unwrap() > 0.0,
+        "{status}"
+    );
+    assert_eq!(checksum(&mut db, "items"), checksum(&mut db, "items_v2"));
+}
+
+#[test]
 fn plan_changes_nothing() {
     let project = Project::new();
     let mut db = project.db.client();

@@ -205,7 +205,7 @@ pub async fn status(config: &Config, name: Option<&str>, json: bool) -> Result<(
                     "rows_copied": r.rows_copied, "rows_total": r.rows_total,
                     "rows_per_second": r.rows_per_second, "lag_seconds": r.lag_seconds,
                     "eta_seconds": r.eta_seconds, "error": r.error,
-                    "changes_applied": r.changes_applied, "writes_blocked_ms": r.writes_blocked_ms,
+                    "changes_applied": r.changes_applied, "throttle_wait_seconds": r.throttle_wait_seconds, "writes_blocked_ms": r.writes_blocked_ms,
                     "updated_at": r.updated_at,
                 })
             })

@@ -83,6 +83,10 @@ pub struct JobRecord {
     pub error: Option<String>,
     /// The job file it runs from.
     pub file: String,
+    /// Time copy workers spent waiting: on the rate limit, on replica lag, on slow
+    /// batches.
+    #[serde(default)]
+    pub throttle_wait_seconds: f64,
     /// Whether expand created the target (so that abort may drop it).
     #[serde(default)]
     pub created_target: bool,
@@ -111,6 +115,7 @@ impl JobRecord {
             eta_seconds: None,
             error: None,
             file: file.to_string(),
+            throttle_wait_seconds: 0.0,
             created_target: false,
             started_at: now,
             updated_at: now,

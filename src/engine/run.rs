@@ -22,6 +22,10 @@ use crate::state::StateStore;
 const CONTROL_INTERVAL: Duration = Duration::from_millis(250);
 /// Changes applied per catch-up transaction.
 const CATCH_UP_BATCH: usize = 5_000;
+/// Before cutover, catch-up passes repeat (at most this often) until one finds fewer
+/// changes than this: the changes drained under the writes lock.
+const CUTOVER_TAIL_PASSES: usize = 20;
+const CUTOVER_TAIL_CHANGES: u64 = 100;
 /// Cutover attempts when the writes lock is busy.
 const CUTOVER_ATTEMPTS: u32 = 5;
 
@@ -315,23 +319,25 @@ impl<B: Backend> Engine<'_, B> {
     /// Copies until every range is done (`None`) or something interrupts.
     async fn copy_ranges(&mut self, pending: VecDeque<RangeProgress>) -> Result<Option<Interrupt>> {
         let workers = self.spec.copy.concurrency.min(pending.len());
-        let queue = Arc::new(Mutex::new(pending));
-        let copied = Arc::new(AtomicU64::new(self.record.rows_copied));
-        let stop = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(pending),
+            copied: AtomicU64::new(self.record.rows_copied),
+            waited_micros: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            hold: AtomicBool::new(false),
+        });
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..workers {
             let worker = self.backend.worker().await?;
-            let (queue, copied, stop, throttle) = (
-                queue.clone(),
-                copied.clone(),
-                stop.clone(),
-                self.throttle.clone(),
-            );
-            let batch_size = self.spec.copy.batch_size;
-            tasks.spawn(copy_worker(
-                worker, queue, copied, stop, throttle, batch_size,
-            ));
+            let pacing = Pacing {
+                throttle: self.throttle.clone(),
+                batch_size: self.spec.copy.batch_size,
+                max_lag: self.spec.copy.max_lag,
+            };
+            tasks.spawn(copy_worker(worker, shared.clone(), pacing));
         }
+        let (stop, copied) = (&shared.stop, &shared.copied);
+        let waited_before = self.record.throttle_wait_seconds;
         let started = Instant::now();
         let start_rows = self.record.rows_copied;
         let mut interrupt = None;
@@ -349,11 +355,20 @@ impl<B: Backend> Engine<'_, B> {
                         interrupt = self.interrupted().await?;
                         if interrupt.is_some() { stop.store(true, Ordering::SeqCst); }
                     }
+                    // Replicas falling behind: hold the copy until they catch up.
+                    let replica_lag = self.backend.replica_lag().await?;
+                    let behind = replica_lag > self.spec.copy.max_lag.as_secs_f64();
+                    if behind != shared.hold.swap(behind, Ordering::SeqCst) {
+                        tracing::warn!(job = %self.spec.name, replica_lag, held = behind, "replica lag against copy.max_lag");
+                    }
+                    self.record.throttle_wait_seconds = waited_before + shared.waited_micros.load(Ordering::Relaxed) as f64 / 1e6;
                     self.progress(copied.load(Ordering::Relaxed), start_rows, started);
                     self.save().await?;
                 }
             }
         }
+        self.record.throttle_wait_seconds =
+            waited_before + shared.waited_micros.load(Ordering::Relaxed) as f64 / 1e6;
         self.progress(copied.load(Ordering::Relaxed), start_rows, started);
         self.save().await?;
         match failure {
@@ -439,6 +454,7 @@ impl<B: Backend> Engine<'_, B> {
             if let Some(end) = self.catch_up(self.spec.cutover.max_lag).await? {
                 return Ok(Some(end));
             }
+            self.catch_up_tail().await?;
         }
         let mut attempt = 0;
         let report = loop {
@@ -453,6 +469,7 @@ impl<B: Backend> Engine<'_, B> {
                     tokio::time::sleep(jitter).await;
                     if self.catches_up() {
                         self.catch_up(self.spec.cutover.max_lag).await?;
+                        self.catch_up_tail().await?;
                     }
                 }
                 Err(error) => return Err(error),
@@ -465,6 +482,19 @@ impl<B: Backend> Engine<'_, B> {
         JobControl::update(self.store, &self.spec.name, |c| c.cutover_requested = false).await?;
         self.save().await?;
         Ok(None)
+    }
+
+    /// Just before cutover: applies until a pass finds only a few changes, so that what
+    /// is left to drain while writes are blocked is small.
+    async fn catch_up_tail(&mut self) -> Result<()> {
+        for _ in 0..CUTOVER_TAIL_PASSES {
+            let applied = self.backend.apply_changes(CATCH_UP_BATCH).await?;
+            self.record.changes_applied += applied;
+            if applied < CUTOVER_TAIL_CHANGES {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Contract now if it is due or asked for; otherwise say when.
@@ -492,28 +522,64 @@ enum Interrupt {
     Abort,
 }
 
+/// What the copy workers of one run share.
+struct Shared {
+    queue: Mutex<VecDeque<RangeProgress>>,
+    copied: AtomicU64,
+    /// Time spent waiting (rate limit, replica lag, slow batches), in microseconds.
+    waited_micros: AtomicU64,
+    /// Stop at the next batch boundary (pause, abort, shutdown, a failed worker).
+    stop: AtomicBool,
+    /// Wait before the next batch (replicas are behind).
+    hold: AtomicBool,
+}
+
+/// How a worker paces its batches.
+struct Pacing {
+    throttle: Arc<Throttle>,
+    batch_size: usize,
+    /// A batch slower than this is followed by a pause as long as it took.
+    max_lag: Duration,
+}
+
 /// One copy worker: takes ranges from the queue and copies them batch by batch until the
 /// queue is empty or `stop` is set (then it puts its unfinished range back).
 async fn copy_worker(
     mut worker: Box<dyn CopyWorker>,
-    queue: Arc<Mutex<VecDeque<RangeProgress>>>,
-    copied: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    throttle: Arc<Throttle>,
-    batch_size: usize,
+    shared: Arc<Shared>,
+    pacing: Pacing,
 ) -> Result<()> {
     loop {
-        let Some(mut progress) = queue.lock().expect("queue lock").pop_front() else {
+        let Some(mut progress) = shared.queue.lock().expect("queue lock").pop_front() else {
             return Ok(());
         };
         while !progress.done {
-            if stop.load(Ordering::SeqCst) {
-                queue.lock().expect("queue lock").push_back(progress);
+            let waiting = Instant::now();
+            while shared.hold.load(Ordering::SeqCst) && !shared.stop.load(Ordering::SeqCst) {
+                tokio::time::sleep(CONTROL_INTERVAL / 5).await;
+            }
+            if shared.stop.load(Ordering::SeqCst) {
+                shared.queue.lock().expect("queue lock").push_back(progress);
                 return Ok(());
             }
-            throttle.admit(batch_size).await;
-            let rows = worker.copy_batch(&mut progress, batch_size).await?;
-            copied.fetch_add(rows, Ordering::Relaxed);
+            pacing.throttle.admit(pacing.batch_size).await;
+            let mut waited = waiting.elapsed();
+            let started = Instant::now();
+            let rows = worker.copy_batch(&mut progress, pacing.batch_size).await?;
+            let took = started.elapsed();
+            if took > pacing.max_lag {
+                // The database is struggling: give it as long again before the next batch.
+                tracing::warn!(
+                    took_ms = took.as_millis() as u64,
+                    "a batch took longer than copy.max_lag; backing off"
+                );
+                tokio::time::sleep(took).await;
+                waited += took;
+            }
+            shared
+                .waited_micros
+                .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+            shared.copied.fetch_add(rows, Ordering::Relaxed);
         }
     }
 }

@@ -69,6 +69,10 @@ pub trait Copier: Send {
 
     /// A worker with its own connection.
     async fn worker(&self) -> Result<Box<dyn CopyWorker>>;
+
+    /// How far the slowest replica of the source is behind it, in seconds (0 without
+    /// replicas): the copy holds while this is above `copy.max_lag`.
+    async fn replica_lag(&mut self) -> Result<f64>;
 }
 
 #[async_trait]

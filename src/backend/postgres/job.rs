@@ -1010,6 +1010,14 @@ impl Copier for PostgresJob {
             .collect())
     }
 
+    async fn replica_lag(&mut self) -> Result<f64> {
+        self.client
+            .query_one("SELECT COALESCE(max(extract(epoch FROM replay_lag)), 0)::float8 FROM pg_stat_replication", &[])
+            .await
+            .map(|row| row.get(0))
+            .map_err(self.failed("cannot read the standbys' replication lag"))
+    }
+
     async fn worker(&self) -> Result<Box<dyn CopyWorker>> {
         let client = connect_as(&self.database, &self.url, &session_name(&self.spec.name)).await?;
         Ok(Box::new(PostgresCopyWorker {

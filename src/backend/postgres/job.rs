@@ -701,10 +701,11 @@ impl PostgresJob {
             .client
             .query(
                 &format!(
-                    "SELECT (array_agg(k ORDER BY ord DESC))[1] FROM (
-                         SELECT {array} AS k, row_number() OVER (ORDER BY {keys}) AS ord, ntile($1) OVER (ORDER BY {keys}) AS tile
-                         FROM {source}) AS a
-                     GROUP BY tile HAVING tile < $1 ORDER BY tile",
+                    "SELECT k FROM (
+                         SELECT k, tile, row_number() OVER (PARTITION BY tile ORDER BY ord DESC) AS last_in_tile FROM (
+                             SELECT {array} AS k, row_number() OVER (ORDER BY {keys}) AS ord, ntile($1) OVER (ORDER BY {keys}) AS tile
+                             FROM {source}) AS a) AS b
+                     WHERE last_in_tile = 1 AND tile < $1 ORDER BY tile",
                     array = self.source.key_text_array(None),
                     source = self.source.name.sql()
                 ),

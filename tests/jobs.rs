@@ -154,10 +154,15 @@ fn killed_at_any_point_the_job_resumes_with_nothing_lost_or_duplicated() {
                 child.kill().unwrap();
                 child.wait().unwrap();
                 kills += 1;
-                let phase = project.job_status("items")["phase"]
-                    .as_str()
-                    .unwrap_or("pending")
-                    .to_string();
+                let status = project.run(&["job", "status", "items", "--json"]);
+                let phase = match status.code {
+                    0 => serde_json::from_str::<serde_json::Value>(&status.stdout).unwrap()[0]
+                        ["phase"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                    _ => "pending".to_string(), // killed before its first record
+                };
                 *phases.entry(phase).or_insert(0) += 1;
             }
         }
@@ -169,20 +174,7 @@ fn killed_at_any_point_the_job_resumes_with_nothing_lost_or_duplicated() {
     );
     assert!(kills >= 4, "only {kills} kills: {phases:?}");
     let (model, _) = writer.stop();
-    let cut = project.run(&["job", "cutover", "items"]);
-    if cut.code != 0 {
-        let all = project.run(&["job", "status", "--json"]);
-        let audit = project.run(&["audit"]);
-        let files = std::fs::read_dir(project.path("data"))
-            .unwrap()
-            .map(|e| format!("{:?}", e.unwrap().file_name()))
-            .collect::<Vec<_>>();
-        eprintln!(
-            "on failure: cutover said {}; job status {} {}; audit {}; state files {files:?}",
-            cut.stderr, all.stdout, all.stderr, audit.stdout
-        );
-    }
-    cut.ok();
+    project.run(&["job", "cutover", "items"]).ok();
     assert_eq!(contents(&mut db, "items"), model);
     let (rows, _) = checksum(&mut db, "items");
     assert_eq!(rows as usize, model.len(), "no duplicates");

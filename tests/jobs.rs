@@ -572,3 +572,54 @@ fn other_key_types_and_a_partitioned_target() {
         ["3000"]
     );
 }
+
+/// A process that dies right after the cutover committed, before it could record it,
+/// leaves a job whose record says "cutover" without a time: running it again must see
+/// the cutover done, not try it again.
+#[test]
+fn a_cutover_that_committed_is_not_repeated() {
+    let project = Project::new();
+    let mut db = project.db.client();
+    create_items(&mut db, "items", 1_000);
+    let file = project.job_file(
+        "items",
+        &copy_job(
+            "items",
+            "[cutover]\nmode = \"auto\"\n[contract]\nafter = \"manual\"\n",
+        ),
+    );
+    let first = project.run(&["job", "run", &file]).ok();
+    assert!(
+        first.stdout.starts_with("job items: waiting for contract"),
+        "{}",
+        first.stdout
+    );
+    // Forget, in the state store, that the cutover happened.
+    let state = rusqlite::Connection::open(project.path("data/switchyard.db")).unwrap();
+    let record: String = state
+        .query_row("SELECT record FROM jobs WHERE name = 'items'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let mut record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    record["phase"] = "cutover".into();
+    record["cutover_at"] = serde_json::Value::Null;
+    state
+        .execute(
+            "UPDATE jobs SET record = ?1 WHERE name = 'items'",
+            [record.to_string()],
+        )
+        .unwrap();
+
+    let again = project.run(&["job", "run", &file]).ok();
+    assert!(
+        again.stdout.starts_with("job items: waiting for contract"),
+        "{}",
+        again.stdout
+    );
+    assert!(
+        project.db.exists("items_old") && !project.db.exists("items_v2"),
+        "no second swap"
+    );
+    assert_eq!(checksum(&mut db, "items"), checksum(&mut db, "items_old"));
+}

@@ -12,7 +12,8 @@ use tokio::sync::watch;
 use super::record::{JobControl, JobRecord, Phase};
 use super::throttle::Throttle;
 use super::traits::{
-    ChangeApplier, Copier, CopyWorker, Expander, Lease, RangeProgress, Switcher, Verifier,
+    ChangeApplier, Copier, CopyWorker, CutoverReport, Expander, Lease, RangeProgress, Switcher,
+    Verifier,
 };
 use crate::error::{Error, Result};
 use crate::job::{ContractAfter, CutoverMode, JobKind, JobSpec, VerifyMethod};
@@ -450,6 +451,9 @@ impl<B: Backend> Engine<'_, B> {
 
     /// Waits for the lag gate, then cuts over, retrying when the writes lock is busy.
     async fn cutover(&mut self) -> Result<Option<RunEnd>> {
+        if let Some(report) = self.backend.completed_cutover().await? {
+            return self.cut_over(report).await.map(|()| None);
+        }
         if self.catches_up() {
             if let Some(end) = self.catch_up(self.spec.cutover.max_lag).await? {
                 return Ok(Some(end));
@@ -475,13 +479,18 @@ impl<B: Backend> Engine<'_, B> {
                 Err(error) => return Err(error),
             }
         };
+        self.cut_over(report).await?;
+        Ok(None)
+    }
+
+    /// Saves that the job cut over.
+    async fn cut_over(&mut self, report: CutoverReport) -> Result<()> {
         self.record.changes_applied += report.changes_drained;
         self.record.writes_blocked_ms = Some(report.writes_blocked.as_millis() as u64);
         self.record.cutover_at = Some(Utc::now());
         self.record.lag_seconds = 0.0;
         JobControl::update(self.store, &self.spec.name, |c| c.cutover_requested = false).await?;
-        self.save().await?;
-        Ok(None)
+        self.save().await
     }
 
     /// Just before cutover: applies until a pass finds only a few changes, so that what

@@ -143,4 +143,8 @@ pub trait Switcher: Send {
     /// target in under the source's name. Fails (changing nothing) when the writes lock
     /// cannot be had within the lock timeout.
     async fn cutover(&mut self) -> Result<CutoverReport>;
+
+    /// The cutover this job already made, if any: a process can die after the swap
+    /// committed and before the engine saved it, and a cutover must never run twice.
+    async fn completed_cutover(&mut self) -> Result<Option<CutoverReport>>;
 }

@@ -49,6 +49,12 @@ CREATE TABLE IF NOT EXISTS switchyard.catch_up_progress (
     job     text PRIMARY KEY,
     lsn     pg_lsn NOT NULL,
     changes bigint NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS switchyard.cutovers (
+    job               text PRIMARY KEY,
+    at                timestamptz NOT NULL DEFAULT now(),
+    writes_blocked_ms bigint NOT NULL,
+    changes_drained   bigint NOT NULL
 );";
 
 /// The dollar-quote tag of generated function bodies; refused inside expressions.
@@ -326,20 +332,15 @@ impl PostgresJob {
             .map_err(self.failed("cannot read the job's checkpoints"))?
             .get(0);
         if exists {
-            self.client
-                .execute(
-                    "DELETE FROM switchyard.copy_progress WHERE job = $1",
-                    &[&self.spec.name],
-                )
-                .await
-                .map_err(self.failed("cannot remove the job's checkpoints"))?;
-            self.client
-                .execute(
-                    "DELETE FROM switchyard.catch_up_progress WHERE job = $1",
-                    &[&self.spec.name],
-                )
-                .await
-                .map_err(self.failed("cannot remove the job's checkpoints"))?;
+            for table in ["copy_progress", "catch_up_progress", "cutovers"] {
+                self.client
+                    .execute(
+                        &format!("DELETE FROM switchyard.{table} WHERE job = $1"),
+                        &[&self.spec.name],
+                    )
+                    .await
+                    .map_err(self.failed("cannot remove the job's checkpoints"))?;
+            }
         }
         Ok(())
     }
@@ -1313,7 +1314,32 @@ pub fn describe_range(range: &KeyRange) -> String {
 
 #[async_trait]
 impl Switcher for PostgresJob {
+    async fn completed_cutover(&mut self) -> Result<Option<CutoverReport>> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT writes_blocked_ms, changes_drained FROM switchyard.cutovers WHERE job = $1",
+                &[&self.spec.name],
+            )
+            .await
+            .map_err(self.failed("cannot read the cutover record"))?;
+        match row {
+            Some(row) => {
+                // The capture may outlive a process that died right after the swap.
+                self.drop_capture().await?;
+                Ok(Some(CutoverReport {
+                    writes_blocked: Duration::from_millis(row.get::<_, i64>(0) as u64),
+                    changes_drained: row.get::<_, i64>(1) as u64,
+                }))
+            }
+            None => Ok(None),
+        }
+    }
+
     async fn cutover(&mut self) -> Result<CutoverReport> {
+        if let Some(report) = self.completed_cutover().await? {
+            return Ok(report);
+        }
         let target = self.target_name().expect("copy");
         let source = self.source.name.clone();
         let old = source.sibling(&format!("{}_old", source.name));
@@ -1378,11 +1404,20 @@ impl Switcher for PostgresJob {
             )
             .await?;
             self.move_owned_sequences(&old, &source).await?;
+            // Recorded in the same transaction as the swap: never done twice.
+            let blocked = blocked_from.elapsed();
+            self.client
+                .execute(
+                    "INSERT INTO switchyard.cutovers (job, writes_blocked_ms, changes_drained) VALUES ($1, $2, $3)",
+                    &[&self.spec.name, &(blocked.as_millis() as i64), &(drained as i64)],
+                )
+                .await
+                .map_err(self.failed("cannot record the cutover"))?;
             self.client
                 .batch_execute("COMMIT")
                 .await
                 .map_err(self.failed("cannot commit the cutover"))?;
-            Ok::<_, Error>((blocked_from.elapsed(), drained, last_end))
+            Ok::<_, Error>((blocked, drained, last_end))
         }
         .await;
         let (writes_blocked, changes_drained, last_end) = match result {

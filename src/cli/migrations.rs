@@ -10,7 +10,7 @@ use crate::migrate::{
     self, check_applied_unchanged, load_databases, load_every_folder, open_target, status_rows,
     Body, DatabaseMigrations, Event, Runner, Status, Step, Version, NO_TRANSACTION_MARKER,
 };
-use crate::state::{self, actor, Outcome};
+use crate::state::{self, actor, Outcome, StateStore};
 
 /// Parses a version given on the command line. It must name a version of the selected
 /// folders (or one recorded in their databases), so that a typo never silently means
@@ -99,6 +99,7 @@ pub async fn migrate(
     let up_to = version
         .map(|v| version_arg(v, &databases, false))
         .transpose()?;
+    // A dry run changes nothing, so it writes no audit entry.
     let store = if dry_run {
         None
     } else {
@@ -127,18 +128,16 @@ pub async fn migrate(
                 },
             )
             .await;
-        if let Some(store) = &store {
-            let (result, detail) = match &outcome {
-                Ok(_) if applied.is_empty() => (Outcome::Ok, "nothing to apply".to_string()),
-                Ok(_) => (Outcome::Ok, format!("applied {}", applied.join(", "))),
-                Err(e) => (Outcome::Failed, failure_detail("applied", &applied, e)),
-            };
-            audit::record(store.as_ref(), Some(name), result, detail).await;
-        }
-        if matches!(outcome, Err(Error::MigrationFailed { .. })) {
-            println!("FAILED");
-        }
-        let count = outcome?;
+        let nothing = "nothing to apply".to_string();
+        let count = conclude(
+            store.as_deref(),
+            name,
+            outcome,
+            &applied,
+            "applied",
+            nothing,
+        )
+        .await?;
         let total = database.migrations.len();
         match (dry_run, count) {
             (true, 0) => {
@@ -152,12 +151,32 @@ pub async fn migrate(
     Ok(())
 }
 
-fn failure_detail(verb: &str, done: &[String], error: &Error) -> String {
-    if done.is_empty() {
-        error.to_string()
-    } else {
-        format!("{verb} {} before: {error}", done.join(", "))
+/// Ends one database's run: finishes a FAILED progress line, and writes the audit entry
+/// (`done`: the versions that ran, `verb` for them) unless `store` is `None` (dry run).
+async fn conclude(
+    store: Option<&dyn StateStore>,
+    name: &str,
+    outcome: Result<usize>,
+    done: &[String],
+    verb: &str,
+    nothing: String,
+) -> Result<usize> {
+    if matches!(outcome, Err(Error::MigrationFailed { .. })) {
+        println!("FAILED");
     }
+    if let Some(store) = store {
+        let (result, detail) = match &outcome {
+            Ok(_) if done.is_empty() => (Outcome::Ok, nothing),
+            Ok(_) => (Outcome::Ok, format!("{verb} {}", done.join(", "))),
+            Err(e) if done.is_empty() => (Outcome::Failed, e.to_string()),
+            Err(e) => (
+                Outcome::Failed,
+                format!("{verb} {} before: {e}", done.join(", ")),
+            ),
+        };
+        audit::record(store, Some(name), result, detail).await;
+    }
+    outcome
 }
 
 pub async fn rollback(
@@ -181,6 +200,7 @@ pub async fn rollback(
         targets.push(target);
     }
     let to = version_arg(version, &databases, recorded)?;
+    // A dry run changes nothing, so it writes no audit entry.
     let store = if dry_run {
         None
     } else {
@@ -203,20 +223,17 @@ pub async fn rollback(
                 show_event(name, event);
             })
             .await;
-        if let Some(store) = &store {
-            let (result, detail) = match &outcome {
-                Ok(_) if reverted.is_empty() => {
-                    (Outcome::Ok, format!("nothing to roll back after {to}"))
-                }
-                Ok(_) => (Outcome::Ok, format!("rolled back {}", reverted.join(", "))),
-                Err(e) => (Outcome::Failed, failure_detail("rolled back", &reverted, e)),
-            };
-            audit::record(store.as_ref(), Some(name), result, detail).await;
-        }
-        if matches!(outcome, Err(Error::MigrationFailed { .. })) {
-            println!("FAILED");
-        }
-        match (dry_run, outcome?) {
+        let nothing = format!("nothing to roll back after {to}");
+        let count = conclude(
+            store.as_deref(),
+            name,
+            outcome,
+            &reverted,
+            "rolled back",
+            nothing,
+        )
+        .await?;
+        match (dry_run, count) {
             (true, 0) | (false, 0) => println!("{name}: nothing applied after {to}"),
             (true, n) => println!("{name}: dry run: {n} would be rolled back; nothing was changed"),
             (false, n) => println!("{name}: {n} rolled back; now at {to}"),

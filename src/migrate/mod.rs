@@ -53,14 +53,26 @@ pub fn load_databases(config: &Config, selected: &[String]) -> Result<Vec<Databa
             "no databases are configured: add a [databases.NAME] section to the configuration (see config/switchyard.toml)".into(),
         ));
     }
-    let mut problems = Vec::new();
+    let named = names
+        .into_iter()
+        .map(|name| (name.clone(), config.databases[name].kind))
+        .collect();
+    load_named(config, named, Vec::new())
+}
+
+/// Parses the folder of each `(name, kind)`, reporting every problem (with `problems`
+/// found before) at once.
+fn load_named(
+    config: &Config,
+    named: Vec<(String, DatabaseKind)>,
+    mut problems: Vec<FileProblem>,
+) -> Result<Vec<DatabaseMigrations>> {
     let mut loaded = Vec::new();
-    for name in names {
-        let kind = config.databases[name].kind;
-        let folder = config.migrations.dir.join(name);
+    for (name, kind) in named {
+        let folder = config.migrations.dir.join(&name);
         match load_folder(&folder, kind) {
             Ok(migrations) => loaded.push(DatabaseMigrations {
-                name: name.clone(),
+                name,
                 kind,
                 folder,
                 migrations,
@@ -94,37 +106,24 @@ pub fn load_every_folder(config: &Config) -> Result<Vec<DatabaseMigrations>> {
         Err(e) => return Err(Error::io(dir, e)),
     }
     names.sort();
-    let mut loaded = Vec::new();
+    let mut named = Vec::new();
     for name in names {
-        let folder = dir.join(&name);
-        let kind = match config.databases.get(&name) {
-            Some(database) => database.kind,
-            None => match DatabaseKind::from_default_name(&name) {
-                Some(kind) => kind,
-                None => {
-                    problems.push(FileProblem {
-                        file: folder,
-                        reason: format!("no database named `{name}` in the configuration, so its kind is unknown"),
-                    });
-                    continue;
-                }
-            },
-        };
-        match load_folder(&folder, kind) {
-            Ok(migrations) => loaded.push(DatabaseMigrations {
-                name,
-                kind,
-                folder,
-                migrations,
+        let kind = config
+            .databases
+            .get(&name)
+            .map(|d| d.kind)
+            .or_else(|| DatabaseKind::from_default_name(&name));
+        match kind {
+            Some(kind) => named.push((name, kind)),
+            None => problems.push(FileProblem {
+                file: dir.join(&name),
+                reason: format!(
+                    "no database named `{name}` in the configuration, so its kind is unknown"
+                ),
             }),
-            Err(mut found) => problems.append(&mut found),
         }
     }
-    if problems.is_empty() {
-        Ok(loaded)
-    } else {
-        Err(Error::InvalidFiles(problems))
-    }
+    load_named(config, named, problems)
 }
 
 /// Connects to a configured database as a migration target.

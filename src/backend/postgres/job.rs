@@ -128,6 +128,31 @@ impl PostgresJob {
         move |e| Error::database(&self.database, context, e)
     }
 
+    /// The first column of the one row `sql` returns.
+    async fn scalar<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        context: &str,
+    ) -> Result<T> {
+        let row = self
+            .client
+            .query_one(sql, params)
+            .await
+            .map_err(self.failed(context))?;
+        row.try_get(0).map_err(self.failed(context))
+    }
+
+    /// Whether a table of this name exists.
+    async fn exists(&self, name: &TableName) -> Result<bool> {
+        self.scalar(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&name.sql()],
+            "cannot read the catalog",
+        )
+        .await
+    }
+
     fn target_name(&self) -> Option<TableName> {
         self.spec
             .target
@@ -323,14 +348,12 @@ impl PostgresJob {
 
     async fn forget_progress(&self) -> Result<()> {
         let exists: bool = self
-            .client
-            .query_one(
+            .scalar(
                 "SELECT to_regclass('switchyard.copy_progress') IS NOT NULL",
                 &[],
+                "cannot read the job's checkpoints",
             )
-            .await
-            .map_err(self.failed("cannot read the job's checkpoints"))?
-            .get(0);
+            .await?;
         if exists {
             for table in ["copy_progress", "catch_up_progress", "cutovers"] {
                 self.client
@@ -444,6 +467,32 @@ impl PostgresJob {
             .map_err(self.failed("cannot confirm the applied position to the replication slot"))
     }
 
+    /// Within the caller's transaction: renames `current` to `aside` and `incoming` to
+    /// `current`'s name, and moves the sequences the set-aside table owned to the table
+    /// that now has the name.
+    async fn swap(
+        &self,
+        current: &TableName,
+        aside: &str,
+        incoming: &TableName,
+        what: &str,
+    ) -> Result<()> {
+        self.run_ddl(
+            &[
+                format!("ALTER TABLE {} RENAME TO {}", current.sql(), ident(aside)),
+                format!(
+                    "ALTER TABLE {} RENAME TO {}",
+                    incoming.sql(),
+                    ident(&current.name)
+                ),
+            ],
+            what,
+        )
+        .await?;
+        self.move_owned_sequences(&current.sibling(aside), current)
+            .await
+    }
+
     /// Moves the ownership of sequences owned by `from`'s columns to the same columns of
     /// `to`, so that dropping the old table later does not drop the sequence the new
     /// one's defaults use.
@@ -525,12 +574,7 @@ impl PostgresJob {
             ));
         }
         let target_exists = match self.target_name() {
-            Some(name) => self
-                .client
-                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name.sql()])
-                .await
-                .map_err(self.failed("cannot read the target"))?
-                .get(0),
+            Some(name) => self.exists(&name).await?,
             None => true,
         };
         let batch = if self.spec.kind == JobKind::Copy && !target_exists {
@@ -611,27 +655,23 @@ impl PostgresJob {
 
     async fn estimate(&self) -> Result<u64> {
         let estimate: f32 = self
-            .client
-            .query_one(
+            .scalar(
                 "SELECT reltuples FROM pg_class WHERE oid = $1",
                 &[&self.source.oid],
+                "cannot read the row estimate",
             )
-            .await
-            .map_err(self.failed("cannot read the row estimate"))?
-            .get(0);
+            .await?;
         if estimate >= 0.0 {
             return Ok(estimate as u64);
         }
         // Never analysed: count (the table is small or new).
         let count: i64 = self
-            .client
-            .query_one(
+            .scalar(
                 &format!("SELECT count(*) FROM {}", self.source.name.sql()),
                 &[],
+                "cannot count the source",
             )
-            .await
-            .map_err(self.failed("cannot count the source"))?
-            .get(0);
+            .await?;
         Ok(count as u64)
     }
 
@@ -760,14 +800,12 @@ impl Lease for PostgresJob {
     /// checkpoints be read.
     async fn try_claim(&mut self) -> Result<bool> {
         let claimed: bool = self
-            .client
-            .query_one(
+            .scalar(
                 "SELECT pg_try_advisory_lock(hashtextextended('switchyard job ' || $1, 0))",
                 &[&self.spec.name],
+                "cannot claim the job",
             )
-            .await
-            .map_err(self.failed("cannot claim the job"))?
-            .get(0);
+            .await?;
         if !claimed {
             return Ok(false);
         }
@@ -800,12 +838,7 @@ impl Expander for PostgresJob {
     async fn expand(&mut self) -> Result<bool> {
         let target_name = self.target_name();
         let existed = match &target_name {
-            Some(name) => self
-                .client
-                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name.sql()])
-                .await
-                .map_err(self.failed("cannot read the target"))?
-                .get(0),
+            Some(name) => self.exists(name).await?,
             None => true,
         };
         self.run_ddl(&self.spec.expand.sql.clone(), "expand")
@@ -844,12 +877,7 @@ impl Expander for PostgresJob {
             }
         }
         let exists_now: bool = match &target_name {
-            Some(name) => self
-                .client
-                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name.sql()])
-                .await
-                .map_err(self.failed("cannot read the target"))?
-                .get(0),
+            Some(name) => self.exists(name).await?,
             None => true,
         };
         Ok(!existed && exists_now)
@@ -868,23 +896,7 @@ impl Expander for PostgresJob {
                 .await
                 .map_err(self.failed("cannot swap back"))?;
             let swap = async {
-                self.run_ddl(
-                    &[
-                        format!(
-                            "ALTER TABLE {} RENAME TO {}",
-                            current.sql(),
-                            ident(&target.name)
-                        ),
-                        format!(
-                            "ALTER TABLE {} RENAME TO {}",
-                            old.sql(),
-                            ident(&current.name)
-                        ),
-                    ],
-                    "swap back",
-                )
-                .await?;
-                self.move_owned_sequences(&target, &current).await?;
+                self.swap(&current, &target.name, &old, "swap back").await?;
                 self.client
                     .batch_execute("COMMIT")
                     .await
@@ -924,14 +936,12 @@ impl PostgresJob {
     /// the slot's start.
     async fn start_capture(&self) -> Result<()> {
         let published: bool = self
-            .client
-            .query_one(
+            .scalar(
                 "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
                 &[&self.publication],
+                "cannot read publications",
             )
-            .await
-            .map_err(self.failed("cannot read publications"))?
-            .get(0);
+            .await?;
         if !published {
             self.client
                 .batch_execute(&format!("CREATE PUBLICATION {} FOR TABLE {}", ident(&self.publication), self.source.name.sql()))
@@ -949,12 +959,7 @@ impl PostgresJob {
             .map(|r| r.get(0));
         let start = match slot {
             Some(lsn) => lsn,
-            None => self
-                .client
-                .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&self.slot])
-                .await
-                .map_err(self.failed("cannot create the replication slot (needs wal_level = logical and a free max_replication_slots)"))?
-                .get(0),
+            None => self.scalar("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&self.slot], "cannot create the replication slot (needs wal_level = logical and a free max_replication_slots)").await?,
         };
         self.client
             .execute(
@@ -1343,12 +1348,7 @@ impl Switcher for PostgresJob {
         let target = self.target_name().expect("copy");
         let source = self.source.name.clone();
         let old = source.sibling(&format!("{}_old", source.name));
-        let taken: bool = self
-            .client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&old.sql()])
-            .await
-            .map_err(self.failed("cannot read the catalog"))?
-            .get(0);
+        let taken: bool = self.exists(&old).await?;
         if taken {
             return Err(Error::Refused(format!("cutover would rename {source} to {old}, which exists already: drop or rename it first")));
         }
@@ -1387,23 +1387,7 @@ impl Switcher for PostgresJob {
             } else {
                 (0, None)
             };
-            self.run_ddl(
-                &[
-                    format!(
-                        "ALTER TABLE {} RENAME TO {}",
-                        source.sql(),
-                        ident(&old.name)
-                    ),
-                    format!(
-                        "ALTER TABLE {} RENAME TO {}",
-                        target.sql(),
-                        ident(&source.name)
-                    ),
-                ],
-                "cutover",
-            )
-            .await?;
-            self.move_owned_sequences(&old, &source).await?;
+            self.swap(&source, &old.name, &target, "cutover").await?;
             // Recorded in the same transaction as the swap: never done twice.
             let blocked = blocked_from.elapsed();
             self.client

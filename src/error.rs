@@ -99,6 +99,22 @@ impl Error {
         }
     }
 
+    /// A short, fixed name of the error's kind, for metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Usage(_) => "usage",
+            Error::Config { .. } => "config",
+            Error::InvalidFiles(_) => "invalid_file",
+            Error::Refused(_) => "refused",
+            Error::Database { .. } => "database",
+            Error::LockTimeout { .. } => "lock_timeout",
+            Error::MigrationFailed { .. } => "migration",
+            Error::VerifyFailed { .. } => "verify",
+            Error::State(_) => "state",
+            Error::Io { .. } => "io",
+        }
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

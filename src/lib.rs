@@ -12,8 +12,10 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod job;
+pub mod metrics;
 pub mod migrate;
 pub mod secret;
+pub mod server;
 pub mod state;
 
 pub use error::{Error, Result};

@@ -1,5 +1,6 @@
 //! `switchyard job …`: plan, run, status, and the operator's controls.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,9 +12,11 @@ use super::audit;
 use super::table::Table;
 use crate::backend::postgres::PostgresJob;
 use crate::config::Config;
-use crate::engine::{self, JobControl, JobRecord, Phase, RunEnd, RunOptions};
+use crate::engine::{self, JobControl, JobObserver, JobRecord, Phase, RunEnd, RunOptions};
 use crate::error::{Error, Result};
 use crate::job::{self, JobSpec};
+use crate::metrics::Metrics;
+use crate::server::serve_metrics;
 use crate::state::{self, Outcome, StateStore};
 
 async fn open_backend(config: &Config, spec: &JobSpec) -> Result<PostgresJob> {
@@ -80,6 +83,23 @@ fn shutdown_signal() -> watch::Receiver<bool> {
     receiver
 }
 
+/// Shows a job's record on the progress bar.
+struct BarObserver(ProgressBar);
+
+impl JobObserver for BarObserver {
+    fn progress(&self, record: &JobRecord) {
+        self.0.set_length(record.rows_total.max(record.rows_copied));
+        self.0.set_position(record.rows_copied);
+        let lag = if record.phase == Phase::CatchUp {
+            format!(" lag {:.1}s", record.lag_seconds)
+        } else {
+            String::new()
+        };
+        self.0
+            .set_message(format!("{}{lag}", record.phase.as_str()));
+    }
+}
+
 fn progress_bar() -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
     bar.set_style(
@@ -104,22 +124,17 @@ async fn drive(
     spec: &JobSpec,
     file: &str,
     claim_wait: Duration,
+    metrics: Option<Arc<Metrics>>,
 ) -> Result<RunEnd> {
     let backend = open_backend(config, spec).await?;
     let bar = progress_bar();
-    let shown = bar.clone();
+    let mut observers: Vec<Arc<dyn JobObserver>> = vec![Arc::new(BarObserver(bar.clone()))];
+    if let Some(metrics) = metrics {
+        observers.push(metrics);
+    }
     let options = RunOptions {
         shutdown: shutdown_signal(),
-        on_progress: Box::new(move |record: &JobRecord| {
-            shown.set_length(record.rows_total.max(record.rows_copied));
-            shown.set_position(record.rows_copied);
-            let lag = if record.phase == Phase::CatchUp {
-                format!(" lag {:.1}s", record.lag_seconds)
-            } else {
-                String::new()
-            };
-            shown.set_message(format!("{}{lag}", record.phase.as_str()));
-        }),
+        observer: Arc::new(observers),
         claim_wait,
     };
     let outcome = engine::run(spec, backend, store.as_ref(), file, options).await;
@@ -163,15 +178,26 @@ async fn drive(
     Ok(end)
 }
 
-pub async fn run(config: &Config, file: &Path) -> Result<()> {
+/// `metrics_listen`: serve `/metrics` there while the job runs.
+pub async fn run(config: &Config, file: &Path, metrics_listen: Option<SocketAddr>) -> Result<()> {
     let spec = job::load(file, config)?;
     let store = state::open(&config.state.url).await?;
+    let metrics = match metrics_listen {
+        Some(listen) => {
+            let metrics = Arc::new(Metrics::new());
+            let bound = serve_metrics(listen, metrics.clone()).await?;
+            eprintln!("metrics on http://{bound}/metrics");
+            Some(metrics)
+        }
+        None => None,
+    };
     match drive(
         config,
         store,
         &spec,
         &file.display().to_string(),
         RUN_CLAIM_WAIT,
+        metrics,
     )
     .await?
     {
@@ -330,7 +356,7 @@ pub async fn control(config: &Config, name: &str, command: Control) -> Result<()
         Control::Cutover | Control::Contract | Control::Abort => {
             // Act now, in this process, unless another process runs the job.
             let spec = job::load(Path::new(&record.file), config)?;
-            drive(config, store, &spec, &record.file, CONTROL_CLAIM_WAIT).await?;
+            drive(config, store, &spec, &record.file, CONTROL_CLAIM_WAIT, None).await?;
         }
     }
     Ok(())

@@ -136,6 +136,9 @@ pub enum JobCommand {
     Run {
         /// The job file (jobs/NAME.toml)
         file: PathBuf,
+        /// Serve Prometheus metrics on this address while the job runs (e.g. 127.0.0.1:9465)
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Show every job (or one) with its phase, progress, rate, lag and ETA
     Status {
@@ -181,7 +184,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Validate { offline } => migrations::validate(&config, offline).await,
         Command::Job(command) => match command {
             JobCommand::Plan { file } => jobs::plan(&config, &file).await,
-            JobCommand::Run { file } => jobs::run(&config, &file).await,
+            JobCommand::Run {
+                file,
+                metrics_listen,
+            } => jobs::run(&config, &file, metrics_listen).await,
             JobCommand::Status { name, json } => jobs::status(&config, name.as_deref(), json).await,
             JobCommand::Pause { name } => jobs::control(&config, &name, jobs::Control::Pause).await,
             JobCommand::Resume { name } => {

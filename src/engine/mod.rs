@@ -24,5 +24,5 @@ mod throttle;
 pub mod traits;
 
 pub use record::{JobControl, JobRecord, Phase};
-pub use run::{run, RunEnd, RunOptions};
+pub use run::{run, JobObserver, RunEnd, RunOptions};
 pub use throttle::Throttle;

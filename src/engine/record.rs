@@ -79,6 +79,12 @@ pub struct JobRecord {
     pub rows_per_second: f64,
     pub changes_applied: u64,
     pub lag_seconds: f64,
+    /// Change-log bytes not yet confirmed (PostgreSQL: WAL held by the slot).
+    #[serde(default)]
+    pub lag_bytes: u64,
+    /// Key ranges verification found different (before re-checking them).
+    #[serde(default)]
+    pub verify_mismatches: u64,
     pub eta_seconds: Option<f64>,
     pub error: Option<String>,
     /// The job file it runs from.
@@ -112,6 +118,8 @@ impl JobRecord {
             rows_per_second: 0.0,
             changes_applied: 0,
             lag_seconds: 0.0,
+            lag_bytes: 0,
+            verify_mismatches: 0,
             eta_seconds: None,
             error: None,
             file: file.to_string(),

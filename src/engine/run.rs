@@ -48,11 +48,36 @@ pub enum RunEnd {
 pub struct RunOptions {
     /// Becomes true on SIGINT/SIGTERM: stop at the next batch boundary.
     pub shutdown: watch::Receiver<bool>,
-    /// Called with the record whenever progress is saved.
-    pub on_progress: Box<dyn Fn(&JobRecord) + Send + Sync>,
+    /// Told of progress, batch timings and failures (progress bar, metrics).
+    pub observer: Arc<dyn JobObserver>,
     /// How long to wait for the job's lease when another process holds it (a killed
     /// run's session can hold it for a moment after the process is gone).
     pub claim_wait: Duration,
+}
+
+/// Watches a running job: the progress display and the metrics implement it.
+pub trait JobObserver: Send + Sync {
+    /// The record, whenever it is saved.
+    fn progress(&self, record: &JobRecord);
+
+    /// One copy batch finished after `took`.
+    fn batch(&self, _job: &str, _took: Duration) {}
+
+    /// The job stopped with `error`.
+    fn failed(&self, _job: &str, _error: &Error) {}
+}
+
+/// Several observers as one.
+impl JobObserver for Vec<Arc<dyn JobObserver>> {
+    fn progress(&self, record: &JobRecord) {
+        self.iter().for_each(|o| o.progress(record));
+    }
+    fn batch(&self, job: &str, took: Duration) {
+        self.iter().for_each(|o| o.batch(job, took));
+    }
+    fn failed(&self, job: &str, error: &Error) {
+        self.iter().for_each(|o| o.failed(job, error));
+    }
 }
 
 /// Everything a backend provides for a job.
@@ -139,6 +164,7 @@ impl<B: Backend> Engine<'_, B> {
             let flow = match self.step(phase).await {
                 Ok(flow) => flow,
                 Err(error) => {
+                    self.options.observer.failed(&self.spec.name, &error);
                     self.record.phase = Phase::Failed;
                     self.record.resume_phase = Some(phase);
                     self.record.error = Some(error.to_string());
@@ -163,7 +189,7 @@ impl<B: Backend> Engine<'_, B> {
 
     async fn save(&mut self) -> Result<()> {
         self.record.save(self.store).await?;
-        (self.options.on_progress)(&self.record);
+        self.options.observer.progress(&self.record);
         Ok(())
     }
 
@@ -331,6 +357,8 @@ impl<B: Backend> Engine<'_, B> {
         for _ in 0..workers {
             let worker = self.backend.worker().await?;
             let pacing = Pacing {
+                job: self.spec.name.clone(),
+                observer: self.options.observer.clone(),
                 throttle: self.throttle.clone(),
                 batch_size: self.spec.copy.batch_size,
                 max_lag: self.spec.copy.max_lag,
@@ -403,6 +431,7 @@ impl<B: Backend> Engine<'_, B> {
             self.record.changes_applied += applied;
             let lag = self.backend.lag().await?;
             self.record.lag_seconds = lag.seconds;
+            self.record.lag_bytes = lag.bytes;
             if last_save.elapsed() >= CONTROL_INTERVAL || applied == 0 {
                 self.save().await?;
                 last_save = Instant::now();
@@ -435,6 +464,7 @@ impl<B: Backend> Engine<'_, B> {
         if suspects.is_empty() {
             return Ok(());
         }
+        self.record.verify_mismatches += suspects.len() as u64;
         // Writes went on while comparing: check the differing chunks again, each while
         // writes wait for a moment, after the last changes were applied.
         tracing::info!(job = %self.spec.name, chunks = suspects.len(), "chunks differ; checking them again consistently");
@@ -543,8 +573,10 @@ struct Shared {
     hold: AtomicBool,
 }
 
-/// How a worker paces its batches.
+/// How a worker paces its batches, and whom it tells how long they took.
 struct Pacing {
+    job: String,
+    observer: Arc<dyn JobObserver>,
     throttle: Arc<Throttle>,
     batch_size: usize,
     /// A batch slower than this is followed by a pause as long as it took.
@@ -576,6 +608,7 @@ async fn copy_worker(
             let started = Instant::now();
             let rows = worker.copy_batch(&mut progress, pacing.batch_size).await?;
             let took = started.elapsed();
+            pacing.observer.batch(&pacing.job, took);
             if took > pacing.max_lag {
                 // The database is struggling: give it as long again before the next batch.
                 tracing::warn!(

@@ -99,6 +99,20 @@ impl Error {
         }
     }
 
+    /// Every value of [`Error::kind`].
+    pub const KINDS: [&'static str; 10] = [
+        "usage",
+        "config",
+        "invalid_file",
+        "refused",
+        "database",
+        "lock_timeout",
+        "migration",
+        "verify",
+        "state",
+        "io",
+    ];
+
     /// A short, fixed name of the error's kind, for metric labels.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -205,5 +219,27 @@ pub fn at_field(prefix: &str, path: &serde_path_to_error::Path, message: &str) -
         message.to_string()
     } else {
         format!("field `{field}`: {message}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn every_kind_is_listed() {
+        let errors = [
+            Error::Usage(String::new()),
+            Error::Refused(String::new()),
+            Error::State(String::new()),
+            Error::InvalidFiles(Vec::new()),
+            Error::VerifyFailed {
+                job: String::new(),
+                ranges: Vec::new(),
+            },
+        ];
+        for error in errors {
+            assert!(Error::KINDS.contains(&error.kind()), "{}", error.kind());
+        }
     }
 }

@@ -172,6 +172,12 @@ impl JobObserver for Metrics {
     fn progress(&self, record: &JobRecord) {
         let job = record.name.as_str();
         let mut seen = self.seen.lock().expect("metrics lock");
+        if !seen.contains_key(job) {
+            // Counters exist from the start at 0, so that rate() and increase() see them.
+            for kind in Error::KINDS {
+                self.errors.with_label_values(&[job, kind]);
+            }
+        }
         let last = seen.entry(job.to_string()).or_default();
         self.rows_copied
             .with_label_values(&[job])
@@ -256,5 +262,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("switchyard_build_info{version=\""), "{text}");
+        assert!(
+            text.contains("switchyard_job_errors_total{job=\"accounts\",kind=\"database\"} 0"),
+            "{text}"
+        );
     }
 }

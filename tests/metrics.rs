@@ -119,3 +119,184 @@ fn a_running_job_exports_lint_clean_metrics() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Prometheus's HTTP API answer to an instant query.
+fn prometheus_query(port: u16, query: &str) -> serde_json::Value {
+    let encoded: String = url::form_urlencoded::byte_serialize(query.as_bytes()).collect();
+    let body = http_get(port, &format!("/api/v1/query?query={encoded}"));
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+fn series(answer: &serde_json::Value) -> usize {
+    answer["data"]["result"].as_array().map_or(0, Vec::len)
+}
+
+/// Every PromQL expression of `dashboards/`: the dashboard's panel targets and the alert
+/// rules' expressions.
+fn dashboard_expressions() -> (Vec<String>, Vec<String>) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&common::read(&root.join("dashboards/switchyard-jobs.json"))).unwrap();
+    let panels: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            p["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["expr"].as_str().unwrap().replace("$job", ".*"))
+        })
+        .collect();
+    let rules = common::read(&root.join("dashboards/alerts.yml"));
+    let mut alerts = Vec::new();
+    let mut lines = rules.lines().peekable();
+    while let Some(line) = lines.next() {
+        if let Some(expr) = line.trim().strip_prefix("expr:") {
+            let mut expr = expr.trim().to_string();
+            if expr == ">" {
+                expr.clear();
+                while let Some(next) = lines
+                    .peek()
+                    .filter(|l| !l.trim().contains(':') || l.contains('('))
+                {
+                    expr.push_str(next.trim());
+                    expr.push(' ');
+                    lines.next();
+                }
+            }
+            alerts.push(expr.trim().to_string());
+        }
+    }
+    (panels, alerts)
+}
+
+#[test]
+fn rules_are_valid_for_promtool() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let check = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(root.join("dashboards/alerts.yml"))
+        .output()
+        .expect("promtool is installed by `scripts/services up`");
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(text.contains("SUCCESS: 4 rules found"), "{text}");
+}
+
+#[test]
+fn prometheus_evaluates_every_dashboard_and_alert_expression() {
+    let project = Project::new();
+    let mut db = project.db.client();
+    create_items(&mut db, "items", 20_000);
+    let file = project.job_file(
+        "items",
+        "name = \"items\"\nkind = \"copy\"\n[source]\ndatabase = \"postgresql\"\ntable = \"items\"\n\
+         [target]\ndatabase = \"postgresql\"\ntable = \"items_v2\"\n\
+         [expand]\nsql = [\"CREATE TABLE IF NOT EXISTS items_v2 (id bigint PRIMARY KEY, v text NOT NULL, pad text)\"]\n\
+         [copy]\nbatch_size = 250\nrows_per_second = 1500\n",
+    );
+    let metrics_port = free_port();
+    let job = project
+        .command(&[
+            "job",
+            "run",
+            &file,
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let prometheus_dir = tempfile::tempdir().unwrap();
+    let config = prometheus_dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
+             scrape_configs:\n  - job_name: switchyard\n    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n",
+            root.join("dashboards/alerts.yml").display()
+        ),
+    )
+    .unwrap();
+    let prometheus_port = free_port();
+    let mut prometheus = std::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{prometheus_port}"))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            prometheus_dir.path().join("data").display()
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus is installed by `scripts/services up`");
+
+    // Wait for enough samples for rate() over the dashboard's windows.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let ready = std::net::TcpStream::connect(("127.0.0.1", prometheus_port)).is_ok()
+            && series(&prometheus_query(
+                prometheus_port,
+                "count_over_time(switchyard_job_rows_copied_total[1m]) >= 5",
+            )) > 0;
+        if ready {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Prometheus never scraped the job"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    let (panels, alerts) = dashboard_expressions();
+    assert_eq!(panels.len(), 13, "{panels:#?}");
+    assert_eq!(alerts.len(), 4, "{alerts:#?}");
+    for expr in &panels {
+        let answer = prometheus_query(prometheus_port, expr);
+        assert_eq!(answer["status"], "success", "{expr}: {answer}");
+        assert!(
+            series(&answer) > 0,
+            "the dashboard query returns nothing: {expr}"
+        );
+    }
+    for expr in &alerts {
+        let answer = prometheus_query(prometheus_port, expr);
+        assert_eq!(answer["status"], "success", "{expr}: {answer}");
+        // A healthy job fires no alert, but every metric an alert reads must exist.
+        for metric in expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("switchyard_"))
+        {
+            assert!(
+                series(&prometheus_query(prometheus_port, metric)) > 0,
+                "{metric} (in {expr}) has no series"
+            );
+        }
+    }
+    let rules: serde_json::Value =
+        serde_json::from_str(&http_get(prometheus_port, "/api/v1/rules")).unwrap();
+    let loaded: Vec<&serde_json::Value> = rules["data"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(loaded.len(), 4);
+    assert!(loaded.iter().all(|r| r["health"] != "err"), "{rules}");
+
+    prometheus.kill().unwrap();
+    prometheus.wait().unwrap();
+    project
+        .run(&["job", "throttle", "items", "--rows-per-second", "0"])
+        .ok();
+    assert!(job.wait_with_output().unwrap().status.success());
+}

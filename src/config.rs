@@ -21,6 +21,7 @@ pub const ENV_PREFIX: &str = "SWITCHYARD";
 const DEFAULT_STATE_URL: &str = "sqlite://data/switchyard.db";
 const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 const DEFAULT_MIGRATIONS_DIR: &str = "migrations";
+const DEFAULT_JOBS_DIR: &str = "jobs";
 const DEFAULT_DDL_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_MIGRATION_LOCK_WAIT: Duration = Duration::from_secs(60);
 
@@ -33,6 +34,8 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub migrations: MigrationsConfig,
+    #[serde(default)]
+    pub jobs: JobsConfig,
     /// Named databases; `migrations/<name>/` holds each one's migrations.
     #[serde(default)]
     pub databases: BTreeMap<String, DatabaseConfig>,
@@ -110,6 +113,26 @@ impl Default for MigrationsConfig {
             dir: default_migrations_dir(),
             lock_timeout: DEFAULT_DDL_LOCK_TIMEOUT,
             lock_wait: DEFAULT_MIGRATION_LOCK_WAIT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    /// The folder of job files that `serve` runs (and `POST /jobs` writes to).
+    #[serde(default = "default_jobs_dir")]
+    pub dir: PathBuf,
+}
+
+fn default_jobs_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_JOBS_DIR)
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            dir: default_jobs_dir(),
         }
     }
 }

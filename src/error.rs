@@ -24,6 +24,10 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// A named thing (a job) does not exist.
+    #[error("{0}")]
+    NotFound(String),
+
     /// The configuration (file plus environment) is invalid.
     #[error("{file}: {reason}")]
     Config { file: String, reason: String },
@@ -87,9 +91,11 @@ impl Error {
     /// input was wrong, 1 when something ran and failed.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Usage(_) | Error::Config { .. } | Error::InvalidFiles(_) | Error::Refused(_) => {
-                2
-            }
+            Error::Usage(_)
+            | Error::NotFound(_)
+            | Error::Config { .. }
+            | Error::InvalidFiles(_)
+            | Error::Refused(_) => 2,
             Error::Database { .. }
             | Error::LockTimeout { .. }
             | Error::MigrationFailed { .. }
@@ -117,6 +123,7 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Usage(_) => "usage",
+            Error::NotFound(_) => "not_found",
             Error::Config { .. } => "config",
             Error::InvalidFiles(_) => "invalid_file",
             Error::Refused(_) => "refused",

@@ -15,7 +15,9 @@ pub mod job;
 pub mod metrics;
 pub mod migrate;
 pub mod secret;
+pub mod serve;
 pub mod server;
+pub mod shutdown;
 pub mod state;
 
 pub use error::{Error, Result};

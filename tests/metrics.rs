@@ -3,29 +3,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 
 use common::writer::create_items;
-use common::Project;
+use common::{free_port, Project};
 
 /// `GET path` on loopback; the body of the answer.
 fn http_get(port: u16, path: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    answer
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    common::http(port, "GET", path, &[], "").1
 }
 
 #[test]

@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tokio::sync::watch;
 
 use super::audit;
 use super::table::Table;
 use crate::backend::postgres::PostgresJob;
 use crate::config::Config;
-use crate::engine::{self, JobControl, JobObserver, JobRecord, Phase, RunEnd, RunOptions};
+use crate::engine::{self, JobObserver, JobRecord, Phase, Request, RunEnd, RunOptions};
 use crate::error::{Error, Result};
 use crate::job::{self, JobSpec};
 use crate::metrics::Metrics;
@@ -67,22 +66,6 @@ pub async fn plan(config: &Config, file: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Becomes true on Ctrl-C or SIGTERM.
-fn shutdown_signal() -> watch::Receiver<bool> {
-    let (sender, receiver) = watch::channel(false);
-    tokio::spawn(async move {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match terminate.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        }
-        tracing::warn!("stopping at the next batch boundary");
-        let _ = sender.send(true);
-    });
-    receiver
-}
-
 /// Shows a job's record on the progress bar.
 struct BarObserver(ProgressBar);
 
@@ -133,7 +116,7 @@ async fn drive(
         observers.push(metrics);
     }
     let options = RunOptions {
-        shutdown: shutdown_signal(),
+        shutdown: crate::shutdown::signal(),
         observer: Arc::new(observers),
         claim_wait,
     };
@@ -223,19 +206,7 @@ pub async fn status(config: &Config, name: Option<&str>, json: bool) -> Result<(
         None => JobRecord::load_all(store.as_ref()).await?,
     };
     if json {
-        let rows: Vec<serde_json::Value> = records
-            .iter()
-            .map(|r| {
-                serde_json::json!({
-                    "name": r.name, "kind": r.kind.as_str(), "phase": r.phase.as_str(),
-                    "rows_copied": r.rows_copied, "rows_total": r.rows_total,
-                    "rows_per_second": r.rows_per_second, "lag_seconds": r.lag_seconds,
-                    "eta_seconds": r.eta_seconds, "error": r.error,
-                    "changes_applied": r.changes_applied, "throttle_wait_seconds": r.throttle_wait_seconds, "writes_blocked_ms": r.writes_blocked_ms,
-                    "updated_at": r.updated_at,
-                })
-            })
-            .collect();
+        let rows: Vec<serde_json::Value> = records.iter().map(JobRecord::status_json).collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&rows).expect("status serialises")
@@ -277,83 +248,22 @@ pub async fn status(config: &Config, name: Option<&str>, json: bool) -> Result<(
     Ok(())
 }
 
-/// An operator's command on a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
-    Pause,
-    Resume,
-    Cutover,
-    Contract,
-    Abort,
-    Throttle(u64),
-}
-
-pub async fn control(config: &Config, name: &str, command: Control) -> Result<()> {
+pub async fn control(config: &Config, name: &str, command: Request) -> Result<()> {
     let store = state::open(&config.state.url).await?;
-    let record = JobRecord::load(store.as_ref(), name)
-        .await?
-        .ok_or_else(|| {
-            Error::Usage(format!(
-                "no job named `{name}` has run with this state store ({})",
-                config.state.url
-            ))
-        })?;
-    if record.phase.is_final() {
-        return Err(Error::Refused(
-            format!(
-                "job `{name}` is {}; nothing to {command:?}",
-                record.phase.as_str()
-            )
-            .to_lowercase(),
-        ));
-    }
-    match command {
-        Control::Cutover if record.kind != job::JobKind::Copy => {
-            return Err(Error::Refused(format!(
-                "job `{name}` is a {}: only copy jobs cut over",
-                record.kind.as_str()
-            )))
-        }
-        Control::Cutover
-            if !matches!(
-                record.phase,
-                Phase::ReadyToCutover
-                    | Phase::CatchUp
-                    | Phase::Verify
-                    | Phase::Cutover
-                    | Phase::Paused
-                    | Phase::Failed
-            ) =>
-        {
-            return Err(Error::Refused(format!(
-                "job `{name}` is in {}; it can cut over once verified",
-                record.phase.as_str()
-            )))
-        }
-        _ => {}
-    }
-    JobControl::update(store.as_ref(), name, move |c| match command {
-        Control::Pause => c.paused = true,
-        Control::Resume => c.paused = false,
-        Control::Cutover => c.cutover_requested = true,
-        Control::Contract => c.contract_requested = true,
-        Control::Abort => c.abort_requested = true,
-        Control::Throttle(rate) => c.rows_per_second = Some(rate),
-    })
-    .await?;
+    let record = engine::request(store.as_ref(), name, command).await?;
     audit::record(
         store.as_ref(),
         None,
         Outcome::Ok,
-        format!("job {name}: {command:?} requested").to_lowercase(),
+        format!("job {name}: {} requested", command.name()),
     )
     .await;
     match command {
-        Control::Pause => println!("job {name}: pause requested; it pauses at the next batch boundary (switchyard job resume {name})"),
-        Control::Resume => println!("job {name}: resumed"),
-        Control::Throttle(0) => println!("job {name}: unthrottled"),
-        Control::Throttle(rate) => println!("job {name}: throttled to {rate} rows/s"),
-        Control::Cutover | Control::Contract | Control::Abort => {
+        Request::Pause => println!("job {name}: pause requested; it pauses at the next batch boundary (switchyard job resume {name})"),
+        Request::Resume => println!("job {name}: resumed"),
+        Request::Throttle(0) => println!("job {name}: unthrottled"),
+        Request::Throttle(rate) => println!("job {name}: throttled to {rate} rows/s"),
+        Request::Cutover | Request::Contract | Request::Abort => {
             // Act now, in this process, unless another process runs the job.
             let spec = job::load(Path::new(&record.file), config)?;
             drive(config, store, &spec, &record.file, CONTROL_CLAIM_WAIT, None).await?;

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
+use crate::engine::Request;
 use crate::error::Result;
 
 #[derive(Debug, Parser)]
@@ -109,6 +110,14 @@ pub enum Command {
     /// Online jobs: copy or backfill in throttled, resumable batches, catch up, verify, cut over
     #[command(subcommand)]
     Job(JobCommand),
+    /// The daemon: run the jobs folder's jobs on their schedules and windows, resume
+    /// unfinished ones, serve the HTTP API and /metrics (server.listen)
+    #[command(
+        after_help = "API: GET /jobs, GET /jobs/NAME, POST /jobs (a job file's TOML), \
+        POST /jobs/NAME/pause|resume|cutover|contract|abort, PATCH /jobs/NAME {\"rows_per_second\": N}, \
+        GET /metrics, /healthz, /readyz. With server.token set, changes need `Authorization: Bearer TOKEN`."
+    )]
+    Serve,
     /// Show the audit log: who ran what, when, and how it ended
     Audit {
         /// How many entries, newest first
@@ -189,22 +198,19 @@ pub async fn run(cli: Cli) -> Result<()> {
                 metrics_listen,
             } => jobs::run(&config, &file, metrics_listen).await,
             JobCommand::Status { name, json } => jobs::status(&config, name.as_deref(), json).await,
-            JobCommand::Pause { name } => jobs::control(&config, &name, jobs::Control::Pause).await,
-            JobCommand::Resume { name } => {
-                jobs::control(&config, &name, jobs::Control::Resume).await
-            }
-            JobCommand::Cutover { name } => {
-                jobs::control(&config, &name, jobs::Control::Cutover).await
-            }
-            JobCommand::Contract { name } => {
-                jobs::control(&config, &name, jobs::Control::Contract).await
-            }
-            JobCommand::Abort { name } => jobs::control(&config, &name, jobs::Control::Abort).await,
+            JobCommand::Pause { name } => jobs::control(&config, &name, Request::Pause).await,
+            JobCommand::Resume { name } => jobs::control(&config, &name, Request::Resume).await,
+            JobCommand::Cutover { name } => jobs::control(&config, &name, Request::Cutover).await,
+            JobCommand::Contract { name } => jobs::control(&config, &name, Request::Contract).await,
+            JobCommand::Abort { name } => jobs::control(&config, &name, Request::Abort).await,
             JobCommand::Throttle {
                 name,
                 rows_per_second,
-            } => jobs::control(&config, &name, jobs::Control::Throttle(rows_per_second)).await,
+            } => jobs::control(&config, &name, Request::Throttle(rows_per_second)).await,
         },
+        Command::Serve => {
+            crate::serve::serve(config, std::sync::Arc::new(crate::serve::SystemClock)).await
+        }
         Command::Audit { limit, json } => audit::show(&config, limit, json).await,
     }
 }

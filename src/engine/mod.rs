@@ -23,6 +23,6 @@ mod run;
 mod throttle;
 pub mod traits;
 
-pub use record::{JobControl, JobRecord, Phase};
+pub use record::{request, JobControl, JobRecord, Phase, Request};
 pub use run::{run, JobObserver, RunEnd, RunOptions};
 pub use throttle::Throttle;

@@ -152,6 +152,25 @@ impl JobRecord {
         Ok(records)
     }
 
+    /// The object `job status --json` and `GET /jobs` show.
+    pub fn status_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "kind": self.kind.as_str(),
+            "phase": self.phase.as_str(),
+            "rows_copied": self.rows_copied,
+            "rows_total": self.rows_total,
+            "rows_per_second": self.rows_per_second,
+            "lag_seconds": self.lag_seconds,
+            "eta_seconds": self.eta_seconds,
+            "error": self.error,
+            "changes_applied": self.changes_applied,
+            "throttle_wait_seconds": self.throttle_wait_seconds,
+            "writes_blocked_ms": self.writes_blocked_ms,
+            "updated_at": self.updated_at,
+        })
+    }
+
     pub async fn save(&mut self, store: &dyn StateStore) -> Result<()> {
         self.updated_at = Utc::now();
         let text = serde_json::to_string(self).expect("a job record serialises");
@@ -173,6 +192,74 @@ pub struct JobControl {
     pub contract_requested: bool,
     #[serde(default)]
     pub abort_requested: bool,
+    /// Set by `serve` while the job's daily window is closed: the job pauses.
+    #[serde(default)]
+    pub outside_window: bool,
+}
+
+/// What an operator asks of a job (`switchyard job …`, or the HTTP API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    Pause,
+    Resume,
+    Cutover,
+    Contract,
+    Abort,
+    Throttle(u64),
+}
+
+impl Request {
+    pub fn name(self) -> &'static str {
+        match self {
+            Request::Pause => "pause",
+            Request::Resume => "resume",
+            Request::Cutover => "cutover",
+            Request::Contract => "contract",
+            Request::Abort => "abort",
+            Request::Throttle(_) => "throttle",
+        }
+    }
+}
+
+/// Records an operator's request in the job's control, after checking it makes sense
+/// for the job as it stands. Returns the job's record.
+pub async fn request(store: &dyn StateStore, name: &str, request: Request) -> Result<JobRecord> {
+    let record = JobRecord::load(store, name).await?.ok_or_else(|| {
+        Error::NotFound(format!(
+            "no job named `{name}` has run with this state store"
+        ))
+    })?;
+    if record.phase.is_final() {
+        return Err(Error::Refused(format!(
+            "job `{name}` is {}; nothing to {}",
+            record.phase.as_str(),
+            request.name()
+        )));
+    }
+    if request == Request::Cutover {
+        if record.kind != JobKind::Copy {
+            return Err(Error::Refused(format!(
+                "job `{name}` is a {}: only copy jobs cut over",
+                record.kind.as_str()
+            )));
+        }
+        if matches!(record.phase, Phase::Pending | Phase::Expand | Phase::Copy) {
+            return Err(Error::Refused(format!(
+                "job `{name}` is in {}; it can cut over once verified",
+                record.phase.as_str()
+            )));
+        }
+    }
+    JobControl::update(store, name, move |c| match request {
+        Request::Pause => c.paused = true,
+        Request::Resume => c.paused = false,
+        Request::Cutover => c.cutover_requested = true,
+        Request::Contract => c.contract_requested = true,
+        Request::Abort => c.abort_requested = true,
+        Request::Throttle(rate) => c.rows_per_second = Some(rate),
+    })
+    .await?;
+    Ok(record)
 }
 
 impl JobControl {

@@ -269,7 +269,7 @@ impl<B: Backend> Engine<'_, B> {
         );
         Ok(if control.abort_requested {
             Some(Interrupt::Abort)
-        } else if control.paused {
+        } else if control.paused || control.outside_window {
             Some(Interrupt::Pause)
         } else {
             None

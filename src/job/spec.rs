@@ -319,6 +319,16 @@ impl JobSpec {
                 format!("{} is outside 1..=64", self.copy.concurrency),
             ));
         }
+        if let Some(schedule) = &self.schedule {
+            schedule.parse::<croner::Cron>().map_err(|e| {
+                field(
+                    "schedule",
+                    format!(
+                        "`{schedule}` is not a cron schedule (minute hour day month weekday): {e}"
+                    ),
+                )
+            })?;
+        }
         if let Some(window) = &self.window {
             parse_window(window).map_err(|reason| field("window", reason))?;
         }

@@ -1,0 +1,315 @@
+//! `switchyard serve`: runs the jobs of the jobs folder on their schedules and inside
+//! their windows, resumes the ones a previous run left unfinished, acts on operators'
+//! requests, and serves the HTTP API and `/metrics`.
+//!
+//! Invariants:
+//! - A job runs in one place at a time: each run takes the job's lease in its database
+//!   (several `serve` processes may share a state store; the others leave it alone).
+//! - The decision to start a job is a pure function of its file, record, control and
+//!   the time ([`decide`]), so schedules and windows are tested with a given clock.
+//! - SIGTERM stops every job at a batch boundary with its checkpoint written; the next
+//!   `serve` resumes them.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Timelike, Utc};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::backend::postgres::PostgresJob;
+use crate::config::Config;
+use crate::engine::{self, JobControl, JobRecord, Phase, RunOptions};
+use crate::error::Result;
+use crate::job::{self, parse_window, ContractAfter, CutoverMode, JobSpec};
+use crate::metrics::Metrics;
+use crate::server::{serve_api, ApiState};
+use crate::state::{self, StateStore};
+
+/// How often the scheduler looks at the jobs.
+const TICK: Duration = Duration::from_secs(1);
+
+/// The time, given to the scheduler so that tests can set it.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// Whether `now` falls in a daily window `HH:MM-HH:MM` (UTC; it may wrap midnight).
+pub fn in_window(window: &str, now: DateTime<Utc>) -> bool {
+    let Ok((start, end)) = parse_window(window) else {
+        return false;
+    };
+    let minute = now.hour() * 60 + now.minute();
+    if start < end {
+        (start..end).contains(&minute)
+    } else {
+        minute >= start || minute < end
+    }
+}
+
+/// Whether the cron `schedule` has an occurrence in `(since, now]`.
+pub fn is_due(schedule: &str, since: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    schedule
+        .parse::<croner::Cron>()
+        .ok()
+        .and_then(|cron| cron.find_next_occurrence(&since, false).ok())
+        .is_some_and(|next| next <= now)
+}
+
+/// Whether to start (or resume) a job now. `since`: when the scheduler last looked.
+pub fn decide(
+    spec: &JobSpec,
+    record: Option<&JobRecord>,
+    control: &JobControl,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> bool {
+    if control.abort_requested {
+        return record.is_some_and(|r| !r.phase.is_final());
+    }
+    if spec.window.as_deref().is_some_and(|w| !in_window(w, now)) {
+        return false;
+    }
+    let Some(record) = record else {
+        return spec
+            .schedule
+            .as_deref()
+            .is_none_or(|s| is_due(s, since, now));
+    };
+    match record.phase {
+        Phase::Done | Phase::Aborted | Phase::Failed => false,
+        Phase::Paused => !control.paused,
+        Phase::ReadyToCutover => {
+            control.cutover_requested || spec.cutover.mode == CutoverMode::Auto
+        }
+        Phase::Cutover | Phase::Verify if record.cutover_at.is_some() => {
+            let due = match spec.contract.after {
+                ContractAfter::Manual => false,
+                ContractAfter::Delay(delay) => record.cutover_at.is_some_and(|at| {
+                    at + chrono::Duration::from_std(delay).unwrap_or(chrono::TimeDelta::MAX) <= now
+                }),
+            };
+            control.contract_requested || due
+        }
+        _ => true,
+    }
+}
+
+/// Runs the daemon until SIGTERM or Ctrl-C.
+pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<()> {
+    let store = state::open(&config.state.url).await?;
+    let metrics = Arc::new(Metrics::new());
+    let shutdown = crate::shutdown::signal();
+    let config = Arc::new(config);
+    let api = ApiState {
+        config: config.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+    };
+    let bound = serve_api(config.server.listen, api).await?;
+    tracing::info!(%bound, "serving the HTTP API and /metrics");
+    eprintln!(
+        "switchyard serve: http://{bound} (jobs from {})",
+        config.jobs.dir.display()
+    );
+
+    let mut since = clock.now();
+    let mut running: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let mut reported: HashSet<String> = HashSet::new();
+    let mut stop = shutdown.clone();
+    loop {
+        let now = clock.now();
+        running.retain(|_, task| !task.is_finished());
+        for (file, spec) in job_files(&config, &mut reported) {
+            let control = JobControl::load(store.as_ref(), &spec.name).await?;
+            let record = JobRecord::load(store.as_ref(), &spec.name).await?;
+            if let Some(window) = &spec.window {
+                let outside = !in_window(window, now);
+                if record.is_some() && control.outside_window != outside {
+                    JobControl::update(store.as_ref(), &spec.name, move |c| {
+                        c.outside_window = outside
+                    })
+                    .await?;
+                }
+            }
+            if running.contains_key(&spec.name)
+                || !decide(&spec, record.as_ref(), &control, since, now)
+            {
+                continue;
+            }
+            let task = tokio::spawn(run_job(
+                config.clone(),
+                spec.clone(),
+                file,
+                store.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ));
+            running.insert(spec.name.clone(), task);
+        }
+        since = now;
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    for (_, task) in running {
+        let _ = task.await;
+    }
+    Ok(())
+}
+
+/// Every valid job file of the jobs folder; an invalid one is logged once.
+fn job_files(config: &Config, reported: &mut HashSet<String>) -> Vec<(PathBuf, JobSpec)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&config.jobs.dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .filter_map(|file| match job::load(&file, config) {
+            Ok(spec) => Some((file, spec)),
+            Err(error) => {
+                if reported.insert(error.to_string()) {
+                    tracing::warn!(%error, "job file skipped");
+                }
+                None
+            }
+        })
+        .collect()
+}
+
+async fn run_job(
+    config: Arc<Config>,
+    spec: JobSpec,
+    file: PathBuf,
+    store: Arc<dyn StateStore>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let outcome = async {
+        let database = config.database(&spec.source.database)?;
+        let backend =
+            PostgresJob::open(&spec, &database.url, config.migrations.lock_timeout).await?;
+        let options = RunOptions {
+            shutdown,
+            observer: metrics,
+            claim_wait: Duration::ZERO,
+        };
+        engine::run(
+            &spec,
+            backend,
+            store.as_ref(),
+            &file.display().to_string(),
+            options,
+        )
+        .await
+    }
+    .await;
+    match outcome {
+        Ok(end) => tracing::info!(job = %spec.name, ?end, "job stopped"),
+        Err(error) => tracing::error!(job = %spec.name, %error, "job failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(hour: u32, minute: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 21, hour, minute, 0).unwrap()
+    }
+
+    fn spec(extra: &str) -> JobSpec {
+        job::parse(&format!(
+            "name = \"j\"\nkind = \"backfill\"\n{extra}\n[source]\ndatabase = \"pg\"\ntable = \"t\"\n[transform]\ncolumns = {{ a = \"1\" }}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn windows_may_wrap_midnight() {
+        assert!(in_window("01:00-05:00", at(1, 0)));
+        assert!(in_window("01:00-05:00", at(4, 59)));
+        assert!(!in_window("01:00-05:00", at(5, 0)));
+        assert!(in_window("22:00-02:00", at(23, 30)));
+        assert!(in_window("22:00-02:00", at(1, 59)));
+        assert!(!in_window("22:00-02:00", at(12, 0)));
+    }
+
+    #[test]
+    fn a_schedule_is_due_once_its_time_passed() {
+        assert!(is_due("0 3 * * *", at(2, 59), at(3, 0)));
+        assert!(!is_due("0 3 * * *", at(3, 0), at(3, 1)));
+        assert!(!is_due("0 3 * * *", at(1, 0), at(2, 59)));
+    }
+
+    #[test]
+    fn new_jobs_start_on_schedule_and_inside_their_window() {
+        let control = JobControl::default();
+        assert!(decide(&spec(""), None, &control, at(9, 0), at(9, 0)));
+        let scheduled = spec("schedule = \"0 3 * * *\"");
+        assert!(!decide(&scheduled, None, &control, at(2, 0), at(2, 59)));
+        assert!(decide(&scheduled, None, &control, at(2, 59), at(3, 0)));
+        let windowed = spec("window = \"01:00-05:00\"");
+        assert!(!decide(&windowed, None, &control, at(0, 59), at(0, 59)));
+        assert!(decide(&windowed, None, &control, at(1, 0), at(1, 0)));
+    }
+
+    #[test]
+    fn records_decide_what_resumes() {
+        let control = JobControl::default();
+        let mut record = JobRecord::new("j", crate::job::JobKind::Backfill, "jobs/j.toml");
+        let job = spec("");
+        for (phase, start) in [
+            (Phase::Copy, true),
+            (Phase::Done, false),
+            (Phase::Failed, false),
+            (Phase::Paused, true),
+        ] {
+            record.phase = phase;
+            assert_eq!(
+                decide(&job, Some(&record), &control, at(9, 0), at(9, 0)),
+                start,
+                "{phase:?}"
+            );
+        }
+        let paused = JobControl {
+            paused: true,
+            ..JobControl::default()
+        };
+        record.phase = Phase::Paused;
+        assert!(!decide(&job, Some(&record), &paused, at(9, 0), at(9, 0)));
+        // Waiting for contract (24h by default): due only after the delay, or on request.
+        record.phase = Phase::Verify;
+        record.cutover_at = Some(at(9, 0));
+        assert!(!decide(&job, Some(&record), &control, at(9, 0), at(10, 0)));
+        assert!(decide(
+            &job,
+            Some(&record),
+            &control,
+            at(9, 0),
+            at(9, 0) + chrono::Duration::hours(24)
+        ));
+        let asked = JobControl {
+            contract_requested: true,
+            ..JobControl::default()
+        };
+        assert!(decide(&job, Some(&record), &asked, at(9, 0), at(10, 0)));
+    }
+}

@@ -1,0 +1,233 @@
+//! `switchyard serve` through the real binary: it runs the jobs folder's jobs, obeys the
+//! HTTP API (with its token), stops at a batch boundary on SIGTERM and resumes after.
+
+mod common;
+
+use common::writer::{checksum, create_items};
+use common::{free_port, http, Project};
+
+const TOKEN: &str = "s3cret-token";
+
+fn job(name: &str, extra: &str) -> String {
+    format!(
+        "name = \"{name}\"\nkind = \"copy\"\n[source]\ndatabase = \"postgresql\"\ntable = \"items\"\n\
+         [target]\ndatabase = \"postgresql\"\ntable = \"items_v2\"\n\
+         [expand]\nsql = [\"CREATE TABLE IF NOT EXISTS items_v2 (id bigint PRIMARY KEY, v text NOT NULL, pad text)\"]\n\
+         [copy]\nbatch_size = 250\n{extra}\n[contract]\nafter = \"manual\"\n"
+    )
+}
+
+struct Serve {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Serve {
+    fn start(project: &Project, port: u16) -> Serve {
+        let child = project
+            .command(&["serve"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "serve never listened");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Serve { child, port }
+    }
+
+    fn job(&self, name: &str) -> serde_json::Value {
+        let (status, body) = http(self.port, "GET", &format!("/jobs/{name}"), &[], "");
+        if status != 200 {
+            return serde_json::Value::Null;
+        }
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn wait_for(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let job = self.job(name);
+            if check(&job) {
+                return job;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {name}: {what}; last {job}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn project_with_server(port: u16) -> Project {
+    Project::with_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n"
+    ))
+}
+
+#[test]
+fn serve_runs_jobs_and_obeys_the_api() {
+    let port = free_port();
+    let project = project_with_server(port);
+    let mut db = project.db.client();
+    create_items(&mut db, "items", 20_000);
+    project.job_file("items", &job("items", "rows_per_second = 4000"));
+    let serve = Serve::start(&project, port);
+    let auth = format!("Authorization: Bearer {TOKEN}");
+
+    assert_eq!(http(port, "GET", "/healthz", &[], "").0, 200);
+    assert_eq!(http(port, "GET", "/readyz", &[], "").0, 200);
+    serve.wait_for("items", "copying", |j| {
+        j["phase"] == "copy" && j["rows_copied"].as_u64() > Some(0)
+    });
+
+    // Changing endpoints need the token.
+    let (status, body) = http(port, "POST", "/jobs/items/pause", &[], "");
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(
+        http(
+            port,
+            "PATCH",
+            "/jobs/items",
+            &["Authorization: Bearer wrong"],
+            "{\"rows_per_second\": 1}"
+        )
+        .0,
+        401
+    );
+    assert_eq!(http(port, "POST", "/jobs/items/pause", &[&auth], "").0, 200);
+    let paused = serve.wait_for("items", "paused", |j| j["phase"] == "paused");
+    assert_eq!(
+        http(port, "POST", "/jobs/nosuch/pause", &[&auth], "").0,
+        404
+    );
+    assert_eq!(
+        http(port, "POST", "/jobs/items/explode", &[&auth], "").0,
+        404
+    );
+    assert_eq!(
+        http(
+            port,
+            "PATCH",
+            "/jobs/items",
+            &[&auth],
+            "{\"rows_per_second\": 0}"
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        http(port, "POST", "/jobs/items/resume", &[&auth], "").0,
+        200
+    );
+    assert!(paused["rows_copied"].as_u64() < Some(20_000));
+    serve.wait_for("items", "ready to cut over", |j| {
+        j["phase"] == "ready_to_cutover"
+    });
+
+    let (status, body) = http(port, "POST", "/jobs/items/cutover", &[&auth], "");
+    assert_eq!(status, 200, "{body}");
+    serve.wait_for("items", "cut over", |j| j["writes_blocked_ms"].is_u64());
+    assert!(project.db.exists("items_old"));
+    assert_eq!(checksum(&mut db, "items"), checksum(&mut db, "items_old"));
+
+    // A job submitted over the API is written to the jobs folder and run.
+    let submitted = job("again", "")
+        .replace(
+            "table = \"items\"\n[target]",
+            "table = \"items_old\"\n[target]",
+        )
+        .replace("items_v2", "items_v3");
+    let (status, body) = http(port, "POST", "/jobs", &[], &submitted);
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = http(
+        port,
+        "POST",
+        "/jobs",
+        &[&auth],
+        "name = \"bad\"\nkind = \"copy\"\n",
+    );
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = http(port, "POST", "/jobs", &[&auth], &submitted);
+    assert_eq!(status, 201, "{body}");
+    serve.wait_for("again", "ready to cut over", |j| {
+        j["phase"] == "ready_to_cutover"
+    });
+    let (status, body) = http(port, "POST", "/jobs/again/abort", &[&auth], "");
+    assert_eq!(status, 200, "{body}");
+    serve.wait_for("again", "aborted", |j| j["phase"] == "aborted");
+    assert!(!project.db.exists("items_v3"));
+
+    let (status, body) = http(port, "GET", "/jobs", &[], "");
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(http(port, "GET", "/metrics", &[], "")
+        .1
+        .contains("switchyard_job_rows_copied_total{job=\"items\"}"));
+    assert!(serve.terminate().success());
+}
+
+#[test]
+fn sigterm_stops_at_a_batch_boundary_and_a_restart_resumes() {
+    let port = free_port();
+    let project = project_with_server(port);
+    let mut db = project.db.client();
+    create_items(&mut db, "items", 20_000);
+    project.job_file("items", &job("items", "rows_per_second = 5000"));
+    let serve = Serve::start(&project, port);
+    serve.wait_for("items", "copying", |j| {
+        j["phase"] == "copy" && j["rows_copied"].as_u64() >= Some(2_000)
+    });
+    assert!(
+        serve.terminate().success(),
+        "serve must exit cleanly on SIGTERM"
+    );
+    let stopped = project.job_status("items");
+    assert_eq!(stopped["phase"], "copy", "stopped where it was: {stopped}");
+    let copied = stopped["rows_copied"].as_u64().unwrap();
+    assert!(copied < 20_000);
+    assert_eq!(
+        project
+            .db
+            .column("SELECT sum(rows)::text FROM switchyard.copy_progress"),
+        [copied.to_string()],
+        "the checkpoints hold exactly what the record says was copied"
+    );
+
+    let serve = Serve::start(&project, port);
+    project
+        .run(&["job", "throttle", "items", "--rows-per-second", "0"])
+        .ok();
+    serve.wait_for("items", "ready to cut over", |j| {
+        j["phase"] == "ready_to_cutover"
+    });
+    assert_eq!(checksum(&mut db, "items"), checksum(&mut db, "items_v2"));
+    assert!(serve.terminate().success());
+}

@@ -2,7 +2,7 @@
 //! records and batch timings as the engine reports them, never from inside a loop over
 //! rows. Label sets stay small: `job`, `phase`, `kind`, `version`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use prometheus::{
 
 use crate::engine::{JobObserver, JobRecord, Phase};
 use crate::error::Error;
+use crate::migrate::{HistoryRow, Status};
 
 /// Batch durations, in seconds: 1 ms to about 30 s.
 const BATCH_BUCKETS: &[f64] = &[
@@ -32,8 +33,12 @@ pub struct Metrics {
     eta: GaugeVec,
     errors: IntCounterVec,
     verify_mismatches: IntCounterVec,
+    migrations_applied: IntCounterVec,
+    migration_duration: HistogramVec,
     /// What each job's counters were last raised to (records carry totals).
     seen: Mutex<HashMap<String, Seen>>,
+    /// The history rows already counted, per database: `(version, applied_at)`.
+    seen_migrations: Mutex<HashMap<String, HashSet<(String, i64)>>>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -147,8 +152,41 @@ impl Metrics {
                 "Key ranges that verification found different.",
                 &["job"],
             ),
+            migrations_applied: counter(
+                "switchyard_migrations_applied_total",
+                "Migrations applied, as recorded in each database's history.",
+                &["database"],
+            ),
+            migration_duration: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "switchyard_migration_duration_seconds",
+                        "Time applied migrations took.",
+                    )
+                    .buckets(BATCH_BUCKETS.to_vec()),
+                    &["database"],
+                )
+                .expect("valid metric"),
+            ),
             seen: Mutex::new(HashMap::new()),
+            seen_migrations: Mutex::new(HashMap::new()),
             registry,
+        }
+    }
+
+    /// Counts the COMPLETED rows of a database's migration history not counted before
+    /// (the series exist from the first call, at 0).
+    pub fn observe_migrations(&self, database: &str, history: &[HistoryRow]) {
+        let applied = self.migrations_applied.with_label_values(&[database]);
+        let duration = self.migration_duration.with_label_values(&[database]);
+        let mut seen = self.seen_migrations.lock().expect("metrics lock");
+        let counted = seen.entry(database.to_string()).or_default();
+        for row in history.iter().filter(|r| r.status == Status::Completed) {
+            if counted.insert((row.version.clone(), row.applied_at.timestamp_micros())) {
+                applied.inc();
+                duration.observe(row.duration_ms as f64 / 1000.0);
+            }
         }
     }
 
@@ -233,6 +271,33 @@ impl JobObserver for Metrics {
 mod tests {
     use super::*;
     use crate::job::JobKind;
+
+    #[test]
+    fn each_applied_migration_counts_once() {
+        let metrics = Metrics::new();
+        let row = |version: &str, status| HistoryRow {
+            version: version.into(),
+            name: "m".into(),
+            checksum: String::new(),
+            status,
+            applied_at: chrono::Utc::now(),
+            duration_ms: 40,
+            error: None,
+            applied_by: "me".into(),
+        };
+        let history = vec![row("1", Status::Completed), row("2", Status::Failed)];
+        metrics.observe_migrations("pg", &history);
+        metrics.observe_migrations("pg", &history);
+        let text = metrics.render();
+        assert!(
+            text.contains("switchyard_migrations_applied_total{database=\"pg\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("switchyard_migration_duration_seconds_count{database=\"pg\"} 1"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn counters_follow_record_totals() {

@@ -30,6 +30,8 @@ use crate::state::{self, StateStore};
 
 /// How often the scheduler looks at the jobs.
 const TICK: Duration = Duration::from_secs(1);
+/// How often (in ticks) the databases' migration histories are read for the metrics.
+const MIGRATION_METRICS_TICKS: u64 = 30;
 
 /// The time, given to the scheduler so that tests can set it.
 pub trait Clock: Send + Sync {
@@ -127,7 +129,10 @@ pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<()> {
     let mut running: HashMap<String, JoinHandle<()>> = HashMap::new();
     let mut reported: HashSet<String> = HashSet::new();
     let mut stop = shutdown.clone();
-    loop {
+    for tick in 0u64.. {
+        if tick % MIGRATION_METRICS_TICKS == 0 {
+            observe_migrations(&config, &metrics).await;
+        }
         let now = clock.now();
         running.retain(|_, task| !task.is_finished());
         for (file, spec) in job_files(&config, &mut reported) {
@@ -167,6 +172,29 @@ pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<()> {
         let _ = task.await;
     }
     Ok(())
+}
+
+/// Reads each configured PostgreSQL database's migration history into the metrics; a
+/// database that cannot be read is logged and tried again later.
+async fn observe_migrations(config: &Config, metrics: &Metrics) {
+    for (name, database) in &config.databases {
+        if database.kind != crate::config::DatabaseKind::Postgresql {
+            continue;
+        }
+        let history = async {
+            crate::migrate::open_target(config, name)
+                .await?
+                .history()
+                .await
+        }
+        .await;
+        match history {
+            Ok(history) => metrics.observe_migrations(name, &history),
+            Err(error) => {
+                tracing::warn!(database = %name, %error, "cannot read the migration history for metrics")
+            }
+        }
+    }
 }
 
 /// Every valid job file of the jobs folder; an invalid one is logged once.

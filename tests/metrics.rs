@@ -176,25 +176,21 @@ fn rules_are_valid_for_promtool() {
 
 #[test]
 fn prometheus_evaluates_every_dashboard_and_alert_expression() {
-    let project = Project::new();
+    let serve_port = free_port();
+    let project = Project::with_config(&format!("[server]\nlisten = \"127.0.0.1:{serve_port}\"\n"));
+    project.sql_migration("001_users", "1.0.0", "CREATE TABLE users (id int);", None);
+    project.run(&["migrate"]).ok();
     let mut db = project.db.client();
     create_items(&mut db, "items", 20_000);
-    let file = project.job_file(
+    project.job_file(
         "items",
         "name = \"items\"\nkind = \"copy\"\n[source]\ndatabase = \"postgresql\"\ntable = \"items\"\n\
          [target]\ndatabase = \"postgresql\"\ntable = \"items_v2\"\n\
          [expand]\nsql = [\"CREATE TABLE IF NOT EXISTS items_v2 (id bigint PRIMARY KEY, v text NOT NULL, pad text)\"]\n\
          [copy]\nbatch_size = 250\nrows_per_second = 1500\n",
     );
-    let metrics_port = free_port();
-    let job = project
-        .command(&[
-            "job",
-            "run",
-            &file,
-            "--metrics-listen",
-            &format!("127.0.0.1:{metrics_port}"),
-        ])
+    let mut serve = project
+        .command(&["serve"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -207,7 +203,7 @@ fn prometheus_evaluates_every_dashboard_and_alert_expression() {
         &config,
         format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
-             scrape_configs:\n  - job_name: switchyard\n    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n",
+             scrape_configs:\n  - job_name: switchyard\n    static_configs:\n      - targets: ['127.0.0.1:{serve_port}']\n",
             root.join("dashboards/alerts.yml").display()
         ),
     )
@@ -229,6 +225,7 @@ fn prometheus_evaluates_every_dashboard_and_alert_expression() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let ready = std::net::TcpStream::connect(("127.0.0.1", prometheus_port)).is_ok()
+            && common::http(prometheus_port, "GET", "/-/ready", &[], "").0 == 200
             && series(&prometheus_query(
                 prometheus_port,
                 "count_over_time(switchyard_job_rows_copied_total[1m]) >= 5",
@@ -244,7 +241,7 @@ fn prometheus_evaluates_every_dashboard_and_alert_expression() {
     }
 
     let (panels, alerts) = dashboard_expressions();
-    assert_eq!(panels.len(), 13, "{panels:#?}");
+    assert_eq!(panels.len(), 15, "{panels:#?}");
     assert_eq!(alerts.len(), 4, "{alerts:#?}");
     for expr in &panels {
         let answer = prometheus_query(prometheus_port, expr);
@@ -268,6 +265,11 @@ fn prometheus_evaluates_every_dashboard_and_alert_expression() {
             );
         }
     }
+    let applied = prometheus_query(
+        prometheus_port,
+        "switchyard_migrations_applied_total{database=\"postgresql\"}",
+    );
+    assert_eq!(applied["data"]["result"][0]["value"][1], "1", "{applied}");
     let rules: serde_json::Value =
         serde_json::from_str(&http_get(prometheus_port, "/api/v1/rules")).unwrap();
     let loaded: Vec<&serde_json::Value> = rules["data"]["groups"][0]["rules"]
@@ -280,8 +282,6 @@ fn prometheus_evaluates_every_dashboard_and_alert_expression() {
 
     prometheus.kill().unwrap();
     prometheus.wait().unwrap();
-    project
-        .run(&["job", "throttle", "items", "--rows-per-second", "0"])
-        .ok();
-    assert!(job.wait_with_output().unwrap().status.success());
+    unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
+    assert!(serve.wait().unwrap().success());
 }

@@ -233,7 +233,10 @@ fn abort_before_cutover_leaves_nothing_behind() {
     let mut db = project.db.client();
     create_items(&mut db, "items", 3_000);
     let before = checksum(&mut db, "items");
-    let file = project.job_file("items", &copy_job("items", ""));
+    let file = project.job_file(
+        "items",
+        &copy_job("items", "[verify]\nmethod = \"count\"\n"),
+    );
     project.run(&["job", "run", &file]).ok();
     assert!(project.db.exists("items_v2"));
     let run = project.run(&["job", "abort", "items"]).ok();

@@ -21,8 +21,9 @@ use crate::state::StateStore;
 
 /// How often the running process reads the job's control and saves its progress.
 const CONTROL_INTERVAL: Duration = Duration::from_millis(250);
-/// Changes applied per catch-up transaction.
-const CATCH_UP_BATCH: usize = 5_000;
+/// Replication messages (about three per single-row transaction) read per catch-up
+/// transaction.
+const CATCH_UP_BATCH: usize = 50_000;
 /// Before cutover, catch-up passes repeat (at most this often) until one finds fewer
 /// changes than this: the changes drained under the writes lock.
 const CUTOVER_TAIL_PASSES: usize = 20;
@@ -427,7 +428,8 @@ impl<B: Backend> Engine<'_, B> {
                     return Ok(Some(end));
                 }
             }
-            let applied = self.backend.apply_changes(CATCH_UP_BATCH).await?;
+            let pass = self.backend.apply_changes(CATCH_UP_BATCH).await?;
+            let applied = pass.changes;
             self.record.changes_applied += applied;
             let lag = self.backend.lag().await?;
             self.record.lag_seconds = lag.seconds;
@@ -437,7 +439,7 @@ impl<B: Backend> Engine<'_, B> {
                 last_save = Instant::now();
             }
             // Caught up: what was there is applied, and what came since is young enough.
-            if (applied as usize) < CATCH_UP_BATCH && lag.seconds <= max_lag.as_secs_f64() {
+            if pass.drained && lag.seconds <= max_lag.as_secs_f64() {
                 self.save().await?;
                 return Ok(None);
             }
@@ -527,9 +529,9 @@ impl<B: Backend> Engine<'_, B> {
     /// is left to drain while writes are blocked is small.
     async fn catch_up_tail(&mut self) -> Result<()> {
         for _ in 0..CUTOVER_TAIL_PASSES {
-            let applied = self.backend.apply_changes(CATCH_UP_BATCH).await?;
-            self.record.changes_applied += applied;
-            if applied < CUTOVER_TAIL_CHANGES {
+            let pass = self.backend.apply_changes(CATCH_UP_BATCH).await?;
+            self.record.changes_applied += pass.changes;
+            if pass.drained && pass.changes < CUTOVER_TAIL_CHANGES {
                 break;
             }
         }

@@ -93,14 +93,22 @@ pub struct Lag {
     pub bytes: u64,
 }
 
+/// What one pass of change application did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppliedChanges {
+    pub changes: u64,
+    /// The pass applied everything captured when it looked (it was not cut short by
+    /// `max_changes`).
+    pub drained: bool,
+}
+
 /// Applies the changes captured since expand.
 #[async_trait]
 pub trait ChangeApplier: Send {
     /// Applies up to `max_changes` captured changes (whole transactions, in commit
     /// order) and durably records the position reached with them, then confirms it to
     /// the change log. At least once: a change may be applied again after a crash.
-    /// Returns how many changes were applied.
-    async fn apply_changes(&mut self, max_changes: usize) -> Result<u64>;
+    async fn apply_changes(&mut self, max_changes: usize) -> Result<AppliedChanges>;
 
     async fn lag(&mut self) -> Result<Lag>;
 }

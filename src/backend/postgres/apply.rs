@@ -23,7 +23,12 @@ pub struct Applied {
     pub changes: u64,
     /// The end LSN of the last transaction applied, if any.
     pub end_lsn: Option<u64>,
+    /// Everything the slot held was read (the peek was not cut short).
+    pub drained: bool,
 }
+
+/// Statements sent in one pipelined burst at most.
+const PIPELINE_DEPTH: usize = 1_000;
 
 pub struct ChangeApply {
     pub database: String,
@@ -35,6 +40,8 @@ pub struct ChangeApply {
     delete: Option<Statement>,
     partial: HashMap<Vec<bool>, Statement>,
     refetch: Option<Statement>,
+    /// Upserts and deletes waiting to be sent together (pipelined, in order).
+    queued: Vec<(Statement, Vec<Option<String>>)>,
 }
 
 impl ChangeApply {
@@ -53,6 +60,7 @@ impl ChangeApply {
             delete: None,
             partial: HashMap::new(),
             refetch: None,
+            queued: Vec::new(),
         }
     }
 
@@ -66,6 +74,8 @@ impl ChangeApply {
         relations: &HashMap<u32, bool>,
         applied_upto: u64,
     ) -> Result<Applied> {
+        // Whatever a failed call queued was rolled back with its transaction.
+        self.queued.clear();
         let mut applied = Applied::default();
         let mut skip = false;
         let is_source = |relation: &u32| -> Result<bool> {
@@ -102,6 +112,7 @@ impl ChangeApply {
                 _ => {}
             }
         }
+        self.flush(client).await?;
         Ok(applied)
     }
 
@@ -185,7 +196,7 @@ impl ChangeApply {
         }
         let values: Vec<Option<String>> = row.iter().map(text).collect();
         let statement = self.upsert.clone().expect("prepared above");
-        self.execute(client, &statement, &values).await.map(drop)
+        self.enqueue(client, statement, values).await
     }
 
     async fn delete(&mut self, client: &Client, old_key: &[Value]) -> Result<()> {
@@ -204,7 +215,7 @@ impl ChangeApply {
             self.delete = Some(self.prepare(client, &sql).await?);
         }
         let statement = self.delete.clone().expect("prepared above");
-        self.execute(client, &statement, key).await.map(drop)
+        self.enqueue(client, statement, key.to_vec()).await
     }
 
     /// Upserts the source's current row of `key` (if it still exists) into the target.
@@ -271,6 +282,8 @@ impl ChangeApply {
             .map(|(v, _)| text(v))
             .collect();
         values.extend(key);
+        // It reads the target's row: everything queued before it must be there.
+        self.flush(client).await?;
         let statement = self.partial[&mask].clone();
         self.execute(client, &statement, &values).await
     }
@@ -295,6 +308,36 @@ impl ChangeApply {
             })
             .collect();
         (values.join(", "), next)
+    }
+
+    /// Queues a statement whose result nothing waits for; sent in batches.
+    async fn enqueue(
+        &mut self,
+        client: &Client,
+        statement: Statement,
+        values: Vec<Option<String>>,
+    ) -> Result<()> {
+        self.queued.push((statement, values));
+        if self.queued.len() >= PIPELINE_DEPTH {
+            self.flush(client).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends every queued statement at once: tokio-postgres pipelines requests that are
+    /// in flight together and the server runs them in the order sent, so one round trip
+    /// serves the whole batch.
+    async fn flush(&mut self, client: &Client) -> Result<()> {
+        let queued = std::mem::take(&mut self.queued);
+        let sends = queued.iter().map(|(statement, values)| async move {
+            let params: Vec<&(dyn ToSql + Sync)> =
+                values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+            client.execute(statement, &params).await
+        });
+        futures::future::try_join_all(sends)
+            .await
+            .map(drop)
+            .map_err(|e| Error::database(&self.database, "a catch-up change failed", e))
     }
 
     async fn prepare(&self, client: &Client, sql: &str) -> Result<Statement> {

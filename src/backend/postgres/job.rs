@@ -26,8 +26,8 @@ use super::pgoutput::{decode, Message};
 use super::table::{ident, TableInfo, TableName};
 use super::{connect_as, millis_literal};
 use crate::engine::traits::{
-    ChangeApplier, Copier, CopyWorker, CutoverReport, Expander, KeyRange, Lag, Lease, Mismatch,
-    RangeProgress, Switcher, Verifier,
+    AppliedChanges, ChangeApplier, Copier, CopyWorker, CutoverReport, Expander, KeyRange, Lag,
+    Lease, Mismatch, RangeProgress, Switcher, Verifier,
 };
 use crate::error::{Error, Result};
 use crate::job::{CatchUpMethod, JobKind, JobSpec};
@@ -433,17 +433,22 @@ impl PostgresJob {
     /// in the same transaction would see the same changes again: drains pass `None`.
     async fn apply_within(&mut self, max_changes: Option<usize>) -> Result<Applied> {
         let messages = self.peek(max_changes).await?;
+        let drained = max_changes.is_none_or(|max| messages.len() < max);
         if messages.is_empty() {
-            return Ok(Applied::default());
+            return Ok(Applied {
+                drained,
+                ..Applied::default()
+            });
         }
         let upto = self.applied_upto().await?;
         if self.apply.is_none() {
             self.apply = Some(self.new_applier().await?);
         }
         let applier = self.apply.as_mut().expect("set above");
-        let applied = applier
+        let mut applied = applier
             .apply(&self.client, &messages, &self.relations, upto)
             .await?;
+        applied.drained = drained;
         if let Some(end) = applied.end_lsn {
             self.client
                 .execute(
@@ -1038,7 +1043,7 @@ impl Copier for PostgresJob {
 
 #[async_trait]
 impl ChangeApplier for PostgresJob {
-    async fn apply_changes(&mut self, max_changes: usize) -> Result<u64> {
+    async fn apply_changes(&mut self, max_changes: usize) -> Result<AppliedChanges> {
         self.client
             .batch_execute("BEGIN")
             .await
@@ -1057,7 +1062,10 @@ impl ChangeApplier for PostgresJob {
         if let Some(end) = applied.end_lsn {
             self.advance_slot(end).await?;
         }
-        Ok(applied.changes)
+        Ok(AppliedChanges {
+            changes: applied.changes,
+            drained: applied.drained,
+        })
     }
 
     async fn lag(&mut self) -> Result<Lag> {
@@ -1180,7 +1188,8 @@ impl PostgresJob {
                     row.join(", ")
                 )
             } else {
-                "''".to_string()
+                // Counting only: an aggregate all the same, so the subquery gives one row.
+                "''::text || count(*) * 0".to_string()
             }
         };
         // Both sides in one statement: one snapshot.

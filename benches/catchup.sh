@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Catch-up under load: copy pgbench_accounts (N rows) while pgbench updates it at full
-# rate, then report how fast switchyard applied the captured changes and how far behind
-# it was (lag sampled from `job status` every 200 ms while pgbench ran).
+# Catch-up, two ways:
+#  1. drain: a job is ready to cut over; 100,000 single-row update transactions are
+#     committed; `job cutover` applies them all and cuts over. Reports changes/s, the
+#     writes-blocked time and peak RSS.
+#  2. under load: copy pgbench_accounts (N rows) while pgbench updates it at full rate;
+#     reports the lag (sampled from `job status` every 200 ms) while pgbench ran.
 #
 #   benches/catchup.sh [--scale S] [--seconds T]   # defaults: 10 (1M rows), 20 s of pgbench
 set -euo pipefail
@@ -51,6 +54,38 @@ method = "count"
 TOML
 sy() { "$switchyard" --config "$work/config/switchyard.toml" "$@"; }
 
+# 1. Drain.
+psql "$db" -qc "CREATE TABLE drain (id int PRIMARY KEY, n int NOT NULL, v text); INSERT INTO drain SELECT g, 0, 'x' FROM generate_series(1, 10000) g"
+cat >"$work/jobs/drain.toml" <<TOML
+name = "drain"
+kind = "copy"
+[source]
+database = "bench"
+table = "public.drain"
+[target]
+database = "bench"
+table = "public.drain_v2"
+[expand]
+sql = ["CREATE TABLE IF NOT EXISTS public.drain_v2 (LIKE public.drain INCLUDING ALL)"]
+[verify]
+method = "count"
+[cutover]
+max_lag = "1h"
+TOML
+sy job run "$work/jobs/drain.toml" >/dev/null
+printf '\\set id random(1, 10000)\nUPDATE drain SET n = n + 1 WHERE id = :id;\n' >"$work/drain.sql"
+pgbench -n -c 2 -t 50000 -f "$work/drain.sql" "$db" >/dev/null 2>&1
+start=$(date +%s.%N)
+/usr/bin/time -f "%M" -o "$work/rss" "$switchyard" --config "$work/config/switchyard.toml" job cutover drain >"$work/cutover.out"
+end=$(date +%s.%N)
+blocked=$(grep -oP 'blocked for \K[0-9]+' "$work/cutover.out")
+equal=$(psql "$db" -tAc "SELECT (SELECT sum(n) FROM drain) = (SELECT sum(n) FROM drain_old)")
+echo "drain: 100000 changes applied and cut over in $(printf '%.2f' "$(echo "$end - $start" | bc)") s" \
+  "($(printf '%.0f' "$(echo "100000 / ($end - $start)" | bc -l)") changes/s, process start and cutover included);" \
+  "writes blocked ${blocked} ms; peak RSS $(cat "$work/rss") KiB; target equal: $equal"
+
+# 2. Under load.
+
 pgbench -n -b simple-update -c 2 -j 2 -T "$seconds" "$db" >"$work/pgbench.log" 2>&1 &
 load=$!
 start=$(date +%s.%N)
@@ -58,7 +93,7 @@ sy job run "$work/jobs/catchup.toml" >/dev/null &
 runner=$!
 : >"$work/lag"
 while kill -0 "$load" 2>/dev/null; do
-  sy job status catchup --json 2>/dev/null | python3 -c 'import json,sys; r=json.load(sys.stdin)[0]; print(r["phase"], r["lag_seconds"], r["changes_applied"])' >>"$work/lag" || true
+  sy job status catchup --json 2>/dev/null | python3 -c 'import json,sys; r=json.load(sys.stdin)[0]; print(r["phase"], r["lag_seconds"], r["changes_applied"])' >>"$work/lag" 2>/dev/null || true
   sleep 0.2
 done
 wait "$runner" || true

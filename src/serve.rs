@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::backend::postgres::PostgresJob;
 use crate::config::Config;
-use crate::engine::{self, JobControl, JobRecord, Phase, RunOptions};
+use crate::engine::{self, JobControl, JobObserver, JobRecord, Phase, RunOptions};
 use crate::error::Result;
 use crate::job::{self, parse_window, ContractAfter, CutoverMode, JobSpec};
 use crate::metrics::Metrics;
@@ -147,9 +147,14 @@ pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<()> {
                     .await?;
                 }
             }
-            if running.contains_key(&spec.name)
-                || !decide(&spec, record.as_ref(), &control, since, now)
-            {
+            if running.contains_key(&spec.name) {
+                continue;
+            }
+            // Jobs that wait (for cutover, contract, their window) stay visible too.
+            if let Some(record) = &record {
+                metrics.progress(record);
+            }
+            if !decide(&spec, record.as_ref(), &control, since, now) {
                 continue;
             }
             let task = tokio::spawn(run_job(

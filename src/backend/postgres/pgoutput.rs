@@ -312,6 +312,23 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_tails_of_each_message_kind_never_panic(
+            kind in proptest::sample::select(b"BCRIUDTYO".to_vec()),
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120),
+        ) {
+            let mut bytes = vec![kind];
+            bytes.extend(tail);
+            let _ = decode(&bytes);
+        }
+    }
+
     #[test]
     fn truncated_messages_are_errors_not_panics() {
         assert!(decode(b"U\0\0").is_err());

@@ -52,6 +52,8 @@ pub fn split_statements(sql: &str) -> Vec<String> {
     if has_code {
         statements.push(sql[start..].trim().to_string());
     }
+    // Code was judged by ASCII whitespace; Unicode spaces alone are no statement either.
+    statements.retain(|statement| !statement.is_empty());
     statements
 }
 

@@ -231,3 +231,44 @@ fn sigterm_stops_at_a_batch_boundary_and_a_restart_resumes() {
     assert_eq!(checksum(&mut db, "items"), checksum(&mut db, "items_v2"));
     assert!(serve.terminate().success());
 }
+
+/// Two `serve` processes on one PostgreSQL state store: the job runs in one of them
+/// only, and ends equal to its source.
+#[test]
+fn two_serves_on_one_state_store_run_each_job_once() {
+    let state = common::TestDb::new();
+    let (port_a, port_b) = (free_port(), free_port());
+    let project = Project::with_config(&format!("[state]\nurl = \"{}\"\n", state.url));
+    let mut db = project.db.client();
+    create_items(&mut db, "items", 20_000);
+    project.job_file("items", &job("items", "rows_per_second = 8000"));
+    let config = common::read(&project.path("config/switchyard.toml"));
+    let serve_with_port = |port: u16| {
+        std::fs::write(
+            project.path("config/switchyard.toml"),
+            format!("{config}[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+        )
+        .unwrap();
+        let serve = Serve::start(&project, port);
+        // Let it read its configuration before the file changes for the other one.
+        serve.wait_for("items", "seen", |j| !j.is_null());
+        serve
+    };
+    let a = serve_with_port(port_a);
+    let b = serve_with_port(port_b);
+    a.wait_for("items", "copying", |j| {
+        j["phase"] == "copy" && j["rows_copied"].as_u64() > Some(0)
+    });
+    // While it copies, one process holds the job's lease (its advisory lock).
+    let lease = "SELECT count(*)::text FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+    assert_eq!(
+        project.db.column(lease),
+        ["1"],
+        "exactly one process holds the job's lease"
+    );
+    b.wait_for("items", "ready to cut over", |j| {
+        j["phase"] == "ready_to_cutover"
+    });
+    assert_eq!(checksum(&mut db, "items"), checksum(&mut db, "items_v2"));
+    assert!(a.terminate().success() && b.terminate().success());
+}

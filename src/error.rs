@@ -105,6 +105,29 @@ impl Error {
         }
     }
 
+    /// Whether trying again can succeed: a lost or refused connection, a server
+    /// shutting down, a serialization failure or deadlock, a lock timeout. The one
+    /// place that decides what is retried; everything else is definite.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::LockTimeout { .. } => true,
+            Error::Database { source, .. } => match source.code() {
+                // No answer from the server: transient if the connection broke.
+                None => {
+                    source.is_closed()
+                        || std::error::Error::source(source)
+                            .is_some_and(|cause| cause.is::<std::io::Error>())
+                }
+                Some(code) => {
+                    let code = code.code();
+                    code.starts_with("08") // connection exception
+                        || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "53300" | "55P03")
+                }
+            },
+            _ => false,
+        }
+    }
+
     /// Every value of [`Error::kind`].
     pub const KINDS: [&'static str; 10] = [
         "usage",
@@ -232,6 +255,22 @@ pub fn at_field(prefix: &str, path: &serde_path_to_error::Path, message: &str) -
 #[cfg(test)]
 mod tests {
     use super::Error;
+
+    #[test]
+    fn only_what_can_succeed_again_is_transient() {
+        let lock = Error::LockTimeout {
+            database: "pg".into(),
+            message: String::new(),
+        };
+        assert!(lock.is_transient());
+        assert!(!Error::Refused(String::new()).is_transient());
+        assert!(!Error::VerifyFailed {
+            job: String::new(),
+            ranges: Vec::new()
+        }
+        .is_transient());
+        assert!(!Error::State(String::new()).is_transient());
+    }
 
     #[test]
     fn every_kind_is_listed() {

@@ -626,3 +626,84 @@ fn a_cutover_that_committed_is_not_repeated() {
     );
     assert_eq!(checksum(&mut db, "items"), checksum(&mut db, "items_old"));
 }
+
+/// A TCP proxy to the test server whose connections can all be cut at once.
+struct Proxy {
+    port: u16,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(to: u16) -> Proxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let streams = open.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
+                    continue;
+                };
+                streams
+                    .lock()
+                    .unwrap()
+                    .extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { port, open }
+    }
+
+    /// Cuts every connection made so far; new ones go through.
+    fn cut(&self) -> usize {
+        let streams: Vec<_> = self.open.lock().unwrap().drain(..).collect();
+        for stream in &streams {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        streams.len() / 2
+    }
+}
+
+#[test]
+fn a_cut_connection_is_retried_and_the_job_ends_equal() {
+    let project = Project::new();
+    let mut db = project.db.client();
+    create_items(&mut db, "items", 20_000);
+    let server_port = url::Url::parse(&project.db.url).unwrap().port().unwrap();
+    let proxy = Proxy::start(server_port);
+    let through_proxy =
+        project
+            .db
+            .url
+            .replacen(&format!(":{server_port}/"), &format!(":{}/", proxy.port), 1);
+    let file = project.job_file("items", &copy_job("items", "rows_per_second = 6000\n"));
+    let child = project
+        .command(&["job", "run", &file])
+        .env("SWITCHYARD__DATABASES__POSTGRESQL__URL", &through_proxy)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    project.wait_for_job("items", "copying", |s| {
+        s["phase"] == "copy" && s["rows_copied"].as_u64() >= Some(3_000)
+    });
+    let cut = proxy.cut();
+    assert!(
+        cut >= 3,
+        "the job's connections go through the proxy ({cut} cut)"
+    );
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("transient error; reconnecting"), "{stderr}");
+    assert_eq!(project.job_status("items")["phase"], "ready_to_cutover");
+    assert_eq!(checksum(&mut db, "items"), checksum(&mut db, "items_v2"));
+}

@@ -28,6 +28,11 @@ const CATCH_UP_BATCH: usize = 50_000;
 /// changes than this: the changes drained under the writes lock.
 const CUTOVER_TAIL_PASSES: usize = 20;
 const CUTOVER_TAIL_CHANGES: u64 = 100;
+/// Transient errors (a lost connection, a server restarting) are retried this often in
+/// a row, after a back-off doubling from `TRANSIENT_BACKOFF` up to `TRANSIENT_BACKOFF_MAX`.
+const TRANSIENT_RETRIES: u32 = 8;
+const TRANSIENT_BACKOFF: Duration = Duration::from_millis(250);
+const TRANSIENT_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Cutover attempts when the writes lock is busy.
 const CUTOVER_ATTEMPTS: u32 = 5;
 
@@ -155,6 +160,7 @@ impl<B: Backend> Engine<'_, B> {
                 RunEnd::Aborted
             });
         }
+        let mut retries = 0;
         loop {
             let control = JobControl::load(self.store, &self.spec.name).await?;
             if control.abort_requested {
@@ -163,7 +169,31 @@ impl<B: Backend> Engine<'_, B> {
             self.record.error = None;
             self.enter(phase).await?;
             let flow = match self.step(phase).await {
-                Ok(flow) => flow,
+                Ok(flow) => {
+                    retries = 0;
+                    flow
+                }
+                Err(error) if error.is_transient() && retries < TRANSIENT_RETRIES => {
+                    retries += 1;
+                    self.options.observer.failed(&self.spec.name, &error);
+                    let wait = TRANSIENT_BACKOFF
+                        .saturating_mul(1 << retries.min(5))
+                        .min(TRANSIENT_BACKOFF_MAX);
+                    tracing::warn!(job = %self.spec.name, %error, retry = retries, wait_ms = wait.as_millis() as u64, "transient error; reconnecting");
+                    self.record.error = Some(format!(
+                        "retrying ({retries}/{TRANSIENT_RETRIES}) after: {error}"
+                    ));
+                    self.save().await?;
+                    tokio::time::sleep(wait).await;
+                    match self.backend.reconnect().await {
+                        Ok(true) => {}
+                        Ok(false) => return Ok(RunEnd::RunningElsewhere),
+                        Err(error) => {
+                            tracing::warn!(job = %self.spec.name, %error, "cannot reconnect yet")
+                        }
+                    }
+                    continue;
+                }
                 Err(error) => {
                     self.options.observer.failed(&self.spec.name, &error);
                     self.record.phase = Phase::Failed;

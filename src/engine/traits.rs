@@ -39,6 +39,11 @@ pub trait Lease: Send {
     /// Claims the job for this process until it ends (a crash releases it). Returns
     /// false, changing nothing, when another process holds it.
     async fn try_claim(&mut self) -> Result<bool>;
+
+    /// After a transient error: connects afresh (forgetting what was tied to the old
+    /// connection) and claims the job again. Returns false when another process took
+    /// the job meanwhile.
+    async fn reconnect(&mut self) -> Result<bool>;
 }
 
 /// Creates and removes what a job needs around the data.

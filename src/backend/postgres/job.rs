@@ -789,6 +789,16 @@ pub fn format_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
 
+impl PostgresJob {
+    async fn fresh_connection(&mut self) -> Result<()> {
+        self.client = connect_as(&self.database, &self.url, &session_name(&self.spec.name)).await?;
+        // Prepared statements and relation descriptions belonged to the old session.
+        self.apply = None;
+        self.relations.clear();
+        Ok(())
+    }
+}
+
 /// The `application_name` of every session of a job: the lease holder ends leftovers.
 fn session_name(job: &str) -> String {
     format!("switchyard job {job}")
@@ -799,6 +809,11 @@ const LEFTOVER_WAIT: Duration = Duration::from_secs(30);
 
 #[async_trait]
 impl Lease for PostgresJob {
+    async fn reconnect(&mut self) -> Result<bool> {
+        self.fresh_connection().await?;
+        self.try_claim().await
+    }
+
     /// Takes the job's advisory lock, then ends the sessions a dead run left behind:
     /// a killed process's batch statement can still be running on the server, and it
     /// would commit its batch after this run read the checkpoint. Only then may the

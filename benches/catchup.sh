@@ -20,24 +20,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-eval "$(scripts/services up)"
-cargo build --release --locked --quiet
-switchyard="$PWD/target/release/switchyard"
-admin="$SWITCHYARD_TEST_POSTGRES_URL"
-db="${admin%/*}/switchyard_bench"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-
-psql "$admin" -qc "DROP DATABASE IF EXISTS switchyard_bench WITH (FORCE)" -c "CREATE DATABASE switchyard_bench"
-pgbench -i -q -s "$scale" "$db" >/dev/null 2>&1
-mkdir -p "$work/config" "$work/jobs"
-cat >"$work/config/switchyard.toml" <<TOML
-[state]
-url = "sqlite://$work/state.db"
-[databases.bench]
-kind = "postgresql"
-url = "$db"
-TOML
+. benches/common.sh
+bench_setup "$scale"
 cat >"$work/jobs/catchup.toml" <<TOML
 name = "catchup"
 kind = "copy"
@@ -52,7 +36,6 @@ sql = ["CREATE TABLE IF NOT EXISTS public.accounts_copy (LIKE public.pgbench_acc
 [verify]
 method = "count"
 TOML
-sy() { "$switchyard" --config "$work/config/switchyard.toml" "$@"; }
 
 # 1. Drain.
 psql "$db" -qc "CREATE TABLE drain (id int PRIMARY KEY, n int NOT NULL, v text); INSERT INTO drain SELECT g, 0, 'x' FROM generate_series(1, 10000) g"

@@ -7,9 +7,6 @@
 #   benches/copy.sh [--scale S]     # S × 100,000 rows; default 10 (1M rows)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for tool in bc /usr/bin/time; do
-  command -v "$tool" >/dev/null || { apt-get update -qq && apt-get install -y -qq bc time >/dev/null; }
-done
 
 scale=10
 while [ $# -gt 0 ]; do
@@ -19,21 +16,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-eval "$(scripts/services up)"
-cargo build --release --locked --quiet
-switchyard="$PWD/target/release/switchyard"
-admin="$SWITCHYARD_TEST_POSTGRES_URL"
-db="${admin%/*}/switchyard_bench"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-
-psql "$admin" -qc "DROP DATABASE IF EXISTS switchyard_bench WITH (FORCE)" -c "CREATE DATABASE switchyard_bench"
-pgbench -i -q -s "$scale" "$db" >/dev/null 2>&1
+. benches/common.sh
+bench_setup "$scale"
 psql "$db" -qc "VACUUM ANALYZE pgbench_accounts"
 rows=$(psql "$db" -tAc "SELECT count(*) FROM pgbench_accounts")
 
 new_table() { psql "$db" -qc "SET client_min_messages = warning; DROP TABLE IF EXISTS $1; CREATE TABLE $1 (LIKE pgbench_accounts INCLUDING ALL)"; }
-seconds() { local start end; start=$(date +%s.%N); "$@" >/dev/null; end=$(date +%s.%N); echo "$end - $start" | bc; }
 
 new_table t_insert
 insert_select=$(seconds psql "$db" -qc "INSERT INTO t_insert SELECT * FROM pgbench_accounts")
@@ -41,14 +29,6 @@ insert_select=$(seconds psql "$db" -qc "INSERT INTO t_insert SELECT * FROM pgben
 new_table t_copy
 copy_pipe=$(seconds bash -c "psql '$db' -qc 'COPY pgbench_accounts TO STDOUT (FORMAT binary)' | psql '$db' -qc 'COPY t_copy FROM STDIN (FORMAT binary)'")
 
-mkdir -p "$work/config" "$work/jobs"
-cat >"$work/config/switchyard.toml" <<TOML
-[state]
-url = "sqlite://$work/state.db"
-[databases.bench]
-kind = "postgresql"
-url = "$db"
-TOML
 job() { # name, catch_up method, verify method
   cat >"$work/jobs/$1.toml" <<TOML
 name = "$1"

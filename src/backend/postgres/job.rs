@@ -219,14 +219,7 @@ impl PostgresJob {
             &self.client,
             &self.database,
             &name,
-            Some(
-                &self
-                    .source
-                    .key
-                    .iter()
-                    .map(|c| c.name.clone())
-                    .collect::<Vec<_>>(),
-            ),
+            Some(&self.source.key_names()),
         )
         .await
         .map_err(|e| match e {
@@ -868,14 +861,7 @@ impl Expander for PostgresJob {
             &self.client,
             &self.database,
             &self.source.name,
-            Some(
-                &self
-                    .source
-                    .key
-                    .iter()
-                    .map(|c| c.name.clone())
-                    .collect::<Vec<_>>(),
-            ),
+            Some(&self.source.key_names()),
         )
         .await?;
         self.client

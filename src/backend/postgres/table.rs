@@ -149,7 +149,7 @@ impl TableInfo {
 
     /// Refuses a key that no unique index covers exactly.
     pub async fn require_unique_key(&self, client: &Client, database: &str) -> Result<()> {
-        let names: Vec<String> = self.key.iter().map(|c| c.name.clone()).collect();
+        let names = self.key_names();
         let unique: bool = client
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = $1 AND i.indisunique AND i.indpred IS NULL
@@ -171,6 +171,11 @@ impl TableInfo {
                 names.join(", ")
             )))
         }
+    }
+
+    /// The key's column names, in order.
+    pub fn key_names(&self) -> Vec<String> {
+        self.key.iter().map(|c| c.name.clone()).collect()
     }
 
     pub fn column(&self, name: &str) -> Option<&Column> {

@@ -22,6 +22,8 @@ use crate::error::Result;
     long_about = "Zero-downtime schema migrations and online backfills.\n\n\
         Versioned migrations live in migrations/<database>/ (one folder per configured database) \
         and their history is kept in each database. Start with `switchyard status`.\n\n\
+        Online jobs (copy, backfill) live in jobs/<name>.toml: `switchyard job plan jobs/NAME.toml` shows \
+        what one will do, `switchyard job run` runs it, `switchyard serve` runs them all on their schedules.\n\n\
         Exit codes: 0 success; 1 a migration, job or check failed; 2 bad usage, bad configuration \
         or an invalid file (nothing was changed).",
     after_help = "Configuration: --config FILE (default config/switchyard.toml), overridden by \

@@ -439,6 +439,8 @@ impl<B: Backend> Engine<'_, B> {
 
     fn progress(&mut self, copied: u64, start_rows: u64, started: Instant) {
         self.record.rows_copied = copied;
+        // The planner's estimate can fall short of a table that grew meanwhile.
+        self.record.rows_total = self.record.rows_total.max(copied);
         let seconds = started.elapsed().as_secs_f64();
         if seconds > 0.0 && copied > start_rows {
             self.record.rows_per_second = (copied - start_rows) as f64 / seconds;

@@ -48,26 +48,8 @@ wrong=$(psql "$db" -tAc "SELECT count(*) FROM accounts_b WHERE cents IS DISTINCT
 
 # Throttle accuracy needs rows for more than 30 s at 20,000 rows/s.
 if [ "$rows" -ge 700000 ]; then
-  cat >"$work/jobs/rate.toml" <<TOML
-name = "rate"
-kind = "copy"
-[source]
-database = "bench"
-table = "public.pgbench_accounts"
-[target]
-database = "bench"
-table = "public.accounts_rate"
-[expand]
-sql = ["CREATE TABLE IF NOT EXISTS public.accounts_rate (LIKE public.pgbench_accounts INCLUDING ALL)"]
-[copy]
-batch_size = 1000
-rows_per_second = 20000
-[catch_up]
-method = "none"
-[verify]
-method = "none"
-TOML
-  sy job run "$work/jobs/rate.toml" >/dev/null 2>&1 &
+  rate_job=$(accounts_copy_job rate accounts_rate "$(printf '[copy]\nbatch_size = 1000\nrows_per_second = 20000\n[catch_up]\nmethod = "none"\n[verify]\nmethod = "none"')")
+  sy job run "$rate_job" >/dev/null 2>&1 &
   runner=$!
   sleep 2   # expand and the first batches
   first=$(psql "$db" -tAc "SELECT coalesce(sum(rows), 0) FROM switchyard.copy_progress WHERE job = 'rate'")

@@ -22,20 +22,7 @@ done
 
 . benches/common.sh
 bench_setup "$scale"
-cat >"$work/jobs/catchup.toml" <<TOML
-name = "catchup"
-kind = "copy"
-[source]
-database = "bench"
-table = "public.pgbench_accounts"
-[target]
-database = "bench"
-table = "public.accounts_copy"
-[expand]
-sql = ["CREATE TABLE IF NOT EXISTS public.accounts_copy (LIKE public.pgbench_accounts INCLUDING ALL)"]
-[verify]
-method = "count"
-TOML
+catchup_job=$(accounts_copy_job catchup accounts_copy "$(printf '[verify]\nmethod = "count"')")
 
 # 1. Drain.
 psql "$db" -qc "CREATE TABLE drain (id int PRIMARY KEY, n int NOT NULL, v text); INSERT INTO drain SELECT g, 0, 'x' FROM generate_series(1, 10000) g"
@@ -72,7 +59,7 @@ echo "drain: 100000 changes applied and cut over in $(printf '%.2f' "$(echo "$en
 pgbench -n -b simple-update -c 2 -j 2 -T "$seconds" "$db" >"$work/pgbench.log" 2>&1 &
 load=$!
 start=$(date +%s.%N)
-sy job run "$work/jobs/catchup.toml" >/dev/null &
+sy job run "$catchup_job" >/dev/null &
 runner=$!
 : >"$work/lag"
 while kill -0 "$load" 2>/dev/null; do

@@ -3,7 +3,8 @@
 # a switchyard configuration for it.
 #
 #   bench_setup SCALE   sets: switchyard, admin, db, work (a temporary folder); `sy` runs
-#                       switchyard with the bench configuration.
+#                       switchyard with the bench configuration; `accounts_copy_job` writes
+#                       a copy job of pgbench_accounts.
 
 bench_setup() {
   local scale="$1"
@@ -30,6 +31,26 @@ TOML
 }
 
 sy() { "$switchyard" --config "$work/config/switchyard.toml" "$@"; }
+
+# Writes $work/jobs/NAME.toml, a copy of pgbench_accounts into public.TARGET (created at
+# expand like the source) with the TOML in EXTRA appended, and prints its path.
+accounts_copy_job() {
+  local name="$1" target="$2" extra="$3"
+  cat >"$work/jobs/$name.toml" <<TOML
+name = "$name"
+kind = "copy"
+[source]
+database = "bench"
+table = "public.pgbench_accounts"
+[target]
+database = "bench"
+table = "public.$target"
+[expand]
+sql = ["CREATE TABLE IF NOT EXISTS public.$target (LIKE public.pgbench_accounts INCLUDING ALL)"]
+$extra
+TOML
+  echo "$work/jobs/$name.toml"
+}
 
 # Seconds a command takes.
 seconds() {

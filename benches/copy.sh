@@ -30,25 +30,8 @@ new_table t_copy
 copy_pipe=$(seconds bash -c "psql '$db' -qc 'COPY pgbench_accounts TO STDOUT (FORMAT binary)' | psql '$db' -qc 'COPY t_copy FROM STDIN (FORMAT binary)'")
 
 job() { # name, catch_up method, verify method
-  cat >"$work/jobs/$1.toml" <<TOML
-name = "$1"
-kind = "copy"
-[source]
-database = "bench"
-table = "public.pgbench_accounts"
-[target]
-database = "bench"
-table = "public.$1"
-[copy]
-batch_size = 10000
-concurrency = 2
-[catch_up]
-method = "$2"
-[verify]
-method = "$3"
-TOML
   new_table "$1"
-  echo "$work/jobs/$1.toml"
+  accounts_copy_job "$1" "$1" "$(printf '[copy]\nbatch_size = 10000\nconcurrency = 2\n[catch_up]\nmethod = "%s"\n[verify]\nmethod = "%s"' "$2" "$3")"
 }
 run_job() { # file → "seconds peak_rss_kib"
   local start end

@@ -3,30 +3,13 @@
 
 mod common;
 
-use common::writer::{checksum, contents, create_items, Lcg, Writer};
+use common::writer::{checksum, contents, create_items, items_copy_job, Lcg, Writer};
 use common::Project;
 
 fn copy_job(name: &str, extra: &str) -> String {
-    format!(
-        r#"name = "{name}"
-kind = "copy"
-
-[source]
-database = "postgresql"
-table = "public.items"
-
-[target]
-database = "postgresql"
-table = "public.items_v2"
-
-[expand]
-sql = ["CREATE TABLE IF NOT EXISTS public.items_v2 (id bigint PRIMARY KEY, v text NOT NULL, pad text)"]
-
-[copy]
-batch_size = 500
-concurrency = 2
-{extra}
-"#
+    items_copy_job(
+        name,
+        &format!("[copy]\nbatch_size = 500\nconcurrency = 2\n{extra}"),
     )
 }
 

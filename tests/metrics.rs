@@ -5,7 +5,7 @@ mod common;
 
 use std::io::Write;
 
-use common::writer::create_items;
+use common::writer::{create_items, items_copy_job};
 use common::{free_port, Project};
 
 /// `GET path` on loopback; the body of the answer.
@@ -20,10 +20,10 @@ fn a_running_job_exports_lint_clean_metrics() {
     create_items(&mut db, "items", 20_000);
     let file = project.job_file(
         "items",
-        "name = \"items\"\nkind = \"copy\"\n[source]\ndatabase = \"postgresql\"\ntable = \"items\"\n\
-         [target]\ndatabase = \"postgresql\"\ntable = \"items_v2\"\n\
-         [expand]\nsql = [\"CREATE TABLE IF NOT EXISTS items_v2 (id bigint PRIMARY KEY, v text NOT NULL, pad text)\"]\n\
-         [copy]\nbatch_size = 500\nrows_per_second = 4000\n",
+        &items_copy_job(
+            "items",
+            "[copy]\nbatch_size = 500\nrows_per_second = 4000\n",
+        ),
     );
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
@@ -184,10 +184,10 @@ fn prometheus_evaluates_every_dashboard_and_alert_expression() {
     create_items(&mut db, "items", 20_000);
     project.job_file(
         "items",
-        "name = \"items\"\nkind = \"copy\"\n[source]\ndatabase = \"postgresql\"\ntable = \"items\"\n\
-         [target]\ndatabase = \"postgresql\"\ntable = \"items_v2\"\n\
-         [expand]\nsql = [\"CREATE TABLE IF NOT EXISTS items_v2 (id bigint PRIMARY KEY, v text NOT NULL, pad text)\"]\n\
-         [copy]\nbatch_size = 250\nrows_per_second = 1500\n",
+        &items_copy_job(
+            "items",
+            "[copy]\nbatch_size = 250\nrows_per_second = 1500\n",
+        ),
     );
     let mut serve = project
         .command(&["serve"])

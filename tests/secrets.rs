@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::writer::create_items;
+use common::writer::{create_items, items_copy_job};
 use common::{free_port, http, Project};
 
 const PASSWORD: &str = "Pa55-w0rd-n3ver-sh0wn";
@@ -33,12 +33,7 @@ fn a_password_in_a_url_is_never_shown() {
     );
     let mut db = project.db.client();
     create_items(&mut db, "items", 2_000);
-    let file = project.job_file(
-        "items",
-        "name = \"items\"\nkind = \"copy\"\n[source]\ndatabase = \"postgresql\"\ntable = \"items\"\n\
-         [target]\ndatabase = \"postgresql\"\ntable = \"items_v2\"\n\
-         [expand]\nsql = [\"CREATE TABLE IF NOT EXISTS items_v2 (id bigint PRIMARY KEY, v text NOT NULL, pad text)\"]\n",
-    );
+    let file = project.job_file("items", &items_copy_job("items", ""));
 
     let mut seen = Vec::new();
     let mut run = |args: &[&str]| {

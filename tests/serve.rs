@@ -3,17 +3,15 @@
 
 mod common;
 
-use common::writer::{checksum, create_items};
+use common::writer::{checksum, create_items, items_copy_job};
 use common::{free_port, http, Project};
 
 const TOKEN: &str = "s3cret-token";
 
 fn job(name: &str, extra: &str) -> String {
-    format!(
-        "name = \"{name}\"\nkind = \"copy\"\n[source]\ndatabase = \"postgresql\"\ntable = \"items\"\n\
-         [target]\ndatabase = \"postgresql\"\ntable = \"items_v2\"\n\
-         [expand]\nsql = [\"CREATE TABLE IF NOT EXISTS items_v2 (id bigint PRIMARY KEY, v text NOT NULL, pad text)\"]\n\
-         [copy]\nbatch_size = 250\n{extra}\n[contract]\nafter = \"manual\"\n"
+    items_copy_job(
+        name,
+        &format!("[copy]\nbatch_size = 250\n{extra}\n[contract]\nafter = \"manual\""),
     )
 }
 
@@ -154,8 +152,8 @@ fn serve_runs_jobs_and_obeys_the_api() {
     // A job submitted over the API is written to the jobs folder and run.
     let submitted = job("again", "")
         .replace(
-            "table = \"items\"\n[target]",
-            "table = \"items_old\"\n[target]",
+            "table = \"public.items\"\n",
+            "table = \"public.items_old\"\n",
         )
         .replace("items_v2", "items_v3");
     let (status, body) = http(port, "POST", "/jobs", &[], &submitted);

@@ -48,6 +48,16 @@ pub fn create_items(
     (1..=rows).map(|id| (id, format!("v{id}"))).collect()
 }
 
+/// A copy job from `items` (see [`create_items`]) into `items_v2`, which expand creates;
+/// `rest` (copy settings, more sections) is appended.
+pub fn items_copy_job(name: &str, rest: &str) -> String {
+    format!(
+        "name = \"{name}\"\nkind = \"copy\"\n\n[source]\ndatabase = \"postgresql\"\ntable = \"public.items\"\n\n\
+         [target]\ndatabase = \"postgresql\"\ntable = \"public.items_v2\"\n\n\
+         [expand]\nsql = [\"CREATE TABLE IF NOT EXISTS public.items_v2 (id bigint PRIMARY KEY, v text NOT NULL, pad text)\"]\n\n{rest}\n"
+    )
+}
+
 pub struct Writer {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<(BTreeMap<i64, String>, u64)>>,

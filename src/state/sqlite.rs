@@ -185,17 +185,26 @@ impl StateStore for SqliteState {
     async fn update_control(&self, name: &str, change: ControlChange) -> Result<()> {
         let name = name.to_string();
         self.with_connection(move |c| {
-            let tx = c.unchecked_transaction()?;
-            let current: Option<String> = tx
-                .query_row("SELECT control FROM jobs WHERE name = ?1", [&name], |row| row.get(0))
-                .optional()?
-                .flatten();
-            let updated = change(current);
-            tx.execute(
-                "INSERT INTO jobs (name, record, control) VALUES (?1, '{}', ?2) ON CONFLICT (name) DO UPDATE SET control = excluded.control",
-                params![name, updated],
-            )?;
-            tx.commit()
+            // IMMEDIATE takes the write lock first, waiting on the busy timeout; a deferred
+            // read-then-write fails at once when a running job writes meanwhile.
+            c.execute_batch("BEGIN IMMEDIATE")?;
+            let updated = (|| {
+                let current: Option<String> = c
+                    .query_row("SELECT control FROM jobs WHERE name = ?1", [&name], |row| row.get(0))
+                    .optional()?
+                    .flatten();
+                c.execute(
+                    "INSERT INTO jobs (name, record, control) VALUES (?1, '{}', ?2) ON CONFLICT (name) DO UPDATE SET control = excluded.control",
+                    params![name, change(current)],
+                )
+            })();
+            match updated {
+                Ok(_) => c.execute_batch("COMMIT"),
+                Err(error) => {
+                    let _ = c.execute_batch("ROLLBACK");
+                    Err(error)
+                }
+            }
         })
         .await
     }

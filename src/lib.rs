@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod failpoint;
 pub mod job;
 pub mod metrics;
 pub mod migrate;

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::writer::{checksum, contents, create_items, items_copy_job, Lcg, Writer};
+use common::writer::{checksum, contents, create_items, items_copy_job, seed, Lcg, Writer};
 use common::Project;
 
 fn copy_job(name: &str, extra: &str) -> String {
@@ -11,20 +11,6 @@ fn copy_job(name: &str, extra: &str) -> String {
         name,
         &format!("[copy]\nbatch_size = 500\nconcurrency = 2\n{extra}"),
     )
-}
-
-fn seed() -> u64 {
-    let seed = std::env::var("SWITCHYARD_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("seed {seed} (rerun with SWITCHYARD_TEST_SEED={seed})");
-    seed
 }
 
 #[test]
@@ -89,13 +75,60 @@ fn copy_under_writes_then_cutover_loses_nothing() {
     assert_eq!(project.job_status("items")["phase"], "done");
 }
 
+/// Runs of a copy job under concurrent writes, each SIGKILLed at random instants
+/// (`SWITCHYARD_KILL_RUNS` runs, 6 by default), resumed through cutover and contract.
+/// Every run must end with the table equal to what the writer committed.
 #[test]
-fn killed_at_any_point_the_job_resumes_with_nothing_lost_or_duplicated() {
+fn killed_at_random_instants_over_many_runs_nothing_is_lost_or_duplicated() {
+    let runs: u64 = std::env::var("SWITCHYARD_KILL_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(6);
+    let seed = seed();
+    let mut phases = std::collections::BTreeMap::new();
+    let (mut kills, mut rows) = (0, 0);
+    for run in 0..runs {
+        let outcome = kill_until_done(seed.wrapping_add(run));
+        eprintln!(
+            "run {run} (SWITCHYARD_TEST_SEED={}): {} kills {:?}, {} rows compared, 0 mismatches",
+            seed.wrapping_add(run),
+            outcome.kills,
+            outcome.phases,
+            outcome.rows
+        );
+        kills += outcome.kills;
+        rows += outcome.rows;
+        for (phase, count) in outcome.phases {
+            *phases.entry(phase).or_insert(0) += count;
+        }
+    }
+    eprintln!("{runs} runs, {kills} kills survived {phases:?}, {rows} rows compared, 0 mismatches");
+    assert!(
+        phases.get("copy").copied().unwrap_or(0) >= 2 * runs as usize,
+        "kills must hit the copy: {phases:?}"
+    );
+}
+
+struct KillOutcome {
+    kills: usize,
+    phases: std::collections::BTreeMap<String, usize>,
+    rows: usize,
+}
+
+/// One run: kills the job at random instants (0-600 ms of running) twelve times, then
+/// lets it finish, and compares the table with the writer's model.
+fn kill_until_done(seed: u64) -> KillOutcome {
     let project = Project::new();
     let mut db = project.db.client();
     let model = create_items(&mut db, "items", 30_000);
-    let file = project.job_file("items", &copy_job("items", "rows_per_second = 20000\n"));
-    let seed = seed();
+    let file = project.job_file(
+        "items",
+        &copy_job(
+            "items",
+            "rows_per_second = 20000\n\n[cutover]\nmode = \"auto\"\n\n\
+             [contract]\nafter = \"0s\"\nsql = [\"DROP TABLE public.items_old\"]",
+        ),
+    );
     let mut random = Lcg::new(seed);
     let writer = Writer::start(&project.db.url, "items", model, seed);
     let mut kills = 0;
@@ -106,7 +139,6 @@ fn killed_at_any_point_the_job_resumes_with_nothing_lost_or_duplicated() {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        // Let it run a random while (0-600 ms), then SIGKILL it; after 12 kills, let it finish.
         let budget = if kills < 12 {
             random.below(600)
         } else {
@@ -124,13 +156,10 @@ fn killed_at_any_point_the_job_resumes_with_nothing_lost_or_duplicated() {
         };
         match finished {
             Some(status) => {
-                if !status.success() {
-                    let missing = project.db.column("SELECT s.id::text || ' ' || s.v || ' xmin ' || s.xmin::text FROM items s LEFT JOIN items_v2 t USING (id) WHERE t.id IS NULL");
-                    let extra = project.db.column("SELECT t.id::text || ' ' || t.v FROM items_v2 t LEFT JOIN items s USING (id) WHERE s.id IS NULL");
-                    let progress = project.db.column("SELECT job || ' ' || lsn::text || ' ' || changes FROM switchyard.catch_up_progress");
-                    eprintln!("on failure: rows missing from the target {missing:?}, extra in it {extra:?}, catch-up checkpoint {progress:?}");
-                }
-                assert!(status.success(), "job run failed after {kills} kills");
+                assert!(
+                    status.success(),
+                    "job run failed after {kills} kills (seed {seed})"
+                );
                 break;
             }
             None => {
@@ -150,18 +179,22 @@ fn killed_at_any_point_the_job_resumes_with_nothing_lost_or_duplicated() {
             }
         }
     }
-    eprintln!("kills by phase: {phases:?}");
-    assert!(
-        phases.get("copy").copied().unwrap_or(0) >= 2,
-        "kills must hit the copy: {phases:?}"
-    );
-    assert!(kills >= 4, "only {kills} kills: {phases:?}");
+    assert_eq!(project.job_status("items")["phase"], "done", "seed {seed}");
     let (model, _) = writer.stop();
-    project.run(&["job", "cutover", "items"]).ok();
-    assert_eq!(contents(&mut db, "items"), model);
-    let (rows, _) = checksum(&mut db, "items");
-    assert_eq!(rows as usize, model.len(), "no duplicates");
-    eprintln!("{kills} kills survived");
+    assert_eq!(
+        contents(&mut db, "items"),
+        model,
+        "the table must hold exactly what was committed (seed {seed})"
+    );
+    assert!(
+        !project.db.exists("items_old") && !project.db.exists("items_v2"),
+        "seed {seed}"
+    );
+    KillOutcome {
+        kills,
+        phases,
+        rows: model.len(),
+    }
 }
 
 #[test]

@@ -168,8 +168,10 @@ impl<B: Backend> Engine<'_, B> {
             }
             self.record.error = None;
             self.enter(phase).await?;
+            crate::crash_point!(&format!("{}.start", phase.as_str()));
             let flow = match self.step(phase).await {
                 Ok(flow) => {
+                    crate::crash_point!(&format!("{}.end", phase.as_str()));
                     retries = 0;
                     flow
                 }
@@ -227,7 +229,10 @@ impl<B: Backend> Engine<'_, B> {
     async fn step(&mut self, phase: Phase) -> Result<Flow> {
         let copy = self.spec.kind == JobKind::Copy;
         Ok(match phase {
-            Phase::Pending => Flow::Next(Phase::Expand),
+            Phase::Pending => {
+                self.backend.start_fresh().await?;
+                Flow::Next(Phase::Expand)
+            }
             Phase::Expand => {
                 let created = self.backend.expand().await?;
                 self.record.created_target |= created;
@@ -461,6 +466,7 @@ impl<B: Backend> Engine<'_, B> {
                 }
             }
             let pass = self.backend.apply_changes(CATCH_UP_BATCH).await?;
+            crate::crash_point!("catch_up.after_pass");
             let applied = pass.changes;
             self.record.changes_applied += applied;
             let lag = self.backend.lag().await?;
@@ -638,9 +644,11 @@ async fn copy_worker(
                 return Ok(());
             }
             pacing.throttle.admit(pacing.batch_size).await;
+            crate::crash_point!("copy.before_batch");
             let mut waited = waiting.elapsed();
             let started = Instant::now();
             let rows = worker.copy_batch(&mut progress, pacing.batch_size).await?;
+            crate::crash_point!("copy.after_batch");
             let took = started.elapsed();
             pacing.observer.batch(&pacing.job, took);
             if took > pacing.max_lag {

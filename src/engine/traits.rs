@@ -49,6 +49,10 @@ pub trait Lease: Send {
 /// Creates and removes what a job needs around the data.
 #[async_trait]
 pub trait Expander: Send {
+    /// Removes what an earlier job of the same name left in the database (checkpoints,
+    /// markers): called once, when a job starts with no record.
+    async fn start_fresh(&mut self) -> Result<()>;
+
     /// Runs the expand step (idempotent) and prepares change capture, so that every
     /// change made after this returns will be captured. Returns whether it created the
     /// target.

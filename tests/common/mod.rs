@@ -23,12 +23,23 @@ pub fn with_database(url: &str, database: &str) -> String {
     parsed.to_string()
 }
 
-fn admin() -> postgres::Client {
-    postgres::Client::connect(&server_url(), postgres::NoTls).unwrap_or_else(|e| {
-        panic!(
-            "cannot reach the test PostgreSQL at {} ({e}); start it with `scripts/services up`",
-            server_url()
-        )
+/// The server that the fault tests may crash and restart (`SWITCHYARD_TEST_FAULTS_POSTGRES_URL`),
+/// and the command that does it (`SWITCHYARD_TEST_FAULTS_RESTART`).
+pub fn faults_server() -> (String, String) {
+    let variable = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("{name} is not set: run the tests through `scripts/test`, or `eval \"$(scripts/services up)\"` first")
+        })
+    };
+    (
+        variable("SWITCHYARD_TEST_FAULTS_POSTGRES_URL"),
+        variable("SWITCHYARD_TEST_FAULTS_RESTART"),
+    )
+}
+
+fn admin(server: &str) -> postgres::Client {
+    postgres::Client::connect(server, postgres::NoTls).unwrap_or_else(|e| {
+        panic!("cannot reach the test PostgreSQL at {server} ({e}); start it with `scripts/services up`")
     })
 }
 
@@ -36,16 +47,26 @@ fn admin() -> postgres::Client {
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    server: String,
 }
 
 impl TestDb {
     pub fn new() -> TestDb {
+        TestDb::on(&server_url())
+    }
+
+    /// A database on the server at `server` (a URL of any of its databases).
+    pub fn on(server: &str) -> TestDb {
         let name = format!("sy_test_{}", uuid::Uuid::new_v4().simple());
-        admin()
+        admin(server)
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .expect("create test database");
-        let url = with_database(&server_url(), &name);
-        TestDb { name, url }
+        let url = with_database(server, &name);
+        TestDb {
+            name,
+            url,
+            server: server.to_string(),
+        }
     }
 
     pub fn client(&self) -> postgres::Client {
@@ -97,7 +118,7 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let _ = admin().batch_execute(&format!(
+        let _ = admin(&self.server).batch_execute(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             self.name
         ));
@@ -118,8 +139,12 @@ impl Project {
 
     /// A project whose configuration has `extra` TOML appended.
     pub fn with_config(extra: &str) -> Project {
+        Project::on(TestDb::new(), extra)
+    }
+
+    /// A project whose database is `db`, with `extra` TOML appended to its configuration.
+    pub fn on(db: TestDb, extra: &str) -> Project {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db = TestDb::new();
         std::fs::create_dir_all(dir.path().join("config")).unwrap();
         std::fs::create_dir_all(dir.path().join("migrations/postgresql")).unwrap();
         let config = format!(

@@ -7,6 +7,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+/// The seed of a randomised test: `SWITCHYARD_TEST_SEED`, or the clock. Printed, so that
+/// a failure can be replayed.
+pub fn seed() -> u64 {
+    let seed = std::env::var("SWITCHYARD_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("seed {seed} (rerun with SWITCHYARD_TEST_SEED={seed})");
+    seed
+}
+
 /// A small deterministic generator (the tests print their seed).
 pub struct Lcg(u64);
 

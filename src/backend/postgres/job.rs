@@ -7,7 +7,8 @@
 //!   captured; replaying them in commit order over the copy converges on the source.
 //! - Checkpoints live in the job's database (schema `switchyard`), so each batch and
 //!   each catch-up transaction commits its position with its writes. The slot is
-//!   advanced only after the applied changes committed.
+//!   advanced only after the applied changes committed. Each expand and contract
+//!   statement of the job file commits with its own checkpoint, so none runs twice.
 //! - Cutover holds a write-blocking lock on the source for as short as possible: drain
 //!   the last changes, swap names, commit. The slot and publication are dropped right
 //!   after, so no WAL is held once they are no longer needed; abort drops them too.
@@ -55,6 +56,13 @@ CREATE TABLE IF NOT EXISTS switchyard.cutovers (
     at                timestamptz NOT NULL DEFAULT now(),
     writes_blocked_ms bigint NOT NULL,
     changes_drained   bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS switchyard.ddl_steps (
+    job            text NOT NULL,
+    stage          text NOT NULL,
+    done           int NOT NULL DEFAULT 0,
+    target_existed boolean,
+    PRIMARY KEY (job, stage)
 );";
 
 /// The dollar-quote tag of generated function bodies; refused inside expressions.
@@ -261,25 +269,89 @@ impl PostgresJob {
         ))
     }
 
-    async fn run_ddl(&self, statements: &[String], what: &str) -> Result<()> {
+    async fn set_lock_timeout(&self) -> Result<()> {
         self.client
             .batch_execute(&format!(
                 "SET lock_timeout = {}",
                 millis_literal(self.ddl_lock_timeout)
             ))
             .await
-            .map_err(self.failed("cannot set lock_timeout"))?;
+            .map_err(self.failed("cannot set lock_timeout"))
+    }
+
+    /// The error of `what`'s statement `number` (from 1).
+    fn statement_failed(&self, what: &str, number: usize, e: tokio_postgres::Error) -> Error {
+        if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
+            Error::LockTimeout {
+                database: self.database.clone(),
+                message: format!("{what} statement {number} waited longer than lock_timeout for a lock; try again when the table is quieter"),
+            }
+        } else {
+            Error::database(
+                &self.database,
+                format!("{what} statement {number} failed"),
+                e,
+            )
+        }
+    }
+
+    /// Runs statements that may run again (switchyard's own, all idempotent).
+    async fn run_ddl(&self, statements: &[String], what: &str) -> Result<()> {
+        self.set_lock_timeout().await?;
         for (i, statement) in statements.iter().enumerate() {
-            self.client.batch_execute(statement).await.map_err(|e| {
-                if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
-                    Error::LockTimeout {
-                        database: self.database.clone(),
-                        message: format!("{what} statement {} waited longer than lock_timeout for a lock; try again when the table is quieter", i + 1),
-                    }
-                } else {
-                    Error::database(&self.database, format!("{what} statement {} failed", i + 1), e)
-                }
-            })?;
+            self.client
+                .batch_execute(statement)
+                .await
+                .map_err(|e| self.statement_failed(what, i + 1, e))?;
+        }
+        Ok(())
+    }
+
+    /// Runs the job file's `stage` statements (expand or contract) that have not run
+    /// yet. Each commits together with its checkpoint in `switchyard.ddl_steps`, so a
+    /// crash never runs one twice. A statement that cannot run in a transaction block
+    /// (`CREATE INDEX CONCURRENTLY`) runs alone and is marked after: a crash between the
+    /// two runs it again, so such a statement should say `IF NOT EXISTS`.
+    async fn run_steps(&self, stage: &str, statements: &[String]) -> Result<()> {
+        self.set_lock_timeout().await?;
+        let done: i32 = self
+            .client
+            .query_opt(
+                "SELECT done FROM switchyard.ddl_steps WHERE job = $1 AND stage = $2",
+                &[&self.spec.name, &stage],
+            )
+            .await
+            .map_err(self.failed("cannot read the job's DDL checkpoint"))?
+            .map_or(0, |row| row.get(0));
+        let mark = "INSERT INTO switchyard.ddl_steps (job, stage, done) VALUES ($1, $2, $3)
+                    ON CONFLICT (job, stage) DO UPDATE SET done = EXCLUDED.done";
+        for (i, statement) in statements.iter().enumerate().skip(done.max(0) as usize) {
+            let number = i + 1;
+            let marked = [
+                &self.spec.name as &(dyn tokio_postgres::types::ToSql + Sync),
+                &stage,
+                &(number as i32),
+            ];
+            let in_transaction = async {
+                self.client.batch_execute("BEGIN").await?;
+                self.client.batch_execute(statement).await?;
+                self.client.execute(mark, &marked).await?;
+                self.client.batch_execute("COMMIT").await
+            }
+            .await;
+            let Err(e) = in_transaction else { continue };
+            let _ = self.client.batch_execute("ROLLBACK").await;
+            if e.code() != Some(&SqlState::ACTIVE_SQL_TRANSACTION) {
+                return Err(self.statement_failed(stage, number, e));
+            }
+            self.client
+                .batch_execute(statement)
+                .await
+                .map_err(|e| self.statement_failed(stage, number, e))?;
+            self.client
+                .execute(mark, &marked)
+                .await
+                .map_err(self.failed("cannot save the job's DDL checkpoint"))?;
         }
         Ok(())
     }
@@ -339,24 +411,35 @@ impl PostgresJob {
             .map_err(self.failed("cannot drop the publication"))
     }
 
-    async fn forget_progress(&self) -> Result<()> {
+    /// Deletes the job's checkpoints. `keep_contract` keeps the one that says contract's
+    /// statements ran: until the engine has saved that the job is done, a crash resumes
+    /// in contract, which must not run them again.
+    async fn forget_progress(&self, keep_contract: bool) -> Result<()> {
         let exists: bool = self
             .scalar(
-                "SELECT to_regclass('switchyard.copy_progress') IS NOT NULL",
+                "SELECT to_regclass('switchyard.ddl_steps') IS NOT NULL",
                 &[],
                 "cannot read the job's checkpoints",
             )
             .await?;
-        if exists {
-            for table in ["copy_progress", "catch_up_progress", "cutovers"] {
-                self.client
-                    .execute(
-                        &format!("DELETE FROM switchyard.{table} WHERE job = $1"),
-                        &[&self.spec.name],
-                    )
-                    .await
-                    .map_err(self.failed("cannot remove the job's checkpoints"))?;
-            }
+        if !exists {
+            return Ok(());
+        }
+        let steps = if keep_contract {
+            "DELETE FROM switchyard.ddl_steps WHERE job = $1 AND stage <> 'contract'"
+        } else {
+            "DELETE FROM switchyard.ddl_steps WHERE job = $1"
+        };
+        for delete in [
+            "DELETE FROM switchyard.copy_progress WHERE job = $1",
+            "DELETE FROM switchyard.catch_up_progress WHERE job = $1",
+            "DELETE FROM switchyard.cutovers WHERE job = $1",
+            steps,
+        ] {
+            self.client
+                .execute(delete, &[&self.spec.name])
+                .await
+                .map_err(self.failed("cannot remove the job's checkpoints"))?;
         }
         Ok(())
     }
@@ -433,6 +516,7 @@ impl PostgresJob {
                 ..Applied::default()
             });
         }
+        crate::crash_point!("catch_up.after_read");
         let upto = self.applied_upto().await?;
         if self.apply.is_none() {
             self.apply = Some(self.new_applier().await?);
@@ -442,6 +526,7 @@ impl PostgresJob {
             .apply(&self.client, &messages, &self.relations, upto)
             .await?;
         applied.drained = drained;
+        crate::crash_point!("catch_up.after_write");
         if let Some(end) = applied.end_lsn {
             self.client
                 .execute(
@@ -451,6 +536,7 @@ impl PostgresJob {
                 .await
                 .map_err(self.failed("cannot save the catch-up checkpoint"))?;
         }
+        crate::crash_point!("catch_up.after_checkpoint");
         Ok(applied)
     }
 
@@ -848,14 +934,34 @@ impl Lease for PostgresJob {
 
 #[async_trait]
 impl Expander for PostgresJob {
+    async fn start_fresh(&mut self) -> Result<()> {
+        self.forget_progress(false).await
+    }
+
     async fn expand(&mut self) -> Result<bool> {
+        self.client
+            .batch_execute(PROGRESS_SCHEMA)
+            .await
+            .map_err(self.failed("cannot create the schema `switchyard` for checkpoints"))?;
         let target_name = self.target_name();
-        let existed = match &target_name {
+        let exists_at_start = match &target_name {
             Some(name) => self.exists(name).await?,
             None => true,
         };
-        self.run_ddl(&self.spec.expand.sql.clone(), "expand")
+        // Whether the target was there before the first expand statement, whichever run
+        // of expand this is.
+        let existed: bool = self
+            .scalar(
+                "INSERT INTO switchyard.ddl_steps (job, stage, target_existed) VALUES ($1, 'expand', $2)
+                 ON CONFLICT (job, stage) DO UPDATE SET target_existed = COALESCE(ddl_steps.target_existed, EXCLUDED.target_existed)
+                 RETURNING target_existed",
+                &[&self.spec.name, &exists_at_start],
+                "cannot save the job's DDL checkpoint",
+            )
             .await?;
+        self.run_steps("expand", &self.spec.expand.sql.clone())
+            .await?;
+        crate::crash_point!("expand.after_ddl");
         // Expand may have added the columns a backfill fills.
         self.source = TableInfo::load(
             &self.client,
@@ -864,14 +970,11 @@ impl Expander for PostgresJob {
             Some(&self.source.key_names()),
         )
         .await?;
-        self.client
-            .batch_execute(PROGRESS_SCHEMA)
-            .await
-            .map_err(self.failed("cannot create the schema `switchyard` for checkpoints"))?;
         match self.spec.kind {
             JobKind::Copy => {
                 if self.spec.catch_up.method == CatchUpMethod::LogicalReplication {
                     self.start_capture().await?;
+                    crate::crash_point!("expand.after_capture");
                 }
                 // The target must exist now, with a unique index on the key.
                 self.load_target().await?;
@@ -923,17 +1026,20 @@ impl Expander for PostgresJob {
         if self.spec.kind == JobKind::Backfill {
             self.run_ddl(&self.drop_fill_trigger_sql(), "abort").await?;
         }
-        self.forget_progress().await
+        self.forget_progress(false).await
     }
 
     async fn contract(&mut self) -> Result<()> {
         self.drop_capture().await?;
-        let mut statements = self.spec.contract.sql.clone();
+        crate::crash_point!("contract.after_drop_capture");
+        self.run_steps("contract", &self.spec.contract.sql.clone())
+            .await?;
         if self.spec.kind == JobKind::Backfill {
-            statements.extend(self.drop_fill_trigger_sql());
+            self.run_ddl(&self.drop_fill_trigger_sql(), "contract")
+                .await?;
         }
-        self.run_ddl(&statements, "contract").await?;
-        self.forget_progress().await
+        crate::crash_point!("contract.after_ddl");
+        self.forget_progress(true).await
     }
 }
 
@@ -1060,9 +1166,11 @@ impl ChangeApplier for PostgresJob {
             .batch_execute("COMMIT")
             .await
             .map_err(self.failed("cannot commit a catch-up transaction"))?;
+        crate::crash_point!("catch_up.after_commit");
         if let Some(end) = applied.end_lsn {
             self.advance_slot(end).await?;
         }
+        crate::crash_point!("catch_up.after_advance");
         Ok(AppliedChanges {
             changes: applied.changes,
             drained: applied.drained,
@@ -1389,6 +1497,7 @@ impl Switcher for PostgresJob {
                 "cutover",
             )
             .await?;
+            crate::crash_point!("cutover.after_lock");
             let blocked_from = Instant::now();
             // Writes wait on the lock, so one unbounded peek drains everything.
             let (drained, last_end) = if self.catches_up() {
@@ -1397,7 +1506,9 @@ impl Switcher for PostgresJob {
             } else {
                 (0, None)
             };
+            crate::crash_point!("cutover.after_drain");
             self.swap(&source, &old.name, &target, "cutover").await?;
+            crate::crash_point!("cutover.after_swap");
             // Recorded in the same transaction as the swap: never done twice.
             let blocked = blocked_from.elapsed();
             self.client
@@ -1407,6 +1518,7 @@ impl Switcher for PostgresJob {
                 )
                 .await
                 .map_err(self.failed("cannot record the cutover"))?;
+            crate::crash_point!("cutover.after_record");
             self.client
                 .batch_execute("COMMIT")
                 .await
@@ -1422,10 +1534,12 @@ impl Switcher for PostgresJob {
             }
         };
         tracing::info!(job = %self.spec.name, blocked_ms = writes_blocked.as_millis() as u64, took_ms = started.elapsed().as_millis() as u64, "cut over");
+        crate::crash_point!("cutover.after_commit");
         if let Some(end) = last_end {
             self.advance_slot(end).await?;
         }
         self.drop_capture().await?;
+        crate::crash_point!("cutover.after_drop_capture");
         Ok(CutoverReport {
             writes_blocked,
             changes_drained,

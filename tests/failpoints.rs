@@ -1,0 +1,354 @@
+//! Crashes at every named instant between two steps of every phase (the crash points of
+//! `src/failpoint.rs`, armed through `FAILPOINTS` in a build with the `failpoints`
+//! feature, which `scripts/test` makes). Each case runs a job under concurrent writes,
+//! ends the process at one point, resumes it with a plain `job run` through cutover and
+//! contract, and requires the table to hold exactly what the writer committed, with no
+//! slot, publication or checkpoint left behind.
+//!
+//! And the server itself crashing (killed and restarted, on the `faults` server of
+//! `scripts/services`) mid-copy and inside a catch-up transaction.
+#![cfg(feature = "failpoints")]
+
+mod common;
+
+use common::writer::{checksum, contents, create_items, items_copy_job, seed, Writer};
+use common::{faults_server, Project, TestDb};
+use switchyard::failpoint::CRASH_EXIT_CODE;
+
+/// `(point, fail action)`: most crash at the first time they are reached; copy batches
+/// at the fifth, so that some ranges are part done.
+const COPY_JOB_POINTS: &[(&str, &str)] = &[
+    ("expand.start", "return"),
+    ("expand.after_ddl", "return"),
+    ("expand.after_capture", "return"),
+    ("expand.end", "return"),
+    ("copy.start", "return"),
+    ("copy.before_batch", "4*off->return"),
+    ("copy.after_batch", "4*off->return"),
+    ("copy.end", "return"),
+    ("catch_up.start", "return"),
+    ("catch_up.after_read", "return"),
+    ("catch_up.after_write", "return"),
+    ("catch_up.after_checkpoint", "return"),
+    ("catch_up.after_commit", "return"),
+    ("catch_up.after_advance", "return"),
+    ("catch_up.after_pass", "return"),
+    ("catch_up.end", "return"),
+    ("verify.start", "return"),
+    ("verify.end", "return"),
+    ("ready_to_cutover.start", "return"),
+    ("cutover.start", "return"),
+    ("cutover.after_lock", "return"),
+    ("cutover.after_drain", "return"),
+    ("cutover.after_swap", "return"),
+    ("cutover.after_record", "return"),
+    ("cutover.after_commit", "return"),
+    ("cutover.after_drop_capture", "return"),
+    ("cutover.end", "return"),
+    ("contract.start", "return"),
+    ("contract.after_drop_capture", "return"),
+    ("contract.after_ddl", "return"),
+    ("contract.end", "return"),
+];
+
+const BACKFILL_POINTS: &[(&str, &str)] = &[
+    ("expand.after_ddl", "return"),
+    ("copy.before_batch", "3*off->return"),
+    ("copy.after_batch", "3*off->return"),
+    ("copy.end", "return"),
+    ("verify.end", "return"),
+    ("contract.after_drop_capture", "return"),
+    ("contract.after_ddl", "return"),
+];
+
+/// Rows in the table: a dozen batches in two ranges.
+const ROWS: i64 = 6_000;
+
+fn copy_job() -> String {
+    items_copy_job(
+        "items",
+        "[copy]\nbatch_size = 500\nconcurrency = 2\n\n[cutover]\nmode = \"auto\"\n\n\
+         [contract]\nafter = \"0s\"\nsql = [\"DROP TABLE public.items_old\"]",
+    )
+}
+
+const BACKFILL_JOB: &str = r#"name = "items"
+kind = "backfill"
+
+[source]
+database = "postgresql"
+table = "items"
+
+[expand]
+sql = ["ALTER TABLE items ADD COLUMN IF NOT EXISTS v_upper text"]
+
+[transform]
+columns = { v_upper = "upper(v) || '#' || id" }
+
+[copy]
+batch_size = 500
+
+[contract]
+after = "manual"
+"#;
+
+/// Runs `switchyard ARGS` with `point` armed and requires the crash there, with the
+/// record showing the phase the point belongs to.
+fn crash_at(project: &Project, args: &[&str], point: &str, action: &str) {
+    let crashed = project
+        .command(args)
+        .env("FAILPOINTS", format!("{point}={action}"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&crashed.stderr);
+    assert_eq!(
+        crashed.status.code(),
+        Some(CRASH_EXIT_CODE),
+        "{point}: the job must crash there\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("crash point {point}: ending the process")),
+        "{stderr}"
+    );
+    let phase = point.split('.').next().unwrap();
+    assert_eq!(
+        project.job_status("items")["phase"],
+        phase,
+        "{point}: the record shows the phase the crash happened in"
+    );
+}
+
+/// Runs `switchyard ARGS` to success: the resumed job.
+fn resume(project: &Project, args: &[&str], point: &str) {
+    let resumed = project.run(args);
+    assert_eq!(
+        resumed.code, 0,
+        "{point}: resuming failed\n{}",
+        resumed.stderr
+    );
+}
+
+/// No slot, publication or checkpoint is left of the job.
+fn assert_nothing_left(project: &Project, point: &str) {
+    for leftover in [
+        "SELECT count(*)::text FROM pg_replication_slots WHERE database = current_database()",
+        "SELECT count(*)::text FROM pg_publication",
+        "SELECT count(*)::text FROM switchyard.copy_progress",
+        "SELECT count(*)::text FROM switchyard.catch_up_progress",
+        "SELECT count(*)::text FROM switchyard.cutovers",
+    ] {
+        assert_eq!(project.db.column(leftover), ["0"], "{point}: {leftover}");
+    }
+}
+
+fn copy_job_survives(points: &[(&str, &str)]) {
+    let seed = seed();
+    for (number, (point, action)) in points.iter().enumerate() {
+        let project = Project::new();
+        let mut db = project.db.client();
+        let model = create_items(&mut db, "items", ROWS);
+        let file = project.job_file("items", &copy_job());
+        let writer = Writer::start(&project.db.url, "items", model, seed + number as u64);
+        crash_at(&project, &["job", "run", &file], point, action);
+        resume(&project, &["job", "run", &file], point);
+        assert_eq!(project.job_status("items")["phase"], "done", "{point}");
+        let (model, ops) = writer.stop();
+        assert!(ops > 50, "{point}: the writer made only {ops} changes");
+        assert_eq!(
+            contents(&mut db, "items"),
+            model,
+            "{point}: the table must hold exactly what was committed"
+        );
+        assert!(
+            !project.db.exists("items_old") && !project.db.exists("items_v2"),
+            "{point}: cut over and contracted"
+        );
+        assert_nothing_left(&project, point);
+        eprintln!("{point}: crashed, resumed, equal");
+    }
+}
+
+fn points_of(phase: &str) -> Vec<(&'static str, &'static str)> {
+    let points: Vec<_> = COPY_JOB_POINTS
+        .iter()
+        .copied()
+        .filter(|(point, _)| point.starts_with(&format!("{phase}.")))
+        .collect();
+    assert!(!points.is_empty(), "no crash points in {phase}");
+    points
+}
+
+#[test]
+fn crash_in_expand() {
+    copy_job_survives(&points_of("expand"));
+}
+
+#[test]
+fn crash_in_copy() {
+    copy_job_survives(&points_of("copy"));
+}
+
+#[test]
+fn crash_in_catch_up() {
+    copy_job_survives(&points_of("catch_up"));
+}
+
+#[test]
+fn crash_in_verify_and_before_cutover() {
+    let mut points = points_of("verify");
+    points.extend(points_of("ready_to_cutover"));
+    copy_job_survives(&points);
+}
+
+#[test]
+fn crash_in_cutover() {
+    copy_job_survives(&points_of("cutover"));
+}
+
+#[test]
+fn crash_in_contract() {
+    copy_job_survives(&points_of("contract"));
+}
+
+/// A backfill: the writer stops before contract (which removes the trigger that fills
+/// new writes), then the table must hold what it committed, every row filled.
+#[test]
+fn crash_in_a_backfill() {
+    let seed = seed();
+    for (number, (point, action)) in BACKFILL_POINTS.iter().enumerate() {
+        let project = Project::new();
+        let mut db = project.db.client();
+        let model = create_items(&mut db, "items", ROWS);
+        let file = project.job_file("items", BACKFILL_JOB);
+        let writer = Writer::start(&project.db.url, "items", model, seed + number as u64);
+        let run = ["job", "run", file.as_str()];
+        let in_contract = point.starts_with("contract.");
+        if !in_contract {
+            crash_at(&project, &run, point, action);
+        }
+        resume(&project, &run, point);
+        assert_eq!(
+            project.job_status("items")["phase"],
+            "verify",
+            "{point}: waiting for contract"
+        );
+        let (model, _) = writer.stop();
+        assert_eq!(contents(&mut db, "items"), model, "{point}");
+        assert_eq!(
+            project.db.column(
+                "SELECT count(*)::text FROM items WHERE v_upper IS DISTINCT FROM upper(v) || '#' || id"
+            ),
+            ["0"],
+            "{point}: every row filled right"
+        );
+        let contract = ["job", "contract", "items"];
+        if in_contract {
+            crash_at(&project, &contract, point, action);
+        }
+        resume(&project, &contract, point);
+        assert_eq!(project.job_status("items")["phase"], "done", "{point}");
+        assert_eq!(
+            project
+                .db
+                .column("SELECT tgname::text FROM pg_trigger WHERE tgrelid = 'items'::regclass"),
+            Vec::<String>::new(),
+            "{point}: contract removed the trigger"
+        );
+        assert_nothing_left(&project, point);
+        eprintln!("{point}: crashed, resumed, equal");
+    }
+}
+
+/// Every named point in the code is crashed at above (the `<phase>.start` and `.end`
+/// points are named by the engine from the phase).
+#[test]
+fn every_crash_point_is_tested() {
+    let mut named = Vec::new();
+    let mut folders = vec![std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src")];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for piece in text.split("crash_point!(\"").skip(1) {
+                    named.push(piece.split('"').next().unwrap().to_string());
+                }
+            }
+        }
+    }
+    assert!(named.len() >= 15, "found only {named:?}");
+    for point in named {
+        assert!(
+            COPY_JOB_POINTS.iter().any(|(p, _)| *p == point),
+            "crash point {point} is not tested"
+        );
+    }
+}
+
+/// Kills the `faults` server at once and starts it again (`SWITCHYARD_TEST_FAULTS_RESTART`).
+fn crash_the_server(restart: &str) {
+    let status = std::process::Command::new("sh")
+        .args(["-c", restart])
+        .status()
+        .unwrap();
+    assert!(status.success(), "`{restart}` failed");
+}
+
+#[test]
+fn the_server_crashes_mid_copy_and_mid_catch_up() {
+    let (server, restart) = faults_server();
+    let project = Project::on(TestDb::on(&server), "");
+    let mut db = project.db.client();
+    create_items(&mut db, "items", 20_000);
+    let file = project.job_file(
+        "items",
+        &items_copy_job(
+            "items",
+            "[copy]\nbatch_size = 500\nconcurrency = 2\nrows_per_second = 5000\n",
+        ),
+    );
+    // The first catch-up transaction waits 5 s after reading its changes: the moment to
+    // crash the server under it.
+    let job = project
+        .command(&["job", "run", &file])
+        .env("FAILPOINTS", "catch_up.after_read=1*sleep(5000)")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    project.wait_for_job("items", "copying", |s| {
+        s["phase"] == "copy" && s["rows_copied"].as_u64() >= Some(4_000)
+    });
+    // Changes for the catch-up, in many transactions.
+    for i in 0..400_i64 {
+        db.execute(
+            "UPDATE items SET v = v || '+' WHERE id = $1",
+            &[&(i * 37 % 20_000 + 1)],
+        )
+        .unwrap();
+    }
+    let copied_before = project.job_status("items")["rows_copied"].as_u64().unwrap();
+    assert!(copied_before < 20_000, "the copy is still running");
+    crash_the_server(&restart);
+
+    project.wait_for_job("items", "catching up", |s| s["phase"] == "catch_up");
+    project.db.wait_for(
+        "SELECT count(*)::text FROM pg_stat_activity WHERE application_name = 'switchyard job items' AND state = 'idle in transaction'",
+        "1",
+    );
+    crash_the_server(&restart);
+
+    let output = job.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let retries = stderr.matches("transient error; reconnecting").count();
+    assert!(retries >= 2, "one retry per crash at least:\n{stderr}");
+    let status = project.job_status("items");
+    assert_eq!(status["phase"], "ready_to_cutover", "{status}");
+    assert!(status["changes_applied"].as_u64() >= Some(400), "{status}");
+    let mut db = project.db.client();
+    assert_eq!(checksum(&mut db, "items"), checksum(&mut db, "items_v2"));
+    eprintln!("{retries} retries; {copied_before} rows were copied at the first crash");
+}

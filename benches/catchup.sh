@@ -3,15 +3,18 @@
 #  1. drain: a job is ready to cut over; 100,000 single-row update transactions are
 #     committed; `job cutover` applies them all and cuts over. Reports changes/s, the
 #     writes-blocked time and peak RSS.
-#  2. under load: copy pgbench_accounts (N rows) while pgbench updates it at full rate;
-#     reports the lag (sampled from `job status` every 200 ms) while pgbench ran.
+#  2. under load: `job run --follow` copies pgbench_accounts (N rows) while pgbench
+#     updates it at full rate, then keeps applying; 3 s before pgbench ends, `job cutover`.
+#     Reports the lag (sampled from `job status` every 200 ms): how long the backlog
+#     left by the copy takes to apply, then the steady lag; and the writes-blocked time
+#     of that cutover under full load.
 #
-#   benches/catchup.sh [--scale S] [--seconds T]   # defaults: 10 (1M rows), 20 s of pgbench
+#   benches/catchup.sh [--scale S] [--seconds T]   # defaults: 10 (1M rows), 40 s of pgbench
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scale=10
-seconds=20
+seconds=40
 while [ $# -gt 0 ]; do
   case "$1" in
     --scale) scale="$2"; shift 2 ;;
@@ -59,26 +62,43 @@ echo "drain: 100000 changes applied and cut over in $(printf '%.2f' "$(echo "$en
 pgbench -n -b simple-update -c 2 -j 2 -T "$seconds" "$db" >"$work/pgbench.log" 2>&1 &
 load=$!
 start=$(date +%s.%N)
-sy job run "$catchup_job" >/dev/null &
+sy job run --follow "$catchup_job" >/dev/null &
 runner=$!
 : >"$work/lag"
+cut=""
 while kill -0 "$load" 2>/dev/null; do
   sy job status catchup --json 2>/dev/null | python3 -c 'import json,sys; r=json.load(sys.stdin)[0]; print(r["phase"], r["lag_seconds"], r["changes_applied"])' >>"$work/lag" 2>/dev/null || true
+  if [ -z "$cut" ] && [ "$(echo "$(date +%s.%N) - $start > $seconds - 3" | bc)" = 1 ]; then
+    sy job cutover catchup >/dev/null &
+    cut=$!
+  fi
   sleep 0.2
 done
 wait "$runner" || true
+[ -n "$cut" ] && wait "$cut"
+blocked_under_load=$(sy job status catchup --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["writes_blocked_ms"])')
 end=$(date +%s.%N)
 tps=$(grep -oP 'tps = \K[0-9.]+' "$work/pgbench.log" | head -1)
-python3 - "$work/lag" "$start" "$end" "$tps" <<'PY'
+python3 - "$work/lag" "$start" "$end" "$tps" "$blocked_under_load" <<'PY'
 import sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-catch = [(float(lag), int(applied)) for phase, lag, applied in rows if phase == "catch_up"]
-lags = sorted(l for l, _ in catch) or [0.0]
+catch = [(float(lag), int(applied)) for phase, lag, applied in rows if phase in ("catch_up", "ready_to_cutover")]
+# The backlog the copy left is applied first; the steady lag is measured from the first
+# sample under 1 s after the peak on.
+peak = max(range(len(catch)), key=lambda i: catch[i][0], default=0)
+first = next((i for i in range(peak, len(catch)) if catch[i][0] < 1.0), len(catch))
+steady = catch[first:]
+lags = sorted(l for l, _ in steady) or [0.0]
 pick = lambda q: lags[min(len(lags) - 1, int(q * len(lags)))]
 applied = catch[-1][1] if catch else 0
 span = len(catch) * 0.2
 print(f"pgbench simple-update: {float(sys.argv[4]):.0f} tx/s (one change to pgbench_accounts each)")
-print(f"catch-up while pgbench ran: {len(catch)} samples, changes applied {applied}, ~{applied / span if span else 0:.0f} changes/s")
-print(f"lag p50 {pick(0.5):.2f} s, p99 {pick(0.99):.2f} s, max {lags[-1]:.2f} s")
-print(f"job run finished (caught up after pgbench stopped) {float(sys.argv[3]) - float(sys.argv[2]):.1f} s after start")
+phases = {}
+for phase, _, _ in rows:
+    phases[phase] = phases.get(phase, 0) + 1
+print("samples by phase: " + ", ".join(f"{p} {n}" for p, n in phases.items()))
+print(f"catch-up while pgbench ran (catch_up and ready_to_cutover, following): {len(catch)} samples, changes applied {applied}, ~{applied / span if span else 0:.0f} changes/s")
+print(f"backlog left by the copy: peak lag {catch[peak][0] if catch else 0:.2f} s, under 1 s from sample {first} on ({first} x ~0.2 s after catch-up began)")
+print(f"steady lag ({len(steady)} samples): p50 {pick(0.5):.2f} s, p99 {pick(0.99):.2f} s, max {lags[-1]:.2f} s")
+print(f"cutover 3 s before pgbench stopped: writes blocked {sys.argv[5]} ms")
 PY

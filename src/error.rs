@@ -51,6 +51,16 @@ pub enum Error {
         source: tokio_postgres::Error,
     },
 
+    /// A job's replication stream could not start, or broke.
+    #[error("database `{database}`: {message}")]
+    Replication {
+        database: String,
+        message: String,
+        /// Whether starting it again can succeed (a lost connection, a server
+        /// restarting, a slot still held by a dying session).
+        transient: bool,
+    },
+
     /// Another run holds the migration lock of a database for longer than we wait.
     #[error("database `{database}`: {message}")]
     LockTimeout { database: String, message: String },
@@ -97,6 +107,7 @@ impl Error {
             | Error::InvalidFiles(_)
             | Error::Refused(_) => 2,
             Error::Database { .. }
+            | Error::Replication { .. }
             | Error::LockTimeout { .. }
             | Error::MigrationFailed { .. }
             | Error::VerifyFailed { .. }
@@ -111,6 +122,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::LockTimeout { .. } => true,
+            Error::Replication { transient, .. } => *transient,
             Error::Database { source, .. } => match source.code() {
                 // No answer from the server: transient if the connection broke.
                 None => {
@@ -150,7 +162,7 @@ impl Error {
             Error::Config { .. } => "config",
             Error::InvalidFiles(_) => "invalid_file",
             Error::Refused(_) => "refused",
-            Error::Database { .. } => "database",
+            Error::Database { .. } | Error::Replication { .. } => "database",
             Error::LockTimeout { .. } => "lock_timeout",
             Error::MigrationFailed { .. } => "migration",
             Error::VerifyFailed { .. } => "verify",

@@ -23,7 +23,7 @@ use crate::backend::postgres::PostgresJob;
 use crate::config::Config;
 use crate::engine::{self, JobControl, JobObserver, JobRecord, Phase, RunOptions};
 use crate::error::Result;
-use crate::job::{self, parse_window, ContractAfter, CutoverMode, JobSpec};
+use crate::job::{self, parse_window, CatchUpMethod, ContractAfter, CutoverMode, JobSpec};
 use crate::metrics::Metrics;
 use crate::server::{serve_api, ApiState};
 use crate::state::{self, StateStore};
@@ -91,8 +91,11 @@ pub fn decide(
     match record.phase {
         Phase::Done | Phase::Aborted | Phase::Failed => false,
         Phase::Paused => !control.paused,
+        // Serve keeps a job with catch-up applying changes while it waits for cutover.
         Phase::ReadyToCutover => {
-            control.cutover_requested || spec.cutover.mode == CutoverMode::Auto
+            control.cutover_requested
+                || spec.cutover.mode == CutoverMode::Auto
+                || spec.catch_up.method != CatchUpMethod::None
         }
         Phase::Cutover | Phase::Verify if record.cutover_at.is_some() => {
             let due = match spec.contract.after {
@@ -242,6 +245,7 @@ async fn run_job(
             shutdown,
             observer: metrics,
             claim_wait: Duration::ZERO,
+            follow: true,
         };
         engine::run(
             &spec,

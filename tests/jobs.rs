@@ -197,6 +197,52 @@ fn kill_until_done(seed: u64) -> KillOutcome {
     }
 }
 
+/// `job run --follow` keeps applying changes once ready, until `job cutover` from
+/// another shell; that cutover then has almost nothing left to drain.
+#[test]
+fn follow_keeps_the_target_caught_up_until_cutover() {
+    let project = Project::new();
+    let mut db = project.db.client();
+    let model = create_items(&mut db, "items", 5_000);
+    let file = project.job_file("items", &copy_job("items", ""));
+    let writer = Writer::start(&project.db.url, "items", model, seed());
+    let runner = project
+        .command(&["job", "run", "--follow", &file])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ready = project.wait_for_job("items", "ready", |s| s["phase"] == "ready_to_cutover");
+    let applied = ready["changes_applied"].as_u64().unwrap();
+    project.wait_for_job("items", "following the writes", |s| {
+        s["phase"] == "ready_to_cutover" && s["changes_applied"].as_u64() > Some(applied + 200)
+    });
+    // The following process cuts over within a control interval and exits; the command
+    // then reports it, or that it asked (when the process was still at it).
+    let cutover = project.run(&["job", "cutover", "items"]).ok();
+    assert!(
+        cutover.stdout.starts_with("job items: cut over")
+            || cutover.stdout == "job items: cutover requested; the running process will act on it\n",
+        "{}",
+        cutover.stdout
+    );
+    let output = runner.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.starts_with("job items: cut over"), "{stdout}");
+    let (model, _) = writer.stop();
+    assert_eq!(contents(&mut db, "items"), model);
+    let status = project.job_status("items");
+    assert!(
+        status["writes_blocked_ms"].as_u64().unwrap() < 1_000,
+        "{status}"
+    );
+}
+
 #[test]
 fn verify_compares_every_column_including_toasted_ones() {
     let project = Project::new();

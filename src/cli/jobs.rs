@@ -108,6 +108,7 @@ async fn drive(
     file: &str,
     claim_wait: Duration,
     metrics: Option<Arc<Metrics>>,
+    follow: bool,
 ) -> Result<RunEnd> {
     let backend = open_backend(config, spec).await?;
     let bar = progress_bar();
@@ -119,6 +120,7 @@ async fn drive(
         shutdown: crate::shutdown::signal(),
         observer: Arc::new(observers),
         claim_wait,
+        follow,
     };
     let outcome = engine::run(spec, backend, store.as_ref(), file, options).await;
     bar.finish_and_clear();
@@ -162,7 +164,12 @@ async fn drive(
 }
 
 /// `metrics_listen`: serve `/metrics` there while the job runs.
-pub async fn run(config: &Config, file: &Path, metrics_listen: Option<SocketAddr>) -> Result<()> {
+pub async fn run(
+    config: &Config,
+    file: &Path,
+    metrics_listen: Option<SocketAddr>,
+    follow: bool,
+) -> Result<()> {
     let spec = job::load(file, config)?;
     let store = state::open(&config.state.url).await?;
     let metrics = match metrics_listen {
@@ -181,6 +188,7 @@ pub async fn run(config: &Config, file: &Path, metrics_listen: Option<SocketAddr
         &file.display().to_string(),
         RUN_CLAIM_WAIT,
         metrics,
+        follow,
     )
     .await?
     {
@@ -266,7 +274,16 @@ pub async fn control(config: &Config, name: &str, command: Request) -> Result<()
         Request::Cutover | Request::Contract | Request::Abort => {
             // Act now, in this process, unless another process runs the job.
             let spec = job::load(Path::new(&record.file), config)?;
-            drive(config, store, &spec, &record.file, CONTROL_CLAIM_WAIT, None).await?;
+            drive(
+                config,
+                store,
+                &spec,
+                &record.file,
+                CONTROL_CLAIM_WAIT,
+                None,
+                false,
+            )
+            .await?;
         }
     }
     Ok(())

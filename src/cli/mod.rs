@@ -150,6 +150,11 @@ pub enum JobCommand {
         /// Serve Prometheus metrics on this address while the job runs (e.g. 127.0.0.1:9465)
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<std::net::SocketAddr>,
+        /// Once verified, keep applying the source's changes until `job cutover NAME`
+        /// (from another shell or the API) instead of exiting: the cutover then has
+        /// almost nothing left to drain. Ctrl-C stops at a batch boundary.
+        #[arg(long)]
+        follow: bool,
     },
     /// Show every job (or one) with its phase, progress, rate, lag and ETA
     Status {
@@ -198,7 +203,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             JobCommand::Run {
                 file,
                 metrics_listen,
-            } => jobs::run(&config, &file, metrics_listen).await,
+                follow,
+            } => jobs::run(&config, &file, metrics_listen, follow).await,
             JobCommand::Status { name, json } => jobs::status(&config, name.as_deref(), json).await,
             JobCommand::Pause { name } => jobs::control(&config, &name, Request::Pause).await,
             JobCommand::Resume { name } => jobs::control(&config, &name, Request::Resume).await,

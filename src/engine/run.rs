@@ -59,6 +59,9 @@ pub struct RunOptions {
     /// How long to wait for the job's lease when another process holds it (a killed
     /// run's session can hold it for a moment after the process is gone).
     pub claim_wait: Duration,
+    /// Once ready to cut over, keep applying changes until cutover is asked for,
+    /// instead of returning [`RunEnd::WaitingForCutover`].
+    pub follow: bool,
 }
 
 /// Watches a running job: the progress display and the metrics implement it.
@@ -243,7 +246,7 @@ impl<B: Backend> Engine<'_, B> {
                 None if copy && self.catches_up() => Flow::Next(Phase::CatchUp),
                 None => Flow::Next(Phase::Verify),
             },
-            Phase::CatchUp => match self.catch_up(self.spec.cutover.max_lag).await? {
+            Phase::CatchUp => match self.catch_up(Until::CaughtUp).await? {
                 Some(end) => Flow::End(end),
                 None => Flow::Next(Phase::Verify),
             },
@@ -260,6 +263,11 @@ impl<B: Backend> Engine<'_, B> {
                 let control = JobControl::load(self.store, &self.spec.name).await?;
                 if self.spec.cutover.mode == CutoverMode::Auto || control.cutover_requested {
                     Flow::Next(Phase::Cutover)
+                } else if self.options.follow && self.catches_up() {
+                    match self.catch_up(Until::CutoverRequested).await? {
+                        Some(end) => Flow::End(end),
+                        None => Flow::Next(Phase::Cutover),
+                    }
                 } else {
                     Flow::End(RunEnd::WaitingForCutover)
                 }
@@ -455,14 +463,28 @@ impl<B: Backend> Engine<'_, B> {
             (self.record.rows_per_second > 0.0).then(|| left / self.record.rows_per_second);
     }
 
-    /// Applies captured changes until a pass drains what it found and the lag is below
-    /// `max_lag`.
-    async fn catch_up(&mut self, max_lag: Duration) -> Result<Option<RunEnd>> {
+    /// Applies captured changes until `until` holds. The control (pause, abort, a
+    /// cutover request) is read at most every [`CONTROL_INTERVAL`], and whenever a pass
+    /// found nothing to apply.
+    async fn catch_up(&mut self, until: Until) -> Result<Option<RunEnd>> {
+        let max_lag = self.spec.cutover.max_lag;
         let mut last_save = Instant::now();
+        let mut last_check: Option<Instant> = None;
         loop {
-            if let Some(interrupt) = self.interrupted().await? {
-                if let Some(end) = self.handle(interrupt, self.record.phase).await? {
-                    return Ok(Some(end));
+            if last_check.is_none_or(|at| at.elapsed() >= CONTROL_INTERVAL) {
+                last_check = Some(Instant::now());
+                if let Some(interrupt) = self.interrupted().await? {
+                    if let Some(end) = self.handle(interrupt, self.record.phase).await? {
+                        return Ok(Some(end));
+                    }
+                }
+                if until == Until::CutoverRequested
+                    && JobControl::load(self.store, &self.spec.name)
+                        .await?
+                        .cutover_requested
+                {
+                    self.save().await?;
+                    return Ok(None);
                 }
             }
             let pass = self.backend.apply_changes(CATCH_UP_BATCH).await?;
@@ -470,6 +492,7 @@ impl<B: Backend> Engine<'_, B> {
             let applied = pass.changes;
             self.record.changes_applied += applied;
             let lag = self.backend.lag().await?;
+            tracing::debug!(job = %self.spec.name, applied, drained = pass.drained, lag_seconds = lag.seconds, "catch-up pass");
             self.record.lag_seconds = lag.seconds;
             self.record.lag_bytes = lag.bytes;
             if last_save.elapsed() >= CONTROL_INTERVAL || applied == 0 {
@@ -477,11 +500,12 @@ impl<B: Backend> Engine<'_, B> {
                 last_save = Instant::now();
             }
             // Caught up: what was there is applied, and what came since is young enough.
-            if pass.drained && lag.seconds <= max_lag.as_secs_f64() {
+            if until == Until::CaughtUp && pass.drained && lag.seconds <= max_lag.as_secs_f64() {
                 self.save().await?;
                 return Ok(None);
             }
             if applied == 0 {
+                last_check = None;
                 tokio::time::sleep(CONTROL_INTERVAL / 5).await;
             }
         }
@@ -525,7 +549,7 @@ impl<B: Backend> Engine<'_, B> {
             return self.cut_over(report).await.map(|()| None);
         }
         if self.catches_up() {
-            if let Some(end) = self.catch_up(self.spec.cutover.max_lag).await? {
+            if let Some(end) = self.catch_up(Until::CaughtUp).await? {
                 return Ok(Some(end));
             }
             self.catch_up_tail().await?;
@@ -542,7 +566,7 @@ impl<B: Backend> Engine<'_, B> {
                     tracing::warn!(job = %self.spec.name, attempt, "the source is busy; cutover retries");
                     tokio::time::sleep(jitter).await;
                     if self.catches_up() {
-                        self.catch_up(self.spec.cutover.max_lag).await?;
+                        self.catch_up(Until::CaughtUp).await?;
                         self.catch_up_tail().await?;
                     }
                 }
@@ -592,6 +616,15 @@ impl<B: Backend> Engine<'_, B> {
         self.save().await?;
         Ok(Flow::End(RunEnd::WaitingForContract(due)))
     }
+}
+
+/// How long catch-up goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// Until a pass drains what it found and the lag is under `cutover.max_lag`.
+    CaughtUp,
+    /// Until cutover is asked for (following the source while waiting for it).
+    CutoverRequested,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,7 +23,8 @@ use tokio_postgres::Client;
 
 use super::apply::{Applied, ChangeApply};
 use super::batch::{BatchSql, PostgresCopyWorker, Write};
-use super::pgoutput::{decode, Message};
+use super::pgoutput::Message;
+use super::stream::{ChangeStream, Read, MARKER_PREFIX};
 use super::table::{ident, TableInfo, TableName};
 use super::{connect_as, millis_literal};
 use crate::engine::traits::{
@@ -79,9 +80,17 @@ pub struct PostgresJob {
     publication: String,
     /// Loaded after expand (the target may not exist before).
     apply: Option<ChangeApply>,
-    /// Relation ids the replication stream described, and whether each is the source.
-    /// The server describes a relation once per session, so every peek records them.
+    /// Relation ids the change stream described, and whether each is the source.
     relations: HashMap<u32, bool>,
+    /// Opened at the first catch-up read; see [`super::stream`].
+    stream: Option<ChangeStream>,
+    /// Writes the markers a read waits for (see [`super::stream`]).
+    marker_client: Option<Client>,
+    /// Markers written so far (each read writes one).
+    markers: u64,
+    /// The commit time of the oldest change the last read may have left unapplied;
+    /// `None` when it found the source idle.
+    lag_since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl PostgresJob {
@@ -125,6 +134,10 @@ impl PostgresJob {
             publication: format!("switchyard_{lowered}"),
             apply: None,
             relations: HashMap::new(),
+            stream: None,
+            marker_client: None,
+            markers: 0,
+            lag_since: None,
         })
     }
 
@@ -396,8 +409,34 @@ impl PostgresJob {
         ]
     }
 
-    /// Drops the slot and publication (idempotent), so no WAL is held for the job.
-    async fn drop_capture(&self) -> Result<()> {
+    /// Drops the slot and publication (idempotent), so no WAL is held for the job. The
+    /// slot's stream is closed first, ours or one a dead run left.
+    async fn drop_capture(&mut self) -> Result<()> {
+        self.close_stream().await;
+        let deadline = Instant::now() + LEFTOVER_WAIT;
+        loop {
+            let holder: Option<i32> = self
+                .client
+                .query_opt(
+                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&self.slot],
+                )
+                .await
+                .map_err(self.failed("cannot read the replication slot"))?
+                .and_then(|row| row.get(0));
+            let Some(pid) = holder else { break };
+            if Instant::now() > deadline {
+                return Err(Error::Refused(format!(
+                    "the replication slot {} is still used by session {pid}; end it, then try again",
+                    self.slot
+                )));
+            }
+            self.client
+                .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                .await
+                .map_err(self.failed("cannot end the session holding the replication slot"))?;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.client
             .execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", &[&self.slot])
             .await
@@ -444,52 +483,103 @@ impl PostgresJob {
         Ok(())
     }
 
-    /// Messages from the slot, up to about `max_changes` changes (whole transactions;
-    /// all there are when `None`), without consuming them. Relation descriptions are recorded here, whoever peeks.
-    async fn peek(&mut self, max_changes: Option<usize>) -> Result<Vec<Message>> {
-        let limit = max_changes.map(|n| n as i32);
-        let rows = self
-            .client
-            .query(
-                "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, 'proto_version', '1', 'publication_names', $3)",
-                &[&self.slot, &limit, &self.publication],
+    /// The job's change stream, opened at the catch-up checkpoint on first use.
+    async fn stream(&mut self) -> Result<&mut ChangeStream> {
+        if self.stream.is_none() {
+            let start = self.applied_upto().await?;
+            let stream = ChangeStream::open(
+                &self.database,
+                &self.url,
+                &self.slot,
+                &self.publication,
+                &session_name(&self.spec.name),
+                start,
+            )
+            .await?;
+            // The server describes each relation once per stream.
+            self.relations.clear();
+            self.stream = Some(stream);
+        }
+        Ok(self.stream.as_mut().expect("opened above"))
+    }
+
+    /// Closes the change stream, if open.
+    async fn close_stream(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            stream.close().await;
+        }
+    }
+
+    /// Whole transactions from the stream: until every transaction committed before
+    /// now is read (`caught_up`), or about `max_changes` messages when given. Relation
+    /// descriptions are recorded here.
+    async fn read_changes(&mut self, max_changes: Option<usize>) -> Result<Read> {
+        self.markers += 1;
+        let marker = format!("{} {} {}", self.spec.name, std::process::id(), self.markers);
+        let written = Instant::now();
+        // A transaction of its own on its own connection: it commits (and so reaches
+        // the stream) even while this connection holds a lock in an open transaction.
+        if self.marker_client.is_none() {
+            let client =
+                connect_as(&self.database, &self.url, &session_name(&self.spec.name)).await?;
+            self.marker_client = Some(client);
+        }
+        self.marker_client
+            .as_ref()
+            .expect("connected above")
+            .execute(
+                "SELECT pg_logical_emit_message(true, $1, $2)",
+                &[&MARKER_PREFIX, &marker],
             )
             .await
-            .map_err(self.failed("cannot read changes from the replication slot"))?;
-        let mut messages = Vec::with_capacity(rows.len());
-        for row in rows {
-            let bytes: Vec<u8> = row.get(0);
-            let message = decode(&bytes)
-                .map_err(|e| Error::State(format!("cannot decode a replication message: {e}")))?;
-            if let Message::Relation {
-                id,
-                schema,
-                name,
-                columns,
-            } = &message
-            {
-                let ours = self.source.name.name == *name
-                    && self.source.name.schema.as_deref().unwrap_or(schema) == schema;
-                if ours {
-                    let expected: Vec<&str> = self
-                        .source
-                        .columns
-                        .iter()
-                        .map(|c| c.name.as_str())
-                        .collect();
-                    if columns.iter().map(String::as_str).collect::<Vec<_>>() != expected {
-                        return Err(Error::Refused(format!(
-                            "the columns of {} changed during the job ({} now): abort the job and start it again",
-                            self.source.name,
-                            columns.join(", ")
-                        )));
-                    }
-                }
-                self.relations.insert(*id, ours);
-            }
-            messages.push(message);
+            .map_err(self.failed("cannot mark the WAL position to catch up to"))?;
+        let read = self.stream().await?.read(&marker, max_changes).await?;
+        for message in &read.messages {
+            self.note_relation(message)?;
         }
-        Ok(messages)
+        // The oldest change not applied yet: none when caught up with nothing read;
+        // younger than the marker when caught up; younger than the last transaction
+        // read otherwise.
+        let last_commit = last_change_commit(&read.messages);
+        self.lag_since = match (read.caught_up, last_commit) {
+            (true, None) => None,
+            (true, Some(_)) | (false, None) => Some(chrono::Utc::now() - written.elapsed()),
+            (false, Some(at)) => Some(at),
+        };
+        Ok(read)
+    }
+
+    /// Records which relation id is the source, and refuses a source whose columns
+    /// changed under the job.
+    fn note_relation(&mut self, message: &Message) -> Result<()> {
+        let Message::Relation {
+            id,
+            schema,
+            name,
+            columns,
+        } = message
+        else {
+            return Ok(());
+        };
+        let ours = self.source.name.name == *name
+            && self.source.name.schema.as_deref().unwrap_or(schema) == schema;
+        if ours {
+            let expected: Vec<&str> = self
+                .source
+                .columns
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
+            if columns.iter().map(String::as_str).collect::<Vec<_>>() != expected {
+                return Err(Error::Refused(format!(
+                    "the columns of {} changed during the job ({} now): abort the job and start it again",
+                    self.source.name,
+                    columns.join(", ")
+                )));
+            }
+        }
+        self.relations.insert(*id, ours);
+        Ok(())
     }
 
     async fn applied_upto(&self) -> Result<u64> {
@@ -504,12 +594,15 @@ impl PostgresJob {
         Ok(row.map(|r| parse_lsn(&r.get::<_, String>(0))).unwrap_or(0))
     }
 
-    /// Applies peeked changes within the caller's transaction and moves the checkpoint.
-    /// The slot is not advanced here (only once the caller committed), so a second call
-    /// in the same transaction would see the same changes again: drains pass `None`.
+    /// Reads changes and applies them within the caller's transaction, moving the
+    /// checkpoint. The server learns the position only once the caller committed
+    /// (`ChangeStream::confirm`). `None` reads until caught up, whatever the amount:
+    /// the drain under a lock.
     async fn apply_within(&mut self, max_changes: Option<usize>) -> Result<Applied> {
-        let messages = self.peek(max_changes).await?;
-        let drained = max_changes.is_none_or(|max| messages.len() < max);
+        let Read {
+            messages,
+            caught_up: drained,
+        } = self.read_changes(max_changes).await?;
         if messages.is_empty() {
             return Ok(Applied {
                 drained,
@@ -538,17 +631,6 @@ impl PostgresJob {
         }
         crate::crash_point!("catch_up.after_checkpoint");
         Ok(applied)
-    }
-
-    async fn advance_slot(&self, end_lsn: u64) -> Result<()> {
-        self.client
-            .execute(
-                "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
-                &[&self.slot, &format_lsn(end_lsn)],
-            )
-            .await
-            .map(drop)
-            .map_err(self.failed("cannot confirm the applied position to the replication slot"))
     }
 
     /// Within the caller's transaction: renames `current` to `aside` and `incoming` to
@@ -873,9 +955,28 @@ impl PostgresJob {
         self.client = connect_as(&self.database, &self.url, &session_name(&self.spec.name)).await?;
         // Prepared statements and relation descriptions belonged to the old session.
         self.apply = None;
-        self.relations.clear();
+        self.stream = None;
+        self.marker_client = None;
         Ok(())
     }
+}
+
+/// The commit time of the last transaction in `messages` that changed rows (the
+/// markers' own transactions change none).
+fn last_change_commit(messages: &[Message]) -> Option<chrono::DateTime<chrono::Utc>> {
+    let mut begun = None;
+    let mut last = None;
+    for message in messages {
+        match message {
+            Message::Begin { committed_at, .. } => begun = Some(*committed_at),
+            Message::Insert { .. }
+            | Message::Update { .. }
+            | Message::Delete { .. }
+            | Message::Truncate { .. } => last = begun.or(last),
+            _ => {}
+        }
+    }
+    last
 }
 
 /// The `application_name` of every session of a job: the lease holder ends leftovers.
@@ -1168,7 +1269,7 @@ impl ChangeApplier for PostgresJob {
             .map_err(self.failed("cannot commit a catch-up transaction"))?;
         crate::crash_point!("catch_up.after_commit");
         if let Some(end) = applied.end_lsn {
-            self.advance_slot(end).await?;
+            self.stream().await?.confirm(end);
         }
         crate::crash_point!("catch_up.after_advance");
         Ok(AppliedChanges {
@@ -1187,15 +1288,9 @@ impl ChangeApplier for PostgresJob {
             .await
             .map_err(self.failed("cannot read the replication slot"))?;
         let bytes = row.map(|r| r.get::<_, i64>(0).max(0) as u64).unwrap_or(0);
-        let seconds = match self.peek(Some(1)).await?.first() {
-            Some(Message::Begin { committed_at, .. }) => {
-                (chrono::Utc::now() - committed_at)
-                    .num_milliseconds()
-                    .max(0) as f64
-                    / 1000.0
-            }
-            _ => 0.0,
-        };
+        let seconds = self.lag_since.map_or(0.0, |since| {
+            (chrono::Utc::now() - since).num_microseconds().unwrap_or(i64::MAX).max(0) as f64 / 1e6
+        });
         Ok(Lag { seconds, bytes })
     }
 }
@@ -1366,7 +1461,7 @@ impl PostgresJob {
         match result {
             Ok((outcome, last_end)) => {
                 if let Some(end) = last_end {
-                    self.advance_slot(end).await?;
+                    self.stream().await?.confirm(end);
                 }
                 Ok(outcome)
             }
@@ -1536,7 +1631,7 @@ impl Switcher for PostgresJob {
         tracing::info!(job = %self.spec.name, blocked_ms = writes_blocked.as_millis() as u64, took_ms = started.elapsed().as_millis() as u64, "cut over");
         crate::crash_point!("cutover.after_commit");
         if let Some(end) = last_end {
-            self.advance_slot(end).await?;
+            self.stream().await?.confirm(end);
         }
         self.drop_capture().await?;
         crate::crash_point!("cutover.after_drop_capture");

@@ -6,6 +6,7 @@ mod job;
 mod migrations;
 mod pgoutput;
 mod split;
+mod stream;
 mod table;
 
 pub use job::{describe_range, Dependent, JobPlan, PostgresJob};

@@ -54,6 +54,20 @@ pub enum Message {
     Other,
 }
 
+impl Message {
+    /// A transaction's start: its commit's LSN and time (microseconds since 2000-01-01,
+    /// as the server counts).
+    pub fn begin(final_lsn: u64, commit_micros: i64) -> Message {
+        Message::Begin {
+            final_lsn,
+            committed_at: Utc
+                .timestamp_micros(commit_micros.saturating_add(POSTGRES_EPOCH_MICROS))
+                .single()
+                .unwrap_or_else(Utc::now),
+        }
+    }
+}
+
 /// The old version of an updated row, as the server sent it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OldRow {
@@ -142,14 +156,7 @@ pub fn decode(bytes: &[u8]) -> Result<Message, String> {
     let message = match r.u8()? {
         b'B' => {
             let final_lsn = r.u64()?;
-            let micros = r.u64()? as i64;
-            Message::Begin {
-                final_lsn,
-                committed_at: Utc
-                    .timestamp_micros(micros.saturating_add(POSTGRES_EPOCH_MICROS))
-                    .single()
-                    .unwrap_or_else(Utc::now),
-            }
+            Message::begin(final_lsn, r.u64()? as i64)
         }
         b'C' => {
             let _flags = r.u8()?;

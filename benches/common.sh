@@ -1,4 +1,5 @@
-# Shared by the benchmarks (sourced, not run): tools, the private server, a release
+# Shared by the benchmarks (sourced, not run): tools (bc, time, pgcopydb from Debian's
+# packages, installed when missing), the private server, a release
 # build, a fresh `switchyard_bench` database with pgbench tables at the given scale, and
 # a switchyard configuration for it.
 #
@@ -8,8 +9,8 @@
 
 bench_setup() {
   local scale="$1"
-  for tool in bc /usr/bin/time; do
-    command -v "$tool" >/dev/null || { apt-get update -qq && apt-get install -y -qq bc time >/dev/null; }
+  for tool in bc /usr/bin/time pgcopydb; do
+    command -v "$tool" >/dev/null || { apt-get update -qq && apt-get install -y -qq bc time pgcopydb >/dev/null; }
   done
   eval "$(scripts/services up)"
   cargo build --release --locked --quiet

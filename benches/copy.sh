@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # Copy of N pgbench_accounts rows into a new table, side by side in one run on one server:
-#   INSERT … SELECT (the in-server limit), a binary COPY pipe, and switchyard `copy`
-#   (without catch-up or verify, then with both). Prints seconds, ratios to INSERT … SELECT,
-#   and switchyard's peak RSS.
+#   INSERT … SELECT (the in-server limit), a binary COPY pipe, pgcopydb (clone of that one
+#   table into another database: COPY in two parts, then the primary key), and switchyard
+#   `copy` (without catch-up or verify, then with both). Prints seconds, ratios to
+#   INSERT … SELECT, and peak RSS (pgcopydb's: its main process).
 #
-#   benches/copy.sh [--scale S]     # S × 100,000 rows; default 10 (1M rows)
+#   benches/copy.sh [--scale S] [--repeat R]   # S × 100,000 rows, default 10 (1M rows);
+#                                               # R rounds (default 3), medians reported
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scale=10
+repeat=3
 while [ $# -gt 0 ]; do
   case "$1" in
     --scale) scale="$2"; shift 2 ;;
-    *) echo "usage: benches/copy.sh [--scale S]" >&2; exit 2 ;;
+    --repeat) repeat="$2"; shift 2 ;;
+    *) echo "usage: benches/copy.sh [--scale S] [--repeat R]" >&2; exit 2 ;;
   esac
 done
 
@@ -23,12 +27,36 @@ rows=$(psql "$db" -tAc "SELECT count(*) FROM pgbench_accounts")
 
 new_table() { psql "$db" -qc "SET client_min_messages = warning; DROP TABLE IF EXISTS $1; CREATE TABLE $1 (LIKE pgbench_accounts INCLUDING ALL)"; }
 
-new_table t_insert
-insert_select=$(seconds psql "$db" -qc "INSERT INTO t_insert SELECT * FROM pgbench_accounts")
+# One round of every tool; the round's seconds go to $work/round.
+round() {
+  local insert_select copy_pipe pgcopydb sy_copy sy_full split_mb start copied
+  new_table t_insert
+  insert_select=$(seconds psql "$db" -qc "INSERT INTO t_insert SELECT * FROM pgbench_accounts")
 
-new_table t_copy
-copy_pipe=$(seconds bash -c "psql '$db' -qc 'COPY pgbench_accounts TO STDOUT (FORMAT binary)' | psql '$db' -qc 'COPY t_copy FROM STDIN (FORMAT binary)'")
+  new_table t_copy
+  copy_pipe=$(seconds bash -c "psql '$db' -qc 'COPY pgbench_accounts TO STDOUT (FORMAT binary)' | psql '$db' -qc 'COPY t_copy FROM STDIN (FORMAT binary)'")
 
+  # pgcopydb: the table split in two parts copied by two jobs, like switchyard's two workers.
+  psql "$admin" -qc "DROP DATABASE IF EXISTS switchyard_bench_pgcopydb WITH (FORCE)" -c "CREATE DATABASE switchyard_bench_pgcopydb"
+  split_mb=$(psql "$db" -tAc "SELECT greatest(1, pg_table_size('pgbench_accounts') / 2 / 1048576 + 1)")
+  rm -rf "$work/pgcopydb"
+  start=$(date +%s.%N)
+  /usr/bin/time -f "%M" -o "$work/pgcopydb_rss" pgcopydb clone --source "$db" --target "$pgcopydb_db" \
+    --table-jobs 2 --index-jobs 2 --split-tables-larger-than "${split_mb}MB" --filters "$work/pgcopydb.ini" \
+    --dir "$work/pgcopydb" --no-owner --no-acl >"$work/pgcopydb.log" 2>&1
+  pgcopydb=$(echo "$(date +%s.%N) - $start" | bc)
+  copied=$(psql "$pgcopydb_db" -tAc "SELECT count(*) FROM pgbench_accounts")
+  [ "$copied" = "$rows" ] || { echo "pgcopydb copied $copied rows of $rows" >&2; exit 1; }
+  psql "$admin" -qc "DROP DATABASE switchyard_bench_pgcopydb WITH (FORCE)"
+
+  read -r sy_copy sy_copy_rss <<<"$(run_job "$(job "t_sy_copy_$1" none none)")"
+  read -r sy_full sy_full_rss <<<"$(run_job "$(job "t_sy_full_$1" logical_replication checksum)")"
+  echo "$insert_select $copy_pipe $pgcopydb $sy_copy $sy_full $(cat "$work/pgcopydb_rss") $sy_copy_rss $sy_full_rss" >>"$work/rounds"
+  psql "$db" -qc "DROP TABLE t_insert, t_copy, t_sy_copy_$1, t_sy_full_$1"
+}
+
+pgcopydb_db="${admin%/*}/switchyard_bench_pgcopydb"
+printf '[include-only-table]\npublic.pgbench_accounts\n' >"$work/pgcopydb.ini"
 job() { # name, catch_up method, verify method
   new_table "$1"
   accounts_copy_job "$1" "$1" "$(printf '[copy]\nbatch_size = 10000\nconcurrency = 2\n[catch_up]\nmethod = "%s"\n[verify]\nmethod = "%s"' "$2" "$3")"
@@ -40,13 +68,26 @@ run_job() { # file → "seconds peak_rss_kib"
   end=$(date +%s.%N)
   echo "$(echo "$end - $start" | bc) $(cat "$work/rss")"
 }
-read -r sy_copy sy_copy_rss <<<"$(run_job "$(job t_sy_copy none none)")"
-read -r sy_full sy_full_rss <<<"$(run_job "$(job t_sy_full logical_replication checksum)")"
 
-ratio() { printf '%.2f' "$(echo "scale=4; $1 / $insert_select" | bc)"; }
-echo "copy of $rows pgbench_accounts rows, $(nproc) cores, PostgreSQL $(psql "$db" -tAc 'SHOW server_version')"
-printf '%-46s %8s %8s %10s\n' "tool" "seconds" "ratio" "peak RSS"
-printf '%-46s %8.2f %8s %10s\n' "INSERT … SELECT" "$insert_select" "1.00" "-"
-printf '%-46s %8.2f %8s %10s\n' "binary COPY pipe (psql | psql)" "$copy_pipe" "$(ratio "$copy_pipe")" "-"
-printf '%-46s %8.2f %8s %9sK\n' "switchyard copy (no catch-up, no verify)" "$sy_copy" "$(ratio "$sy_copy")" "$sy_copy_rss"
-printf '%-46s %8.2f %8s %9sK\n' "switchyard copy (+ slot, catch-up, checksum)" "$sy_full" "$(ratio "$sy_full")" "$sy_full_rss"
+: >"$work/rounds"
+for r in $(seq 1 "$repeat"); do round "$r"; done
+
+echo "copy of $rows pgbench_accounts rows, $(nproc) cores, PostgreSQL $(psql "$db" -tAc 'SHOW server_version'); median of $repeat rounds (each round runs every tool once, in this order)"
+python3 - "$work/rounds" <<'PY'
+import statistics, sys
+rounds = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+col = lambda i: statistics.median(r[i] for r in rounds)
+base = col(0)
+rows = [
+    ("INSERT … SELECT", 0, None),
+    ("binary COPY pipe (psql | psql)", 1, None),
+    ("pgcopydb clone (2 table jobs, 2 index jobs)", 2, 5),
+    ("switchyard copy (no catch-up, no verify)", 3, 6),
+    ("switchyard copy (+ slot, catch-up, checksum)", 4, 7),
+]
+print(f"{'tool':<46} {'seconds':>8} {'ratio':>7} {'peak RSS':>10}   ratio per round")
+for name, i, rss in rows:
+    per_round = " ".join(f"{r[i] / r[0]:.2f}" for r in rounds)
+    memory = f"{max(r[rss] for r in rounds) / 1024:.1f} MiB" if rss else "-"
+    print(f"{name:<46} {col(i):8.2f} {col(i) / base:7.2f} {memory:>10}   {per_round}")
+PY

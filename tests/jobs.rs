@@ -222,7 +222,8 @@ fn follow_keeps_the_target_caught_up_until_cutover() {
     let cutover = project.run(&["job", "cutover", "items"]).ok();
     assert!(
         cutover.stdout.starts_with("job items: cut over")
-            || cutover.stdout == "job items: cutover requested; the running process will act on it\n",
+            || cutover.stdout
+                == "job items: cutover requested; the running process will act on it\n",
         "{}",
         cutover.stdout
     );

@@ -23,7 +23,7 @@ pub struct Applied {
     pub changes: u64,
     /// The end LSN of the last transaction applied, if any.
     pub end_lsn: Option<u64>,
-    /// Everything the slot held was read (the peek was not cut short).
+    /// Every transaction committed before the read began was read (not cut short).
     pub drained: bool,
 }
 

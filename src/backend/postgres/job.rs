@@ -7,7 +7,7 @@
 //!   captured; replaying them in commit order over the copy converges on the source.
 //! - Checkpoints live in the job's database (schema `switchyard`), so each batch and
 //!   each catch-up transaction commits its position with its writes. The slot is
-//!   advanced only after the applied changes committed. Each expand and contract
+//!   confirmed only after the applied changes committed. Each expand and contract
 //!   statement of the job file commits with its own checkpoint, so none runs twice.
 //! - Cutover holds a write-blocking lock on the source for as short as possible: drain
 //!   the last changes, swap names, commit. The slot and publication are dropped right
@@ -764,7 +764,7 @@ impl PostgresJob {
             vec![batch],
         ));
         if self.catches_up() {
-            phases.push(("catch_up".into(), vec![format!("pg_logical_slot_peek_binary_changes('{}', …) applied as upserts and deletes by key", self.slot)]));
+            phases.push(("catch_up".into(), vec![format!("START_REPLICATION SLOT {} LOGICAL (pgoutput), changes applied as upserts and deletes by key", self.slot)]));
         }
         phases.push((
             "verify".into(),
@@ -1289,7 +1289,11 @@ impl ChangeApplier for PostgresJob {
             .map_err(self.failed("cannot read the replication slot"))?;
         let bytes = row.map(|r| r.get::<_, i64>(0).max(0) as u64).unwrap_or(0);
         let seconds = self.lag_since.map_or(0.0, |since| {
-            (chrono::Utc::now() - since).num_microseconds().unwrap_or(i64::MAX).max(0) as f64 / 1e6
+            (chrono::Utc::now() - since)
+                .num_microseconds()
+                .unwrap_or(i64::MAX)
+                .max(0) as f64
+                / 1e6
         });
         Ok(Lag { seconds, bytes })
     }
@@ -1444,7 +1448,7 @@ impl PostgresJob {
                 "verify",
             )
             .await?;
-            // Writes wait on the lock, so one unbounded peek drains everything.
+            // Writes wait on the lock, so reading up to a marker drains everything.
             let last_end = if self.catches_up() {
                 self.apply_within(None).await?.end_lsn
             } else {
@@ -1594,7 +1598,7 @@ impl Switcher for PostgresJob {
             .await?;
             crate::crash_point!("cutover.after_lock");
             let blocked_from = Instant::now();
-            // Writes wait on the lock, so one unbounded peek drains everything.
+            // Writes wait on the lock, so reading up to a marker drains everything.
             let (drained, last_end) = if self.catches_up() {
                 let applied = self.apply_within(None).await?;
                 (applied.changes, applied.end_lsn)

@@ -121,7 +121,9 @@ impl ChangeStream {
                     final_lsn,
                     commit_time_micros,
                     ..
-                } => self.buffer.push(Message::begin(final_lsn.as_u64(), commit_time_micros)),
+                } => self
+                    .buffer
+                    .push(Message::begin(final_lsn.as_u64(), commit_time_micros)),
                 ReplicationEvent::XLogData { data, .. } => {
                     let message = decode(&data).map_err(|e| {
                         Error::State(format!("cannot decode a replication message: {e}"))
@@ -137,9 +139,7 @@ impl ChangeStream {
                     self.complete = self.buffer.len();
                 }
                 ReplicationEvent::Message {
-                    prefix,
-                    content,
-                    ..
+                    prefix, content, ..
                 } if prefix == MARKER_PREFIX && content.as_ref() == marker.as_bytes() => {
                     return Ok(self.take(true));
                 }
@@ -175,13 +175,14 @@ fn stream_error(database: &str, what: &str, error: pgwire_replication::PgWireErr
     // session of a previous run are worth another try.
     let transient = match &error {
         pgwire_replication::PgWireError::Server(_) => [
-            "SQLSTATE 08", "SQLSTATE 57P0", "SQLSTATE 53300", "SQLSTATE 55006",
+            "SQLSTATE 08",
+            "SQLSTATE 57P0",
+            "SQLSTATE 53300",
+            "SQLSTATE 55006",
         ]
         .iter()
         .any(|code| message.contains(code)),
-        pgwire_replication::PgWireError::Auth(_) | pgwire_replication::PgWireError::Tls(_) => {
-            false
-        }
+        pgwire_replication::PgWireError::Auth(_) | pgwire_replication::PgWireError::Tls(_) => false,
         _ => true,
     };
     Error::Replication {

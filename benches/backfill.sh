@@ -40,10 +40,7 @@ method = "count"
 [contract]
 after = "manual"
 TOML
-start=$(date +%s.%N)
-/usr/bin/time -f "%M" -o "$work/rss" "$switchyard" --config "$work/config/switchyard.toml" job run "$work/jobs/fill.toml" >/dev/null
-end=$(date +%s.%N)
-backfill=$(echo "$end - $start" | bc)
+read -r backfill backfill_rss <<<"$(timed_job "$work/jobs/fill.toml")"
 wrong=$(psql "$db" -tAc "SELECT count(*) FROM accounts_b WHERE cents IS DISTINCT FROM abalance * 100")
 
 # Throttle accuracy needs rows for more than 30 s at 20,000 rows/s.
@@ -68,7 +65,7 @@ fi
 echo "backfill of $rows pgbench_accounts rows (cents = abalance * 100), $(nproc) cores"
 printf '%-44s %8s %8s %10s\n' "tool" "seconds" "ratio" "peak RSS"
 printf '%-44s %8.2f %8s %10s\n' "one UPDATE" "$update" "1.00" "-"
-printf '%-44s %8.2f %8.2f %9sK\n' "switchyard backfill (batches of 10,000)" "$backfill" "$(echo "$backfill / $update" | bc -l)" "$(cat "$work/rss")"
+printf '%-44s %8.2f %8.2f %9sK\n' "switchyard backfill (batches of 10,000)" "$backfill" "$(echo "$backfill / $update" | bc -l)" "$backfill_rss"
 echo "rows left wrong after the backfill: $wrong"
 if [ -n "$achieved" ]; then
   printf 'throttle: asked 20000 rows/s, achieved %.0f rows/s over 30 s (%+.1f%%)\n' "$achieved" "$(echo "($achieved - 20000) / 200" | bc -l)"

@@ -6,6 +6,12 @@
 #   bench_setup SCALE   sets: switchyard, admin, db, work (a temporary folder); `sy` runs
 #                       switchyard with the bench configuration; `accounts_copy_job` writes
 #                       a copy job of pgbench_accounts.
+#   seconds CMD…        how long a command takes
+#   timed_job FILE      `job run FILE`: "seconds peak_rss_kib"
+#
+# Only bench_setup and accounts_copy_job are PostgreSQL's: a MongoDB or Elasticsearch
+# benchmark adds its own setup beside them and times its peers (`_reindex`, a driver-level
+# copy) and switchyard's job with `seconds` and `timed_job`, in the same rounds.
 
 bench_setup() {
   local scale="$1"
@@ -51,6 +57,15 @@ sql = ["CREATE TABLE IF NOT EXISTS public.$target (LIKE public.pgbench_accounts 
 $extra
 TOML
   echo "$work/jobs/$name.toml"
+}
+
+# Runs `switchyard job run FILE` with the bench configuration; prints "seconds peak_rss_kib".
+timed_job() {
+  local start end
+  start=$(date +%s.%N)
+  /usr/bin/time -f "%M" -o "$work/rss" "$switchyard" --config "$work/config/switchyard.toml" job run "$1" >/dev/null
+  end=$(date +%s.%N)
+  echo "$(echo "$end - $start" | bc) $(cat "$work/rss")"
 }
 
 # Seconds a command takes.

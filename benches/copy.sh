@@ -49,8 +49,8 @@ round() {
   [ "$copied" = "$rows" ] || { echo "pgcopydb copied $copied rows of $rows" >&2; exit 1; }
   psql "$admin" -qc "DROP DATABASE switchyard_bench_pgcopydb WITH (FORCE)"
 
-  read -r sy_copy sy_copy_rss <<<"$(run_job "$(job "t_sy_copy_$1" none none)")"
-  read -r sy_full sy_full_rss <<<"$(run_job "$(job "t_sy_full_$1" logical_replication checksum)")"
+  read -r sy_copy sy_copy_rss <<<"$(timed_job "$(job "t_sy_copy_$1" none none)")"
+  read -r sy_full sy_full_rss <<<"$(timed_job "$(job "t_sy_full_$1" logical_replication checksum)")"
   echo "$insert_select $copy_pipe $pgcopydb $sy_copy $sy_full $(cat "$work/pgcopydb_rss") $sy_copy_rss $sy_full_rss" >>"$work/rounds"
   psql "$db" -qc "DROP TABLE t_insert, t_copy, t_sy_copy_$1, t_sy_full_$1"
 }
@@ -60,13 +60,6 @@ printf '[include-only-table]\npublic.pgbench_accounts\n' >"$work/pgcopydb.ini"
 job() { # name, catch_up method, verify method
   new_table "$1"
   accounts_copy_job "$1" "$1" "$(printf '[copy]\nbatch_size = 10000\nconcurrency = 2\n[catch_up]\nmethod = "%s"\n[verify]\nmethod = "%s"' "$2" "$3")"
-}
-run_job() { # file → "seconds peak_rss_kib"
-  local start end
-  start=$(date +%s.%N)
-  /usr/bin/time -f "%M" -o "$work/rss" "$switchyard" --config "$work/config/switchyard.toml" job run "$1" >/dev/null
-  end=$(date +%s.%N)
-  echo "$(echo "$end - $start" | bc) $(cat "$work/rss")"
 }
 
 : >"$work/rounds"

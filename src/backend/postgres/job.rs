@@ -25,7 +25,7 @@ use super::apply::{Applied, ChangeApply};
 use super::batch::{BatchSql, PostgresCopyWorker, Write};
 use super::pgoutput::Message;
 use super::stream::{ChangeStream, Read, MARKER_PREFIX};
-use super::table::{ident, TableInfo, TableName};
+use super::table::{ident, literal, TableInfo, TableName};
 use super::{connect_as, millis_literal};
 use crate::engine::traits::{
     AppliedChanges, ChangeApplier, Copier, CopyWorker, CutoverReport, Expander, KeyRange, Lag,
@@ -65,6 +65,10 @@ CREATE TABLE IF NOT EXISTS switchyard.ddl_steps (
     target_existed boolean,
     PRIMARY KEY (job, stage)
 );";
+
+/// The session setting that names the backfill whose batches a session runs: that job's
+/// dual-write trigger skips them (they set the same values, once).
+const FILLING_SETTING: &str = "switchyard.filling";
 
 /// The dollar-quote tag of generated function bodies; refused inside expressions.
 const BODY_TAG: &str = "$sy_body$";
@@ -389,8 +393,11 @@ impl PostgresJob {
             ),
             format!("DROP TRIGGER IF EXISTS {trigger} ON {}", self.source.name.sql()),
             format!(
-                "CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION {function}()",
-                self.source.name.sql()
+                "CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW
+                 WHEN (current_setting('{FILLING_SETTING}', true) IS DISTINCT FROM {})
+                 EXECUTE FUNCTION {function}()",
+                self.source.name.sql(),
+                literal(&self.spec.name)
             ),
         ]
     }
@@ -1240,6 +1247,16 @@ impl Copier for PostgresJob {
 
     async fn worker(&self) -> Result<Box<dyn CopyWorker>> {
         let client = connect_as(&self.database, &self.url, &session_name(&self.spec.name)).await?;
+        if self.spec.kind == JobKind::Backfill {
+            // The batch sets the same expressions: the dual-write trigger stands aside.
+            client
+                .execute(
+                    &format!("SELECT set_config('{FILLING_SETTING}', $1, false)"),
+                    &[&self.spec.name],
+                )
+                .await
+                .map_err(self.failed("cannot mark the fill session"))?;
+        }
         Ok(Box::new(PostgresCopyWorker {
             database: self.database.clone(),
             client,

@@ -10,6 +10,11 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// `literal("it's")` → `'it''s'`: a quoted string constant.
+pub fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 /// `schema.table` or `table`, as written in a job file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableName {

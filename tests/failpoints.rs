@@ -23,6 +23,7 @@ const COPY_JOB_POINTS: &[(&str, &str)] = &[
     ("expand.after_capture", "return"),
     ("expand.end", "return"),
     ("copy.start", "return"),
+    ("copy.after_range_saved", "return"),
     ("copy.before_batch", "4*off->return"),
     ("copy.after_batch", "4*off->return"),
     ("copy.end", "return"),

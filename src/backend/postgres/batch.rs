@@ -38,6 +38,9 @@ impl BatchSql {
     /// The batch statement. Parameters: `$1` job, `$2` range number, then the last key
     /// (when `after`), then the range's upper key (when `upper`), all as text.
     pub fn statement(&self, after: bool, upper: bool, limit: usize) -> String {
+        if let (Write::Fill { columns }, [key]) = (&self.write, self.source.key.as_slice()) {
+            return self.fill_by_range(&key.name, columns, after, upper, limit);
+        }
         let (condition, _) = self.source.range_condition(Some("s"), after, upper, 3);
         let keys = self.source.key_list(Some("s"));
         let key_aliases: Vec<String> = (0..self.source.key.len())
@@ -105,6 +108,54 @@ impl BatchSql {
             source = self.source.name.sql(),
             last_key = last_key.join(", "),
             order_desc = order_desc.join(", "),
+        )
+    }
+}
+
+impl BatchSql {
+    /// A fill batch over a one-column key: finds the `limit`-th key of the range, then
+    /// updates every row up to it with one index range scan (rather than joining the
+    /// batch's keys back to the table, a lookup per row). Same parameters and result as
+    /// [`BatchSql::statement`].
+    fn fill_by_range(
+        &self,
+        key: &str,
+        columns: &[(String, String)],
+        after: bool,
+        upper: bool,
+        limit: usize,
+    ) -> String {
+        let (condition, _) = self.source.range_condition(Some("s"), after, upper, 3);
+        let (inner, _) = self.source.range_condition(Some("r"), after, upper, 3);
+        let sets: Vec<String> = columns
+            .iter()
+            .map(|(c, e)| format!("{} = ({e})", ident(c)))
+            .collect();
+        format!(
+            "WITH nth AS (
+                SELECT s.{key} AS k FROM {source} AS s WHERE {condition} ORDER BY s.{key} OFFSET {skip} LIMIT 1
+             ), written AS (
+                UPDATE {source} AS s SET {sets}
+                 WHERE {condition}
+                   AND s.{key} <= COALESCE((SELECT k FROM nth), (SELECT max(r.{key}) FROM {source} AS r WHERE {inner}))
+                RETURNING s.{key} AS k
+             ), last AS (
+                SELECT COALESCE(
+                    (SELECT ARRAY[k::text] FROM nth),
+                    (SELECT ARRAY[k::text] FROM written ORDER BY k DESC LIMIT 1)) AS k
+             ), progress AS (
+                UPDATE switchyard.copy_progress
+                   SET last_key = COALESCE((SELECT k FROM last), last_key),
+                       rows = rows + (SELECT count(*) FROM written),
+                       done = NOT EXISTS (SELECT 1 FROM nth)
+                 WHERE job = $1 AND range_no = $2
+                 RETURNING last_key, done
+             )
+             SELECT (SELECT count(*) FROM written), (SELECT last_key FROM progress), (SELECT done FROM progress)",
+            key = ident(key),
+            source = self.source.name.sql(),
+            skip = limit.saturating_sub(1),
+            sets = sets.join(", "),
         )
     }
 }

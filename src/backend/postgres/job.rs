@@ -1207,14 +1207,28 @@ impl Copier for PostgresJob {
             .map_err(self.failed("cannot read the copy checkpoints"))?;
         if rows.is_empty() {
             let ranges = self.plan_ranges(concurrency).await?;
-            for range in &ranges {
-                self.client
-                    .execute(
-                        "INSERT INTO switchyard.copy_progress (job, range_no, lower_key, upper_key) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                        &[&self.spec.name, &range.number, &range.lower, &range.upper],
-                    )
-                    .await
-                    .map_err(self.failed("cannot save the key ranges"))?;
+            // All or none: a run that died between two ranges would leave the keys of
+            // the missing ones uncopied.
+            let save = async {
+                self.client.batch_execute("BEGIN").await?;
+                for range in &ranges {
+                    self.client
+                        .execute(
+                            "INSERT INTO switchyard.copy_progress (job, range_no, lower_key, upper_key) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                            &[&self.spec.name, &range.number, &range.lower, &range.upper],
+                        )
+                        .await?;
+                    crate::crash_point!("copy.after_range_saved");
+                }
+                self.client.batch_execute("COMMIT").await
+            };
+            if let Err(e) = save.await {
+                let _ = self.client.batch_execute("ROLLBACK").await;
+                return Err(Error::database(
+                    &self.database,
+                    "cannot save the key ranges",
+                    e,
+                ));
             }
             rows = self
                 .client

@@ -11,7 +11,10 @@
 
 mod common;
 
-use common::writer::{checksum, contents, create_items, items_copy_job, seed, Writer};
+use common::writer::{
+    checksum, contents, create_items, items_backfill_job, items_copy_job, seed, Writer,
+    WRONGLY_FILLED,
+};
 use common::{faults_server, Project, TestDb};
 use switchyard::failpoint::CRASH_EXIT_CODE;
 
@@ -72,26 +75,6 @@ fn copy_job() -> String {
          [contract]\nafter = \"0s\"\nsql = [\"DROP TABLE public.items_old\"]",
     )
 }
-
-const BACKFILL_JOB: &str = r#"name = "items"
-kind = "backfill"
-
-[source]
-database = "postgresql"
-table = "items"
-
-[expand]
-sql = ["ALTER TABLE items ADD COLUMN IF NOT EXISTS v_upper text"]
-
-[transform]
-columns = { v_upper = "upper(v) || '#' || id" }
-
-[copy]
-batch_size = 500
-
-[contract]
-after = "manual"
-"#;
 
 /// Runs `switchyard ARGS` with `point` armed and requires the crash there, with the
 /// record showing the phase the point belongs to.
@@ -220,7 +203,7 @@ fn crash_in_a_backfill() {
         let project = Project::new();
         let mut db = project.db.client();
         let model = create_items(&mut db, "items", ROWS);
-        let file = project.job_file("items", BACKFILL_JOB);
+        let file = project.job_file("items", &items_backfill_job("items", 500));
         let writer = Writer::start(&project.db.url, "items", model, seed + number as u64);
         let run = ["job", "run", file.as_str()];
         let in_contract = point.starts_with("contract.");
@@ -236,9 +219,7 @@ fn crash_in_a_backfill() {
         let (model, _) = writer.stop();
         assert_eq!(contents(&mut db, "items"), model, "{point}");
         assert_eq!(
-            project.db.column(
-                "SELECT count(*)::text FROM items WHERE v_upper IS DISTINCT FROM upper(v) || '#' || id"
-            ),
+            project.db.column(WRONGLY_FILLED),
             ["0"],
             "{point}: every row filled right"
         );

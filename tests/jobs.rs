@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::writer::{checksum, contents, create_items, items_copy_job, seed, Lcg, Writer};
+use common::writer::{
+    checksum, contents, create_items, items_backfill_job, items_copy_job, seed, Lcg, Writer,
+    WRONGLY_FILLED,
+};
 use common::Project;
 
 fn copy_job(name: &str, extra: &str) -> String {
@@ -392,28 +395,7 @@ fn backfill_under_concurrent_writes_leaves_no_wrong_value() {
     let project = Project::new();
     let mut db = project.db.client();
     let model = create_items(&mut db, "items", 20_000);
-    let file = project.job_file(
-        "fill",
-        r#"name = "fill"
-kind = "backfill"
-
-[source]
-database = "postgresql"
-table = "items"
-
-[expand]
-sql = ["ALTER TABLE items ADD COLUMN IF NOT EXISTS v_upper text"]
-
-[transform]
-columns = { v_upper = "upper(v) || '#' || id" }
-
-[copy]
-batch_size = 1000
-
-[contract]
-after = "manual"
-"#,
-    );
+    let file = project.job_file("fill", &items_backfill_job("fill", 1000));
     let writer = Writer::start(&project.db.url, "items", model, seed());
     let run = project.run(&["job", "run", &file]).ok();
     assert_eq!(
@@ -422,12 +404,7 @@ after = "manual"
     );
     let (model, _) = writer.stop();
     assert_eq!(contents(&mut db, "items"), model);
-    assert_eq!(
-        project.db.column(
-            "SELECT count(*)::text FROM items WHERE v_upper IS DISTINCT FROM upper(v) || '#' || id"
-        ),
-        ["0"]
-    );
+    assert_eq!(project.db.column(WRONGLY_FILLED), ["0"]);
     assert_eq!(
         project
             .db

@@ -74,6 +74,36 @@ pub fn items_copy_job(name: &str, rest: &str) -> String {
     )
 }
 
+/// A backfill job of `items` (see [`create_items`]) filling `v_upper` (which expand adds)
+/// with `upper(v) || '#' || id`, in batches of `batch_size`; contract only on request.
+pub fn items_backfill_job(name: &str, batch_size: usize) -> String {
+    format!(
+        r#"name = "{name}"
+kind = "backfill"
+
+[source]
+database = "postgresql"
+table = "items"
+
+[expand]
+sql = ["ALTER TABLE items ADD COLUMN IF NOT EXISTS v_upper text"]
+
+[transform]
+columns = {{ v_upper = "upper(v) || '#' || id" }}
+
+[copy]
+batch_size = {batch_size}
+
+[contract]
+after = "manual"
+"#
+    )
+}
+
+/// Rows of `items` whose `v_upper` is not what [`items_backfill_job`] fills, as text.
+pub const WRONGLY_FILLED: &str =
+    "SELECT count(*)::text FROM items WHERE v_upper IS DISTINCT FROM upper(v) || '#' || id";
+
 pub struct Writer {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<(BTreeMap<i64, String>, u64)>>,

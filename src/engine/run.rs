@@ -108,6 +108,8 @@ struct Engine<'a, B> {
     record: JobRecord,
     options: RunOptions,
     throttle: Arc<Throttle>,
+    /// Whether the control read last (by [`Engine::interrupted`]) asked for cutover.
+    cutover_requested: bool,
 }
 
 /// Runs the job from wherever its record says it is.
@@ -149,6 +151,7 @@ pub async fn run<B: Backend>(
         record,
         options,
         throttle,
+        cutover_requested: false,
     };
     engine.drive().await
 }
@@ -309,6 +312,7 @@ impl<B: Backend> Engine<'_, B> {
             return Ok(Some(Interrupt::Shutdown));
         }
         let control = JobControl::load(self.store, &self.spec.name).await?;
+        self.cutover_requested = control.cutover_requested;
         self.throttle.set_rate(
             control
                 .rows_per_second
@@ -481,11 +485,7 @@ impl<B: Backend> Engine<'_, B> {
                         return Ok(Some(end));
                     }
                 }
-                if until == Until::CutoverRequested
-                    && JobControl::load(self.store, &self.spec.name)
-                        .await?
-                        .cutover_requested
-                {
+                if until == Until::CutoverRequested && self.cutover_requested {
                     self.save().await?;
                     return Ok(None);
                 }

@@ -5,9 +5,9 @@
 #     writes-blocked time and peak RSS.
 #  2. under load: `job run --follow` copies pgbench_accounts (N rows) while pgbench
 #     updates it at full rate, then keeps applying; 3 s before pgbench ends, `job cutover`.
-#     Reports the lag (sampled from `job status` every 200 ms): how long the backlog
-#     left by the copy takes to apply, then the steady lag; and the writes-blocked time
-#     of that cutover under full load.
+#     Reports the lag, sampled from `job status` in a loop (200 ms pauses; each sample
+#     timed): how long until the backlog left by the copy is applied, then the steady
+#     lag while following; and the writes-blocked time of that cutover under full load.
 #
 #   benches/catchup.sh [--scale S] [--seconds T]   # defaults: 10 (1M rows), 40 s of pgbench
 set -euo pipefail
@@ -67,7 +67,7 @@ runner=$!
 : >"$work/lag"
 cut=""
 while kill -0 "$load" 2>/dev/null; do
-  sy job status catchup --json 2>/dev/null | python3 -c 'import json,sys; r=json.load(sys.stdin)[0]; print(r["phase"], r["lag_seconds"], r["changes_applied"])' >>"$work/lag" 2>/dev/null || true
+  sy job status catchup --json 2>/dev/null | python3 -c 'import json,sys,time; r=json.load(sys.stdin)[0]; print(r["phase"], r["lag_seconds"], r["changes_applied"], time.time())' >>"$work/lag" 2>/dev/null || true
   if [ -z "$cut" ] && [ "$(echo "$(date +%s.%N) - $start > $seconds - 3" | bc)" = 1 ]; then
     sy job cutover catchup >/dev/null &
     cut=$!
@@ -82,23 +82,25 @@ tps=$(grep -oP 'tps = \K[0-9.]+' "$work/pgbench.log" | head -1)
 python3 - "$work/lag" "$start" "$end" "$tps" "$blocked_under_load" <<'PY'
 import sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-catch = [(float(lag), int(applied)) for phase, lag, applied in rows if phase in ("catch_up", "ready_to_cutover")]
+catch = [(float(lag), int(applied), float(at)) for phase, lag, applied, at in rows if phase in ("catch_up", "ready_to_cutover")]
 # The backlog the copy left is applied first; the steady lag is measured from the first
 # sample under 1 s after the peak on.
 peak = max(range(len(catch)), key=lambda i: catch[i][0], default=0)
 first = next((i for i in range(peak, len(catch)) if catch[i][0] < 1.0), len(catch))
 steady = catch[first:]
-lags = sorted(l for l, _ in steady) or [0.0]
+lags = sorted(l for l, *_ in steady) or [0.0]
 pick = lambda q: lags[min(len(lags) - 1, int(q * len(lags)))]
 applied = catch[-1][1] if catch else 0
-span = len(catch) * 0.2
+span = catch[-1][2] - catch[0][2] if len(catch) > 1 else 0
 print(f"pgbench simple-update: {float(sys.argv[4]):.0f} tx/s (one change to pgbench_accounts each)")
 phases = {}
-for phase, _, _ in rows:
+for phase, *_ in rows:
     phases[phase] = phases.get(phase, 0) + 1
 print("samples by phase: " + ", ".join(f"{p} {n}" for p, n in phases.items()))
 print(f"catch-up while pgbench ran (catch_up and ready_to_cutover, following): {len(catch)} samples, changes applied {applied}, ~{applied / span if span else 0:.0f} changes/s")
-print(f"backlog left by the copy: peak lag {catch[peak][0] if catch else 0:.2f} s, under 1 s from sample {first} on ({first} x ~0.2 s after catch-up began)")
-print(f"steady lag ({len(steady)} samples): p50 {pick(0.5):.2f} s, p99 {pick(0.99):.2f} s, max {lags[-1]:.2f} s")
+cleared = catch[first][2] - catch[0][2] if first < len(catch) else float("nan")
+print(f"backlog left by the copy: peak lag {catch[peak][0] if catch else 0:.2f} s, under 1 s {cleared:.1f} s after catch-up began (verify included)")
+gap = span / (len(catch) - 1) if len(catch) > 1 else 0
+print(f"steady lag ({len(steady)} samples, one every {gap:.2f} s): p50 {pick(0.5):.2f} s, p99 {pick(0.99):.2f} s, max {lags[-1]:.2f} s")
 print(f"cutover 3 s before pgbench stopped: writes blocked {sys.argv[5]} ms")
 PY

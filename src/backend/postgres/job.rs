@@ -420,30 +420,16 @@ impl PostgresJob {
     /// slot's stream is closed first, ours or one a dead run left.
     async fn drop_capture(&mut self) -> Result<()> {
         self.close_stream().await;
-        let deadline = Instant::now() + LEFTOVER_WAIT;
-        loop {
-            let holder: Option<i32> = self
-                .client
-                .query_opt(
-                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&self.slot],
-                )
-                .await
-                .map_err(self.failed("cannot read the replication slot"))?
-                .and_then(|row| row.get(0));
-            let Some(pid) = holder else { break };
-            if Instant::now() > deadline {
-                return Err(Error::Refused(format!(
-                    "the replication slot {} is still used by session {pid}; end it, then try again",
-                    self.slot
-                )));
-            }
-            self.client
-                .execute("SELECT pg_terminate_backend($1)", &[&pid])
-                .await
-                .map_err(self.failed("cannot end the session holding the replication slot"))?;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.end_sessions(
+            "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots
+             WHERE slot_name = $1 AND active_pid IS NOT NULL",
+            &self.slot,
+            &format!(
+                "the session streaming from the replication slot {}",
+                self.slot
+            ),
+        )
+        .await?;
         self.client
             .execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", &[&self.slot])
             .await
@@ -991,8 +977,34 @@ fn session_name(job: &str) -> String {
     format!("switchyard job {job}")
 }
 
-/// How long a claim waits for a dead run's sessions to end.
+/// How long ending a dead run's sessions may take.
 const LEFTOVER_WAIT: Duration = Duration::from_secs(30);
+
+impl PostgresJob {
+    /// Ends sessions until none is left: `terminate` signals them (one text parameter,
+    /// `param`) and returns how many it signalled. `what` names them in the error when
+    /// some will not end within [`LEFTOVER_WAIT`].
+    async fn end_sessions(&self, terminate: &str, param: &str, what: &str) -> Result<()> {
+        let deadline = Instant::now() + LEFTOVER_WAIT;
+        loop {
+            let remaining: i64 = self
+                .client
+                .query_one(terminate, &[&param])
+                .await
+                .map_err(self.failed(format!("cannot end {what}")))?
+                .get(0);
+            if remaining == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Refused(format!(
+                    "{what}: {remaining} would not end (needs the right to signal them: same role or pg_signal_backend)"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
 
 #[async_trait]
 impl Lease for PostgresJob {
@@ -1016,27 +1028,14 @@ impl Lease for PostgresJob {
         if !claimed {
             return Ok(false);
         }
-        let leftovers = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                         WHERE application_name = $1 AND datname = current_database() AND pid <> pg_backend_pid()";
-        let deadline = Instant::now() + LEFTOVER_WAIT;
-        loop {
-            let remaining: i64 = self
-                .client
-                .query_one(leftovers, &[&session_name(&self.spec.name)])
-                .await
-                .map_err(self.failed("cannot end the sessions of a previous run"))?
-                .get(0);
-            if remaining == 0 {
-                return Ok(true);
-            }
-            if Instant::now() > deadline {
-                return Err(Error::Refused(format!(
-                    "job `{}`: {remaining} sessions of a previous run would not end (needs the right to signal them: same role or pg_signal_backend)",
-                    self.spec.name
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.end_sessions(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE application_name = $1 AND datname = current_database() AND pid <> pg_backend_pid()",
+            &session_name(&self.spec.name),
+            &format!("job `{}`: sessions of a previous run", self.spec.name),
+        )
+        .await?;
+        Ok(true)
     }
 }
 

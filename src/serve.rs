@@ -19,7 +19,6 @@ use chrono::{DateTime, Timelike, Utc};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::backend::postgres::PostgresJob;
 use crate::config::Config;
 use crate::engine::{self, JobControl, JobObserver, JobRecord, Phase, RunOptions};
 use crate::error::Result;
@@ -238,9 +237,7 @@ async fn run_job(
     shutdown: watch::Receiver<bool>,
 ) {
     let outcome = async {
-        let database = config.database(&spec.source.database)?;
-        let backend =
-            PostgresJob::open(&spec, &database.url, config.migrations.lock_timeout).await?;
+        let backend = crate::backend::open_job(&config, &spec).await?;
         let options = RunOptions {
             shutdown,
             observer: metrics,

@@ -9,7 +9,6 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::audit;
 use super::table::Table;
-use crate::backend::postgres::PostgresJob;
 use crate::config::Config;
 use crate::engine::{self, JobObserver, JobRecord, Phase, Request, RunEnd, RunOptions};
 use crate::error::{Error, Result};
@@ -18,15 +17,9 @@ use crate::metrics::Metrics;
 use crate::server::serve_metrics;
 use crate::state::{self, Outcome, StateStore};
 
-async fn open_backend(config: &Config, spec: &JobSpec) -> Result<PostgresJob> {
-    let database = config.database(&spec.source.database)?;
-    PostgresJob::open(spec, &database.url, config.migrations.lock_timeout).await
-}
-
 pub async fn plan(config: &Config, file: &Path) -> Result<()> {
     let spec = job::load(file, config)?;
-    let backend = open_backend(config, &spec).await?;
-    let plan = backend.plan().await?;
+    let plan = crate::backend::postgres::plan_job(config, &spec).await?;
     println!(
         "job {} ({}), source {}: about {} rows",
         spec.name,
@@ -110,7 +103,7 @@ async fn drive(
     metrics: Option<Arc<Metrics>>,
     follow: bool,
 ) -> Result<RunEnd> {
-    let backend = open_backend(config, spec).await?;
+    let backend = crate::backend::open_job(config, spec).await?;
     let bar = progress_bar();
     let mut observers: Vec<Arc<dyn JobObserver>> = vec![Arc::new(BarObserver(bar.clone()))];
     if let Some(metrics) = metrics {

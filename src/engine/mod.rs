@@ -1,13 +1,16 @@
 //! The online-jobs engine: expand → copy → catch up → verify → cut over → contract, as
-//! a durable state machine that any backend drives through the traits of [`traits`].
+//! a durable state machine that drives one [`Source`] into one [`Sink`], whichever
+//! stores they are (joined in a [`Pipeline`]). Rows and changes travel between them in
+//! the neutral form of [`row`].
 //!
 //! Invariants:
 //! - The phase is saved in the state store *before* the phase acts, so a restarted run
 //!   re-enters the phase it was in; every phase is written to be re-entered safely.
-//! - Progress within a phase lives with the data: each copy batch commits its checkpoint
-//!   (last key of its range) in the same transaction as its writes, and each catch-up
-//!   batch commits the change-log position it reached with its applies. A kill at any
-//!   instant therefore loses nothing and duplicates nothing.
+//! - Progress within a phase lives with the data, in the sink: each copy batch makes its
+//!   checkpoint (last key of its range) durable with its writes, and each catch-up
+//!   batch the change-log position it reached with its applies; the source is told a
+//!   position only after that. A kill at any instant therefore loses nothing and
+//!   duplicates nothing.
 //! - Operators act through the job's control record (pause, throttle, cutover, abort,
 //!   contract); the running process reads it between batches, so commands take effect
 //!   live from any shell, with or without `serve`.
@@ -18,11 +21,20 @@
 //!  any phase → paused (and back) | failed | aborted
 //! ```
 
+#[cfg(test)]
+mod memory;
+mod pipeline;
+pub mod progress;
 mod record;
+pub mod row;
 mod run;
+pub mod sink;
+pub mod source;
 mod throttle;
-pub mod traits;
 
+pub use pipeline::Pipeline;
 pub use record::{request, JobControl, JobRecord, Phase, Request};
 pub use run::{run, JobObserver, RunEnd, RunOptions};
+pub use sink::Sink;
+pub use source::Source;
 pub use throttle::Throttle;

@@ -9,12 +9,11 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
+use super::pipeline::Pipeline;
+use super::progress::{CutoverReport, RangeProgress};
 use super::record::{JobControl, JobRecord, Phase};
+use super::sink::CopyWorker;
 use super::throttle::Throttle;
-use super::traits::{
-    ChangeApplier, Copier, CopyWorker, CutoverReport, Expander, Lease, RangeProgress, Switcher,
-    Verifier,
-};
 use crate::error::{Error, Result};
 use crate::job::{ContractAfter, CutoverMode, JobKind, JobSpec, VerifyMethod};
 use crate::state::StateStore;
@@ -92,18 +91,14 @@ impl JobObserver for Vec<Arc<dyn JobObserver>> {
     }
 }
 
-/// Everything a backend provides for a job.
-pub trait Backend: Lease + Expander + Copier + ChangeApplier + Verifier + Switcher {}
-impl<T: Lease + Expander + Copier + ChangeApplier + Verifier + Switcher> Backend for T {}
-
 enum Flow {
     Next(Phase),
     End(RunEnd),
 }
 
-struct Engine<'a, B> {
+struct Engine<'a> {
     spec: &'a JobSpec,
-    backend: B,
+    backend: Pipeline,
     store: &'a dyn StateStore,
     record: JobRecord,
     options: RunOptions,
@@ -113,9 +108,9 @@ struct Engine<'a, B> {
 }
 
 /// Runs the job from wherever its record says it is.
-pub async fn run<B: Backend>(
+pub async fn run(
     spec: &JobSpec,
-    mut backend: B,
+    mut backend: Pipeline,
     store: &dyn StateStore,
     file: &str,
     options: RunOptions,
@@ -156,7 +151,7 @@ pub async fn run<B: Backend>(
     engine.drive().await
 }
 
-impl<B: Backend> Engine<'_, B> {
+impl Engine<'_> {
     async fn drive(&mut self) -> Result<RunEnd> {
         let mut phase = match self.record.phase {
             Phase::Paused | Phase::Failed => self.record.resume_phase.unwrap_or(Phase::Pending),
@@ -243,7 +238,8 @@ impl<B: Backend> Engine<'_, B> {
                 Flow::Next(Phase::Expand)
             }
             Phase::Expand => {
-                let created = self.backend.expand().await?;
+                let capture = copy && self.catches_up();
+                let created = self.backend.expand(capture).await?;
                 self.record.created_target |= created;
                 Flow::Next(Phase::Copy)
             }
@@ -491,7 +487,7 @@ impl<B: Backend> Engine<'_, B> {
                 }
             }
             let pass_started = Instant::now();
-            let pass = self.backend.apply_changes(CATCH_UP_BATCH).await?;
+            let pass = self.backend.apply_changes(Some(CATCH_UP_BATCH)).await?;
             crate::crash_point!("catch_up.after_pass");
             let applied = pass.changes;
             self.record.changes_applied += applied;
@@ -532,7 +528,7 @@ impl<B: Backend> Engine<'_, B> {
             .into_iter()
             .map(|r| r.range)
             .collect();
-        let suspects = self.backend.verify(&ranges, checksum, false).await?;
+        let suspects = self.backend.verify(&ranges, checksum, false, false).await?;
         if suspects.is_empty() {
             return Ok(());
         }
@@ -541,7 +537,8 @@ impl<B: Backend> Engine<'_, B> {
         // writes wait for a moment, after the last changes were applied.
         tracing::info!(job = %self.spec.name, chunks = suspects.len(), "chunks differ; checking them again consistently");
         let chunks: Vec<_> = suspects.into_iter().map(|m| m.range).collect();
-        let mismatches = self.backend.verify(&chunks, checksum, true).await?;
+        let drain = self.spec.kind == JobKind::Copy && self.catches_up();
+        let mismatches = self.backend.verify(&chunks, checksum, true, drain).await?;
         if mismatches.is_empty() {
             return Ok(());
         }
@@ -599,7 +596,7 @@ impl<B: Backend> Engine<'_, B> {
     /// is left to drain while writes are blocked is small.
     async fn catch_up_tail(&mut self) -> Result<()> {
         for _ in 0..CUTOVER_TAIL_PASSES {
-            let pass = self.backend.apply_changes(CATCH_UP_BATCH).await?;
+            let pass = self.backend.apply_changes(Some(CATCH_UP_BATCH)).await?;
             self.record.changes_applied += pass.changes;
             if pass.drained && pass.changes < CUTOVER_TAIL_CHANGES {
                 break;

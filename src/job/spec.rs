@@ -206,6 +206,10 @@ pub struct CutoverSettings {
     pub max_lag: Duration,
     #[serde(default)]
     pub method: CutoverMethod,
+    /// Run after a cutover onto another database (to re-point a pooler, say), with
+    /// `SWITCHYARD_JOB` and `SWITCHYARD_TARGET_URL` in its environment.
+    #[serde(default)]
+    pub command: Option<String>,
 }
 
 fn default_cutover_max_lag() -> Duration {
@@ -218,6 +222,7 @@ impl Default for CutoverSettings {
             mode: CutoverMode::Manual,
             max_lag: DEFAULT_CUTOVER_MAX_LAG,
             method: CutoverMethod::Rename,
+            command: None,
         }
     }
 }

@@ -1,18 +1,26 @@
-//! The SQL of one copy or fill batch, and the worker that runs it.
+//! Copy batches into PostgreSQL, with their checkpoints.
 //!
-//! A batch is one statement: it reads the next rows of a range after the range's last
-//! key, writes them (INSERT into the target, or UPDATE in place for a backfill), and
-//! moves the range's checkpoint in `switchyard.copy_progress`, all in the statement's
-//! own transaction. So a batch is either wholly there with its checkpoint, or not at
-//! all, whatever instant the process dies.
+//! Within one database a batch is one statement ([`InServerWorker`]): it reads the next
+//! rows of a range after the range's last key, writes them (INSERT into the target, or
+//! UPDATE in place for a backfill), and moves the range's checkpoint in
+//! `switchyard.copy_progress`, all in the statement's own transaction.
+//!
+//! From another server a batch arrives as `COPY` data ([`CopyWriter`]), streamed into
+//! `COPY … FROM STDIN` in a transaction that also moves the checkpoint.
+//!
+//! Either way a batch is wholly there with its checkpoint, or not at all, whatever
+//! instant the process dies.
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use futures::SinkExt;
 use tokio_postgres::{Client, Statement};
 
 use super::table::{ident, TableInfo};
-use crate::engine::traits::{CopyWorker, RangeProgress};
+use crate::engine::progress::RangeProgress;
+use crate::engine::sink::{BatchWriter, CopyWorker};
+use crate::engine::source::{Batch, Rows};
 use crate::error::{Error, Result};
 
 /// What a batch writes.
@@ -160,8 +168,9 @@ impl BatchSql {
     }
 }
 
-/// A copy worker on its own connection, with its statements prepared once.
-pub struct PostgresCopyWorker {
+/// A copy worker within one database, on its own connection, with its statements
+/// prepared once.
+pub struct InServerWorker {
     pub database: String,
     pub client: Client,
     pub sql: BatchSql,
@@ -169,7 +178,7 @@ pub struct PostgresCopyWorker {
 }
 
 #[async_trait]
-impl CopyWorker for PostgresCopyWorker {
+impl CopyWorker for InServerWorker {
     async fn copy_batch(&mut self, progress: &mut RangeProgress, limit: usize) -> Result<u64> {
         let after = progress
             .last_key
@@ -227,5 +236,73 @@ impl CopyWorker for PostgresCopyWorker {
         progress.rows += rows as u64;
         progress.done = done;
         Ok(rows as u64)
+    }
+}
+
+/// Writes batches of `COPY` data into the target, each in a transaction with its
+/// checkpoint, on a connection of its own.
+pub struct CopyWriter {
+    pub database: String,
+    pub client: Client,
+    pub job: String,
+    /// `"schema"."table" ("a", "b", …)`.
+    pub target: String,
+}
+
+#[async_trait]
+impl BatchWriter for CopyWriter {
+    async fn write(&mut self, batch: Batch, progress: &mut RangeProgress) -> Result<u64> {
+        let Rows::PostgresCopy { binary, mut data } = batch.rows else {
+            return Err(Error::State(
+                "a PostgreSQL target takes COPY data from its source".into(),
+            ));
+        };
+        let failed = |e| {
+            Error::database(
+                &self.database,
+                format!("batch of range {} failed", progress.range.number),
+                e,
+            )
+        };
+        self.client.batch_execute("BEGIN").await.map_err(failed)?;
+        let written = async {
+            let sink = self
+                .client
+                .copy_in::<_, bytes::Bytes>(&format!(
+                    "COPY {} FROM STDIN (FORMAT {})",
+                    self.target,
+                    if binary { "binary" } else { "text" }
+                ))
+                .await
+                .map_err(failed)?;
+            futures::pin_mut!(sink);
+            // Rows go on to the target as the source sends them.
+            while let Some(chunk) = futures::StreamExt::next(&mut data).await {
+                sink.feed(chunk?).await.map_err(failed)?;
+            }
+            let rows = sink.as_mut().finish().await.map_err(failed)?;
+            self.client
+                .execute(
+                    "UPDATE switchyard.copy_progress SET last_key = $3, rows = rows + $4, done = $5 WHERE job = $1 AND range_no = $2",
+                    &[&self.job, &progress.range.number, &batch.last_key, &(rows as i64), &batch.done],
+                )
+                .await
+                .map_err(failed)?;
+            Ok::<_, Error>(rows)
+        }
+        .await;
+        match written {
+            Ok(rows) => {
+                self.client.batch_execute("COMMIT").await.map_err(failed)?;
+                progress.last_key = batch.last_key;
+                progress.rows += rows;
+                progress.done = batch.done;
+                Ok(rows)
+            }
+            Err(error) => {
+                let _ = self.client.batch_execute("ROLLBACK").await;
+                Err(error)
+            }
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 use tokio_postgres::Client;
 
+use crate::engine::row::{Field, Key, Schema};
 use crate::error::{Error, Result};
 
 /// `ident("a\"b")` → `"a""b"`: a quoted identifier.
@@ -67,6 +68,23 @@ pub struct Column {
     pub name: String,
     /// `format_type` of the column, used to cast text values back.
     pub type_sql: String,
+}
+
+impl Column {
+    /// Whether binary COPY of this column's type is the same on every server: a
+    /// built-in type (or an array of one), whose binary form names no server-local
+    /// type id.
+    pub fn portable_binary(&self) -> bool {
+        const BUILT_IN: &[&str] = &[
+            "smallint", "integer", "bigint", "real", "double precision", "numeric", "boolean",
+            "text", "character varying", "character", "bytea", "date", "time without time zone",
+            "timestamp without time zone", "timestamp with time zone", "interval", "uuid",
+            "json", "jsonb", "inet", "cidr", "macaddr", "oid",
+        ];
+        let base = self.type_sql.trim_end_matches("[]");
+        let base = base.split('(').next().unwrap_or(base).trim();
+        BUILT_IN.contains(&base)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -181,6 +199,62 @@ impl TableInfo {
     /// The key's column names, in order.
     pub fn key_names(&self) -> Vec<String> {
         self.key.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// Positions of the key columns among the columns.
+    pub fn key_positions(&self) -> Vec<usize> {
+        self.key
+            .iter()
+            .map(|k| {
+                self.columns
+                    .iter()
+                    .position(|c| c.name == k.name)
+                    .expect("key columns are columns")
+            })
+            .collect()
+    }
+
+    /// The table's rows as they travel between a source and a sink.
+    pub fn schema(&self) -> Schema {
+        Schema {
+            fields: self
+                .columns
+                .iter()
+                .map(|c| Field {
+                    name: c.name.clone(),
+                    type_name: c.type_sql.clone(),
+                })
+                .collect(),
+            key: self.key_positions(),
+        }
+    }
+
+    /// The key range condition with the bounds written as constants (for statements
+    /// that take no parameters, such as `COPY`).
+    pub fn range_condition_literal(
+        &self,
+        qualifier: Option<&str>,
+        lower: Option<&Key>,
+        upper: Option<&Key>,
+    ) -> String {
+        let keys = format!("({})", self.key_list(qualifier));
+        let values = |key: &Key| -> String {
+            let items: Vec<String> = self
+                .key
+                .iter()
+                .zip(key)
+                .map(|(c, v)| format!("{}::text::{}", literal(v), c.type_sql))
+                .collect();
+            format!("({})", items.join(", "))
+        };
+        let mut parts = vec!["true".to_string()];
+        if let Some(lower) = lower {
+            parts.push(format!("{keys} > {}", values(lower)));
+        }
+        if let Some(upper) = upper {
+            parts.push(format!("{keys} <= {}", values(upper)));
+        }
+        parts.join(" AND ")
     }
 
     pub fn column(&self, name: &str) -> Option<&Column> {

@@ -5,13 +5,13 @@
 //! point on every read, which under a busy server costs seconds of lag.
 //!
 //! Invariants:
-//! - [`ChangeStream::read`] returns whole transactions only, in commit order. A
+//! - [`ReplicationStream::read`] returns whole transactions only, in commit order. A
 //!   transaction cut by the read's limit stays buffered for the next read.
 //! - Being caught up is proven, not guessed: the caller commits a marker (a logical
 //!   message with [`MARKER_PREFIX`], in a transaction of its own, so that it is flushed
 //!   and sent in commit order) and the read that receives it has received every
 //!   transaction that committed before it.
-//! - The server learns a position only from [`ChangeStream::confirm`], which the caller
+//! - The server learns a position only from [`ReplicationStream::confirm`], which the caller
 //!   calls once the changes up to it committed on the target with their checkpoint; the
 //!   slot never moves past what a crash could lose.
 
@@ -29,7 +29,7 @@ pub const MARKER_PREFIX: &str = "switchyard";
 /// How long a read waits for the next event before the stream counts as broken.
 const SILENCE: Duration = Duration::from_secs(60);
 
-/// What one [`ChangeStream::read`] returned.
+/// What one [`ReplicationStream::read`] returned.
 pub struct Read {
     /// Whole transactions, in commit order.
     pub messages: Vec<Message>,
@@ -37,7 +37,7 @@ pub struct Read {
     pub caught_up: bool,
 }
 
-pub struct ChangeStream {
+pub struct ReplicationStream {
     client: ReplicationClient,
     database: String,
     /// Received messages not yet returned: whole transactions up to `complete`, then
@@ -46,7 +46,7 @@ pub struct ChangeStream {
     complete: usize,
 }
 
-impl ChangeStream {
+impl ReplicationStream {
     /// Starts streaming `slot` (only the tables of `publication`) from `start`; the
     /// server also starts no earlier than the slot's confirmed position.
     pub async fn open(
@@ -56,7 +56,7 @@ impl ChangeStream {
         publication: &str,
         application_name: &str,
         start: u64,
-    ) -> Result<ChangeStream> {
+    ) -> Result<ReplicationStream> {
         let config: tokio_postgres::Config = url.expose().parse().map_err(|e| Error::Config {
             file: format!("databases.{database}.url"),
             reason: format!("`{url}` is not a valid PostgreSQL URL: {e}"),
@@ -88,7 +88,7 @@ impl ChangeStream {
             .wait_started()
             .await
             .map_err(|e| stream_error(database, "cannot start", e))?;
-        Ok(ChangeStream {
+        Ok(ReplicationStream {
             client,
             database: database.to_string(),
             buffer: Vec::new(),

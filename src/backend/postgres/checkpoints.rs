@@ -1,0 +1,198 @@
+//! The job's checkpoints in a database it writes to (schema `switchyard`): copy ranges
+//! with their last key, the catch-up position, the cutover record, and which expand and
+//! contract statements ran. They live with the data they describe, so each commits in
+//! the same transaction as the writes it stands for.
+
+use super::session::Side;
+use crate::engine::progress::{KeyRange, RangeProgress};
+use crate::engine::row::Position;
+use crate::error::{Error, Result};
+
+pub const SCHEMA: &str = "
+CREATE SCHEMA IF NOT EXISTS switchyard;
+CREATE TABLE IF NOT EXISTS switchyard.copy_progress (
+    job       text NOT NULL,
+    range_no  int NOT NULL,
+    lower_key text[],
+    upper_key text[],
+    last_key  text[],
+    rows      bigint NOT NULL DEFAULT 0,
+    done      boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (job, range_no)
+);
+CREATE TABLE IF NOT EXISTS switchyard.catch_up_progress (
+    job     text PRIMARY KEY,
+    lsn     pg_lsn NOT NULL,
+    changes bigint NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS switchyard.cutovers (
+    job               text PRIMARY KEY,
+    at                timestamptz NOT NULL DEFAULT now(),
+    writes_blocked_ms bigint NOT NULL,
+    changes_drained   bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS switchyard.ddl_steps (
+    job            text NOT NULL,
+    stage          text NOT NULL,
+    done           int NOT NULL DEFAULT 0,
+    target_existed boolean,
+    PRIMARY KEY (job, stage)
+);";
+
+/// The checkpoints of job `job` in the database of `side`.
+pub struct Checkpoints<'a> {
+    pub side: &'a Side,
+    pub job: &'a str,
+}
+
+impl Checkpoints<'_> {
+    pub async fn create_schema(&self) -> Result<()> {
+        self.side
+            .client
+            .batch_execute(SCHEMA)
+            .await
+            .map_err(self.side.failed("cannot create the schema `switchyard` for checkpoints"))
+    }
+
+    async fn schema_exists(&self) -> Result<bool> {
+        self.side.exists("switchyard.ddl_steps").await
+    }
+
+    /// Deletes the job's checkpoints. `keep_contract` keeps the one that says contract's
+    /// statements ran: until the engine has saved that the job is done, a crash resumes
+    /// in contract, which must not run them again.
+    pub async fn forget(&self, keep_contract: bool) -> Result<()> {
+        if !self.schema_exists().await? {
+            return Ok(());
+        }
+        let steps = if keep_contract {
+            "DELETE FROM switchyard.ddl_steps WHERE job = $1 AND stage <> 'contract'"
+        } else {
+            "DELETE FROM switchyard.ddl_steps WHERE job = $1"
+        };
+        for delete in [
+            "DELETE FROM switchyard.copy_progress WHERE job = $1",
+            "DELETE FROM switchyard.catch_up_progress WHERE job = $1",
+            "DELETE FROM switchyard.cutovers WHERE job = $1",
+            steps,
+        ] {
+            self.side
+                .client
+                .execute(delete, &[&self.job])
+                .await
+                .map_err(self.side.failed("cannot remove the job's checkpoints"))?;
+        }
+        Ok(())
+    }
+
+    pub async fn ranges(&self) -> Result<Vec<RangeProgress>> {
+        let rows = self
+            .side
+            .client
+            .query(
+                "SELECT range_no, lower_key, upper_key, last_key, rows, done FROM switchyard.copy_progress WHERE job = $1 ORDER BY range_no",
+                &[&self.job],
+            )
+            .await
+            .map_err(self.side.failed("cannot read the copy checkpoints"))?;
+        Ok(rows
+            .iter()
+            .map(|r| RangeProgress {
+                range: KeyRange {
+                    number: r.get(0),
+                    lower: r.get(1),
+                    upper: r.get(2),
+                },
+                last_key: r.get(3),
+                rows: r.get::<_, i64>(4) as u64,
+                done: r.get(5),
+            })
+            .collect())
+    }
+
+    /// Saves planned ranges, all or none: a run that died between two ranges would
+    /// leave the keys of the missing ones uncopied.
+    pub async fn save_ranges(&self, ranges: &[KeyRange]) -> Result<()> {
+        let client = &self.side.client;
+        self.side
+            .transaction("saving the key ranges", async {
+                for range in ranges {
+                    client
+                        .execute(
+                            "INSERT INTO switchyard.copy_progress (job, range_no, lower_key, upper_key) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                            &[&self.job, &range.number, &range.lower, &range.upper],
+                        )
+                        .await
+                        .map_err(|e| Error::database(&self.side.database, "cannot save the key ranges", e))?;
+                    crate::crash_point!("copy.after_range_saved");
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// The catch-up position, if capture started.
+    pub async fn position(&self) -> Result<Option<Position>> {
+        let row = self
+            .side
+            .client
+            .query_opt(
+                "SELECT lsn::text FROM switchyard.catch_up_progress WHERE job = $1",
+                &[&self.job],
+            )
+            .await
+            .map_err(self.side.failed("cannot read the catch-up checkpoint"))?;
+        Ok(row.map(|r| Position(r.get(0))))
+    }
+
+    pub async fn save_start(&self, start: &Position) -> Result<()> {
+        self.side
+            .client
+            .execute(
+                "INSERT INTO switchyard.catch_up_progress (job, lsn) VALUES ($1, $2::text::pg_lsn) ON CONFLICT (job) DO NOTHING",
+                &[&self.job, &start.0],
+            )
+            .await
+            .map(drop)
+            .map_err(self.side.failed("cannot save the catch-up checkpoint"))
+    }
+
+    /// Moves the catch-up position, within the caller's transaction.
+    pub async fn advance(&self, end: &Position, changes: u64) -> Result<()> {
+        self.side
+            .client
+            .execute(
+                "UPDATE switchyard.catch_up_progress SET lsn = $2::text::pg_lsn, changes = changes + $3 WHERE job = $1",
+                &[&self.job, &end.0, &(changes as i64)],
+            )
+            .await
+            .map(drop)
+            .map_err(self.side.failed("cannot save the catch-up checkpoint"))
+    }
+
+    pub async fn cutover(&self) -> Result<Option<(i64, i64)>> {
+        let row = self
+            .side
+            .client
+            .query_opt(
+                "SELECT writes_blocked_ms, changes_drained FROM switchyard.cutovers WHERE job = $1",
+                &[&self.job],
+            )
+            .await
+            .map_err(self.side.failed("cannot read the cutover record"))?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Records the cutover, within the caller's transaction (the one of the switch).
+    pub async fn record_cutover(&self, blocked_ms: i64, drained: i64) -> Result<()> {
+        self.side
+            .client
+            .execute(
+                "INSERT INTO switchyard.cutovers (job, writes_blocked_ms, changes_drained) VALUES ($1, $2, $3)",
+                &[&self.job, &blocked_ms, &drained],
+            )
+            .await
+            .map(drop)
+            .map_err(self.side.failed("cannot record the cutover"))
+    }
+}

@@ -1,0 +1,283 @@
+//! The switch: the target takes the source's place, and on abort gives it back.
+//!
+//! Within one database it is one transaction on the sink's session: lock the source
+//! against writes (`EXCLUSIVE`, under `lock_timeout`), drain the last changes, rename
+//! source → `<table>_old` and target → `<table>`, move owned sequences, record the
+//! cutover. Writers wait for the lock, then continue on the new table.
+//!
+//! Across servers the source is fenced first (renamed to `<table>_old` on its server,
+//! so writes to it fail from then on), then in one transaction on the target the last
+//! changes are drained, the target takes the source's name if it has another, and the
+//! cutover is recorded; then `[cutover] command` runs. A cutover that fails before the
+//! target commits unfences the source; a crash in between leaves it fenced, and the
+//! resumed cutover goes on from there.
+
+use std::time::Instant;
+
+use super::sink::PgSink;
+use super::source::old_name;
+use super::table::{ident, TableName};
+use super::dependents::refuse_blocking;
+use crate::engine::progress::CutoverReport;
+use crate::engine::source::Source;
+use crate::error::{Error, Result};
+use crate::job::CatchUpMethod;
+
+impl PgSink {
+    fn catches_up(&self) -> bool {
+        self.spec.catch_up.method == CatchUpMethod::LogicalReplication
+    }
+
+    /// Within the open transaction: applies everything the source captured until now
+    /// (writes to the source are stopped). Returns the changes and the position.
+    async fn drain(
+        &mut self,
+        source: &mut dyn Source,
+    ) -> Result<(u64, Option<crate::engine::row::Position>)> {
+        if !self.catches_up() {
+            return Ok((0, None));
+        }
+        let after = self.checkpoints().position().await?.ok_or_else(|| {
+            Error::State("the job has no saved capture position to drain from".into())
+        })?;
+        let batch = source.read_changes(&after, None).await?;
+        let drained = self.apply_within(&batch, source).await?;
+        Ok((drained, batch.end))
+    }
+
+    pub(super) async fn cutover_in_server(
+        &mut self,
+        source: &mut dyn Source,
+    ) -> Result<CutoverReport> {
+        let table = self.local_source.clone().expect("in-server cutover");
+        let old = old_name(&self.source_name);
+        if self.side.exists(&old.sql()).await? {
+            return Err(Error::Refused(format!("cutover would rename {} to {old}, which exists already: drop or rename it first", self.source_name)));
+        }
+        refuse_blocking(&self.side, &table, self.spec.kind).await?;
+        let target = self.target_name.clone().expect("copy");
+        self.side
+            .client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(self.side.failed("cannot begin the cutover"))?;
+        let started = Instant::now();
+        let result = async {
+            self.ddl()
+                .run(
+                    &[format!("LOCK TABLE {} IN EXCLUSIVE MODE", self.source_name.sql())],
+                    "cutover",
+                )
+                .await?;
+            crate::crash_point!("cutover.after_lock");
+            let blocked_from = Instant::now();
+            // Writes wait on the lock, so reading until caught up drains everything.
+            let (drained, end) = self.drain(source).await?;
+            crate::crash_point!("cutover.after_drain");
+            let current = self.source_name.clone();
+            self.swap(&current, &old.name, &target, "cutover").await?;
+            crate::crash_point!("cutover.after_swap");
+            // Recorded in the same transaction as the swap: never done twice.
+            let blocked = blocked_from.elapsed();
+            self.checkpoints()
+                .record_cutover(blocked.as_millis() as i64, drained as i64)
+                .await?;
+            crate::crash_point!("cutover.after_record");
+            self.side
+                .client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(self.side.failed("cannot commit the cutover"))?;
+            Ok::<_, Error>((blocked, drained, end))
+        }
+        .await;
+        let (writes_blocked, changes_drained, end) = match result {
+            Ok(done) => done,
+            Err(error) => {
+                let _ = self.side.client.batch_execute("ROLLBACK").await;
+                return Err(error);
+            }
+        };
+        tracing::info!(job = %self.spec.name, blocked_ms = writes_blocked.as_millis() as u64, took_ms = started.elapsed().as_millis() as u64, "cut over");
+        if let Some(end) = end {
+            source.confirm(&end).await?;
+        }
+        Ok(CutoverReport {
+            writes_blocked,
+            changes_drained,
+        })
+    }
+
+    pub(super) async fn cutover_across(
+        &mut self,
+        source: &mut dyn Source,
+    ) -> Result<CutoverReport> {
+        let target = self.target_name.clone().expect("copy");
+        let taking = target.sibling(&self.source_name.name);
+        if taking != target && self.side.exists(&taking.sql()).await? {
+            return Err(Error::Refused(format!(
+                "cutover would rename {target} to {taking} on `{}`, which exists already: drop or rename it first",
+                self.side.database
+            )));
+        }
+        let fenced_from = Instant::now();
+        source.fence().await?;
+        crate::crash_point!("cutover.after_lock");
+        self.side
+            .client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(self.side.failed("cannot begin the cutover"))?;
+        let result = async {
+            let (drained, end) = self.drain(source).await?;
+            crate::crash_point!("cutover.after_drain");
+            if taking != target {
+                self.ddl()
+                    .run(
+                        &[format!("ALTER TABLE {} RENAME TO {}", target.sql(), ident(&taking.name))],
+                        "cutover",
+                    )
+                    .await?;
+            }
+            crate::crash_point!("cutover.after_swap");
+            let blocked = fenced_from.elapsed();
+            self.checkpoints()
+                .record_cutover(blocked.as_millis() as i64, drained as i64)
+                .await?;
+            crate::crash_point!("cutover.after_record");
+            self.side
+                .client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(self.side.failed("cannot commit the cutover"))?;
+            Ok::<_, Error>((blocked, drained, end))
+        }
+        .await;
+        let (writes_blocked, changes_drained, end) = match result {
+            Ok(done) => done,
+            Err(error) => {
+                let _ = self.side.client.batch_execute("ROLLBACK").await;
+                // Writes go back to the source until the cutover is tried again.
+                if let Err(unfence) = source.unfence().await {
+                    tracing::error!(job = %self.spec.name, error = %unfence, "cannot give the source its name back after a failed cutover; the next cutover attempt goes on from here");
+                }
+                return Err(error);
+            }
+        };
+        tracing::info!(job = %self.spec.name, writes_failed_ms = writes_blocked.as_millis() as u64, "cut over onto another database");
+        if let Some(end) = end {
+            source.confirm(&end).await?;
+        }
+        self.run_cutover_command().await?;
+        Ok(CutoverReport {
+            writes_blocked,
+            changes_drained,
+        })
+    }
+
+    /// `[cutover] command`, with the job and the target's URL in its environment.
+    async fn run_cutover_command(&self) -> Result<()> {
+        let Some(command) = &self.spec.cutover.command else {
+            return Ok(());
+        };
+        let status = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .env("SWITCHYARD_JOB", &self.spec.name)
+            .env("SWITCHYARD_TARGET_URL", self.side.url.expose())
+            .status()
+            .await
+            .map_err(|e| Error::Refused(format!("job `{}` cut over, but `[cutover] command` could not start: {e}", self.spec.name)))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(Error::Refused(format!(
+                "job `{}` cut over, but `[cutover] command` failed ({status}); it is not run again",
+                self.spec.name
+            )))
+        }
+    }
+
+    /// After a cutover: the source takes its place back.
+    pub(super) async fn swap_back(&mut self, source: &mut dyn Source) -> Result<()> {
+        let target = self.target_name.clone().expect("copy");
+        if self.local_source.is_some() {
+            let current = self.source_name.clone();
+            let old = old_name(&current);
+            return self
+                .side
+                .transaction("swapping back", async {
+                    self.swap(&current, &target.name, &old, "swap back").await
+                })
+                .await;
+        }
+        let taking = target.sibling(&self.source_name.name);
+        if taking != target && self.side.exists(&taking.sql()).await? {
+            self.ddl()
+                .run(
+                    &[format!("ALTER TABLE {} RENAME TO {}", taking.sql(), ident(&target.name))],
+                    "swap back",
+                )
+                .await?;
+        }
+        source.unfence().await
+    }
+
+    /// Within the caller's transaction: renames `current` to `aside` and `incoming` to
+    /// `current`'s name, and moves the sequences the set-aside table owned to the table
+    /// that now has the name.
+    async fn swap(
+        &self,
+        current: &TableName,
+        aside: &str,
+        incoming: &TableName,
+        what: &str,
+    ) -> Result<()> {
+        self.ddl()
+            .run(
+                &[
+                    format!("ALTER TABLE {} RENAME TO {}", current.sql(), ident(aside)),
+                    format!(
+                        "ALTER TABLE {} RENAME TO {}",
+                        incoming.sql(),
+                        ident(&current.name)
+                    ),
+                ],
+                what,
+            )
+            .await?;
+        self.move_owned_sequences(&current.sibling(aside), current)
+            .await
+    }
+
+    /// Moves the ownership of sequences owned by `from`'s columns to the same columns of
+    /// `to`, so that dropping the old table later does not drop the sequence the new
+    /// one's defaults use.
+    async fn move_owned_sequences(&self, from: &TableName, to: &TableName) -> Result<()> {
+        let rows = self
+            .side
+            .client
+            .query(
+                "SELECT s.oid::regclass::text, a.attname::text FROM pg_depend d
+                 JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+                 JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+                 WHERE d.refobjid = to_regclass($1)::oid AND d.deptype = 'a'",
+                &[&from.sql()],
+            )
+            .await
+            .map_err(self.side.failed("cannot read the sequences owned by the source"))?;
+        for row in rows {
+            let (sequence, column): (String, String) = (row.get(0), row.get(1));
+            self.side
+                .client
+                .batch_execute(&format!(
+                    "ALTER SEQUENCE {sequence} OWNED BY {}.{}",
+                    to.sql(),
+                    ident(&column)
+                ))
+                .await
+                .map_err(self.side.failed(format!("cannot move sequence {sequence} to {to}")))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,231 @@
+//! A job's two sides joined: what each phase of [`super::run`] asks of the source and
+//! the sink, for every pair of stores.
+//!
+//! Invariants kept here, on top of each side's delivery contract:
+//! - The lease is held on the sink (where the checkpoints are) before anything reads a
+//!   checkpoint, and then what an earlier run left running on either side is ended.
+//! - Capture starts (and its start is saved in the sink) before the first batch reads.
+//! - A change position is confirmed to the source only after the sink applied the
+//!   changes up to it and made the position durable with them.
+//! - A consistent comparison holds the source's writes, drains the last changes into
+//!   the sink, then compares: a difference it finds is real.
+
+use super::progress::{AppliedChanges, CutoverReport, KeyRange, Lag, Mismatch, RangeProgress};
+use super::row::Position;
+use super::sink::{CopyWorker, Sink};
+use super::source::Source;
+use crate::error::Result;
+
+pub struct Pipeline {
+    pub source: Box<dyn Source>,
+    pub sink: Box<dyn Sink>,
+    /// The sink's position, read once and then kept as changes are applied.
+    position: Option<Position>,
+}
+
+impl Pipeline {
+    pub fn new(source: Box<dyn Source>, sink: Box<dyn Sink>) -> Pipeline {
+        Pipeline {
+            source,
+            sink,
+            position: None,
+        }
+    }
+
+    pub async fn try_claim(&mut self) -> Result<bool> {
+        if !self.sink.try_claim().await? {
+            return Ok(false);
+        }
+        self.source.end_leftover_sessions().await?;
+        Ok(true)
+    }
+
+    /// The sink first: it holds the lease, and its reconnect makes the sessions of the
+    /// old connections (on both sides) leftovers.
+    pub async fn reconnect(&mut self) -> Result<bool> {
+        self.position = None;
+        if !self.sink.reconnect().await? {
+            return Ok(false);
+        }
+        self.source.reconnect().await?;
+        self.source.end_leftover_sessions().await?;
+        Ok(true)
+    }
+
+    pub async fn start_fresh(&mut self) -> Result<()> {
+        self.position = None;
+        self.source.forget().await?;
+        self.sink.start_fresh().await
+    }
+
+    /// Expand, then capture (when the job catches up). Returns whether expand created
+    /// the target.
+    pub async fn expand(&mut self, capture: bool) -> Result<bool> {
+        let created = self.sink.expand(self.source.as_ref()).await?;
+        crate::crash_point!("expand.after_ddl");
+        if capture {
+            let start = self.source.start_capture().await?;
+            self.sink.save_start(&start).await?;
+            crate::crash_point!("expand.after_capture");
+        }
+        Ok(created)
+    }
+
+    pub async fn estimate_rows(&mut self) -> Result<u64> {
+        self.source.estimate_rows().await
+    }
+
+    /// The job's ranges with their progress: planned on the source and saved in the
+    /// sink on the first call, read back on every later one.
+    pub async fn ranges(&mut self, concurrency: usize) -> Result<Vec<RangeProgress>> {
+        let saved = self.sink.saved_ranges().await?;
+        if !saved.is_empty() {
+            return Ok(saved);
+        }
+        let planned = self.source.plan_ranges(concurrency).await?;
+        self.sink.save_ranges(&planned).await?;
+        self.sink.saved_ranges().await
+    }
+
+    pub async fn worker(&self) -> Result<Box<dyn CopyWorker>> {
+        self.sink.copy_worker(self.source.as_ref()).await
+    }
+
+    pub async fn replica_lag(&mut self) -> Result<f64> {
+        self.source.replica_lag().await
+    }
+
+    /// Reads changes (about `max_changes`, or all there are when `None`), applies them
+    /// in the sink with their position, then confirms the position to the source.
+    pub async fn apply_changes(&mut self, max_changes: Option<usize>) -> Result<AppliedChanges> {
+        let after = match &self.position {
+            Some(position) => position.clone(),
+            None => self.sink.position().await?.ok_or_else(|| {
+                crate::error::Error::State(
+                    "the job catches up but has no saved capture position (run it again to expand)"
+                        .into(),
+                )
+            })?,
+        };
+        let batch = self.source.read_changes(&after, max_changes).await?;
+        let Some(end) = batch.end.clone() else {
+            self.position = Some(after);
+            return Ok(AppliedChanges {
+                changes: 0,
+                drained: batch.drained,
+            });
+        };
+        crate::crash_point!("catch_up.after_read");
+        let changes = self.sink.apply(&batch, self.source.as_mut()).await?;
+        crate::crash_point!("catch_up.after_commit");
+        self.source.confirm(&end).await?;
+        crate::crash_point!("catch_up.after_advance");
+        self.position = Some(end);
+        Ok(AppliedChanges {
+            changes,
+            drained: batch.drained,
+        })
+    }
+
+    pub async fn lag(&mut self) -> Result<Lag> {
+        self.source.lag().await
+    }
+
+    /// Compares `ranges` chunk by chunk (see [`Sink::compare`]). Without `consistent`,
+    /// nothing is held, so chunks that writes touched meanwhile may differ. With it,
+    /// each range is compared as one chunk while the source's writes wait, after the
+    /// last changes were applied (when `drain`).
+    pub async fn verify(
+        &mut self,
+        ranges: &[KeyRange],
+        checksum: bool,
+        consistent: bool,
+        drain: bool,
+    ) -> Result<Vec<Mismatch>> {
+        let mut mismatches = Vec::new();
+        for range in ranges {
+            let chunks = if consistent {
+                vec![range.clone()]
+            } else {
+                self.source.chunks(range).await?
+            };
+            for chunk in chunks {
+                let differs = if consistent {
+                    self.compare_consistently(&chunk, checksum, drain).await?
+                } else {
+                    self.sink
+                        .compare(self.source.as_mut(), &chunk, checksum)
+                        .await?
+                };
+                if let Some(detail) = differs {
+                    mismatches.push(Mismatch {
+                        detail: format!("{}: {detail}", chunk.describe()),
+                        range: chunk,
+                    });
+                }
+            }
+        }
+        Ok(mismatches)
+    }
+
+    async fn compare_consistently(
+        &mut self,
+        chunk: &KeyRange,
+        checksum: bool,
+        drain: bool,
+    ) -> Result<Option<String>> {
+        self.source.hold_writes().await?;
+        let compared = async {
+            if drain {
+                // Writes wait, so reading until caught up drains everything.
+                self.apply_changes(None).await?;
+            }
+            self.sink
+                .compare(self.source.as_mut(), chunk, checksum)
+                .await
+        }
+        .await;
+        let released = self.source.release_writes().await;
+        let outcome = compared?;
+        released?;
+        Ok(outcome)
+    }
+
+    /// Cuts over (see [`Sink::cutover`]); the capture goes once it did.
+    pub async fn cutover(&mut self) -> Result<CutoverReport> {
+        let report = self.sink.cutover(self.source.as_mut()).await?;
+        crate::crash_point!("cutover.after_commit");
+        self.source.stop_capture().await?;
+        crate::crash_point!("cutover.after_drop_capture");
+        Ok(report)
+    }
+
+    /// The cutover this job already made, if any (its capture is removed: a process can
+    /// die between the switch and that).
+    pub async fn completed_cutover(&mut self) -> Result<Option<CutoverReport>> {
+        let report = self.sink.completed_cutover().await?;
+        if report.is_some() {
+            self.source.stop_capture().await?;
+        }
+        Ok(report)
+    }
+
+    pub async fn abort(&mut self, after_cutover: bool, created_target: bool) -> Result<()> {
+        if !after_cutover {
+            self.source.stop_capture().await?;
+        }
+        self.position = None;
+        self.sink
+            .abort(self.source.as_mut(), after_cutover, created_target)
+            .await?;
+        self.source.forget().await
+    }
+
+    pub async fn contract(&mut self) -> Result<()> {
+        self.source.stop_capture().await?;
+        crate::crash_point!("contract.after_drop_capture");
+        self.source.contract().await?;
+        crate::crash_point!("contract.after_ddl");
+        self.sink.contract().await
+    }
+}

@@ -21,8 +21,6 @@
 //!  any phase → paused (and back) | failed | aborted
 //! ```
 
-#[cfg(test)]
-mod memory;
 mod pipeline;
 pub mod progress;
 mod record;

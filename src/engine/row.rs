@@ -90,8 +90,13 @@ pub enum Change {
     /// Insert or update to `row` (values in the source's [`Schema`]; some may be
     /// [`Value::Unchanged`]). `old_key` is set when the key itself changed: the row
     /// under the old key goes.
-    Upsert { old_key: Option<Key>, row: Row },
-    Delete { key: Key },
+    Upsert {
+        old_key: Option<Key>,
+        row: Row,
+    },
+    Delete {
+        key: Key,
+    },
 }
 
 /// A position in the source's change log (PostgreSQL: an LSN; MongoDB: a resume

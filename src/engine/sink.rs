@@ -38,7 +38,7 @@ pub trait CopyWorker: Send {
 }
 
 #[async_trait]
-pub trait Sink: Send {
+pub trait Sink: Send + Sync {
     /// Claims the job for this process until it ends (a crash releases it). Returns
     /// false, changing nothing, when another process holds it. Ends the sessions of an
     /// earlier run against the sink.

@@ -42,7 +42,9 @@ pub enum RowFormat {
     Values,
     /// COPY data; `binary` when every column's type is the same built-in type on both
     /// servers (binary COPY is exact only then), text otherwise.
-    PostgresCopy { binary: bool },
+    PostgresCopy {
+        binary: bool,
+    },
 }
 
 /// One batch of a range.
@@ -59,8 +61,7 @@ pub struct Batch {
 #[async_trait]
 pub trait BatchReader: Send {
     /// The next batch of at most `limit` rows of `range` after `after`.
-    async fn read(&mut self, range: &KeyRange, after: Option<&Key>, limit: usize)
-        -> Result<Batch>;
+    async fn read(&mut self, range: &KeyRange, after: Option<&Key>, limit: usize) -> Result<Batch>;
 }
 
 /// Changes read from the source's change log.
@@ -74,7 +75,7 @@ pub struct ChangeBatch {
 }
 
 #[async_trait]
-pub trait Source: Send {
+pub trait Source: Send + Sync {
     /// The source's rows as they travel.
     fn schema(&self) -> &Schema;
 

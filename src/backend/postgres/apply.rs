@@ -151,12 +151,7 @@ impl ChangeApply {
 
     /// An update with values the server left out: they come from the target's row.
     /// Returns how many rows it updated (0 when the target has no row of that key).
-    async fn partial_update(
-        &mut self,
-        client: &Client,
-        key: Key,
-        row: &[Value],
-    ) -> Result<u64> {
+    async fn partial_update(&mut self, client: &Client, key: Key, row: &[Value]) -> Result<u64> {
         let mask: Vec<bool> = row.iter().map(|v| *v == Value::Unchanged).collect();
         if !self.partial.contains_key(&mask) {
             for (field, unchanged) in self.source.fields.iter().zip(&mask) {

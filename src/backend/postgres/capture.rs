@@ -189,7 +189,12 @@ impl Capture {
 
     /// The source's changes among `messages`, skipping transactions that committed
     /// before `after`.
-    fn changes(&mut self, table: &TableInfo, messages: &[Message], after: u64) -> Result<ChangeBatch> {
+    fn changes(
+        &mut self,
+        table: &TableInfo,
+        messages: &[Message],
+        after: u64,
+    ) -> Result<ChangeBatch> {
         let mut batch = ChangeBatch::default();
         let mut skip = false;
         let key_positions = table.key_positions();
@@ -241,13 +246,18 @@ impl Capture {
                     // sends it whole (a key-only old row has nulls in their place).
                     if let Some(OldRow::Full(previous)) = old {
                         for (value, previous) in new.iter_mut().zip(previous) {
-                            if *value == PgValue::UnchangedToast && *previous != PgValue::UnchangedToast {
+                            if *value == PgValue::UnchangedToast
+                                && *previous != PgValue::UnchangedToast
+                            {
                                 *value = previous.clone();
                             }
                         }
                     }
                     let new_key = key(&new);
-                    let old_key = old.as_ref().map(|o| key(o.values())).filter(|k| *k != new_key);
+                    let old_key = old
+                        .as_ref()
+                        .map(|o| key(o.values()))
+                        .filter(|k| *k != new_key);
                     batch.changes.push(Change::Upsert {
                         old_key,
                         row: row(&new),

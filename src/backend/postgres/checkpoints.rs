@@ -47,11 +47,10 @@ pub struct Checkpoints<'a> {
 
 impl Checkpoints<'_> {
     pub async fn create_schema(&self) -> Result<()> {
-        self.side
-            .client
-            .batch_execute(SCHEMA)
-            .await
-            .map_err(self.side.failed("cannot create the schema `switchyard` for checkpoints"))
+        self.side.client.batch_execute(SCHEMA).await.map_err(
+            self.side
+                .failed("cannot create the schema `switchyard` for checkpoints"),
+        )
     }
 
     async fn schema_exists(&self) -> Result<bool> {

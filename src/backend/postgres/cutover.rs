@@ -14,10 +14,10 @@
 
 use std::time::Instant;
 
+use super::dependents::refuse_blocking;
 use super::sink::PgSink;
 use super::source::old_name;
 use super::table::{ident, TableName};
-use super::dependents::refuse_blocking;
 use crate::engine::progress::CutoverReport;
 use crate::engine::source::Source;
 use crate::error::{Error, Result};
@@ -52,7 +52,10 @@ impl PgSink {
         let table = self.local_source.clone().expect("in-server cutover");
         let old = old_name(&self.source_name);
         if self.side.exists(&old.sql()).await? {
-            return Err(Error::Refused(format!("cutover would rename {} to {old}, which exists already: drop or rename it first", self.source_name)));
+            return Err(Error::Refused(format!(
+                "cutover would rename {} to {old}, which exists already: drop or rename it first",
+                self.source_name
+            )));
         }
         refuse_blocking(&self.side, &table, self.spec.kind).await?;
         let target = self.target_name.clone().expect("copy");
@@ -65,7 +68,10 @@ impl PgSink {
         let result = async {
             self.ddl()
                 .run(
-                    &[format!("LOCK TABLE {} IN EXCLUSIVE MODE", self.source_name.sql())],
+                    &[format!(
+                        "LOCK TABLE {} IN EXCLUSIVE MODE",
+                        self.source_name.sql()
+                    )],
                     "cutover",
                 )
                 .await?;
@@ -134,7 +140,11 @@ impl PgSink {
             if taking != target {
                 self.ddl()
                     .run(
-                        &[format!("ALTER TABLE {} RENAME TO {}", target.sql(), ident(&taking.name))],
+                        &[format!(
+                            "ALTER TABLE {} RENAME TO {}",
+                            target.sql(),
+                            ident(&taking.name)
+                        )],
                         "cutover",
                     )
                     .await?;
@@ -187,7 +197,12 @@ impl PgSink {
             .env("SWITCHYARD_TARGET_URL", self.side.url.expose())
             .status()
             .await
-            .map_err(|e| Error::Refused(format!("job `{}` cut over, but `[cutover] command` could not start: {e}", self.spec.name)))?;
+            .map_err(|e| {
+                Error::Refused(format!(
+                    "job `{}` cut over, but `[cutover] command` could not start: {e}",
+                    self.spec.name
+                ))
+            })?;
         if status.success() {
             Ok(())
         } else {
@@ -215,7 +230,11 @@ impl PgSink {
         if taking != target && self.side.exists(&taking.sql()).await? {
             self.ddl()
                 .run(
-                    &[format!("ALTER TABLE {} RENAME TO {}", taking.sql(), ident(&target.name))],
+                    &[format!(
+                        "ALTER TABLE {} RENAME TO {}",
+                        taking.sql(),
+                        ident(&target.name)
+                    )],
                     "swap back",
                 )
                 .await?;
@@ -265,7 +284,10 @@ impl PgSink {
                 &[&from.sql()],
             )
             .await
-            .map_err(self.side.failed("cannot read the sequences owned by the source"))?;
+            .map_err(
+                self.side
+                    .failed("cannot read the sequences owned by the source"),
+            )?;
         for row in rows {
             let (sequence, column): (String, String) = (row.get(0), row.get(1));
             self.side
@@ -276,7 +298,10 @@ impl PgSink {
                     ident(&column)
                 ))
                 .await
-                .map_err(self.side.failed(format!("cannot move sequence {sequence} to {to}")))?;
+                .map_err(
+                    self.side
+                        .failed(format!("cannot move sequence {sequence} to {to}")),
+                )?;
         }
         Ok(())
     }

@@ -94,11 +94,7 @@ impl Ddl<'_> {
                     ON CONFLICT (job, stage) DO UPDATE SET done = EXCLUDED.done";
         for (i, statement) in statements.iter().enumerate().skip(done.max(0) as usize) {
             let number = i + 1;
-            let marked = [
-                &self.job as &(dyn ToSql + Sync),
-                &stage,
-                &(number as i32),
-            ];
+            let marked = [&self.job as &(dyn ToSql + Sync), &stage, &(number as i32)];
             let in_transaction = async {
                 client.batch_execute("BEGIN").await?;
                 client.batch_execute(statement).await?;

@@ -103,7 +103,12 @@ pub async fn plan(source: &mut PgSource, sink: &mut PgSink) -> Result<JobPlan> {
             ident(&name.name)
         );
         let steps = if in_server {
-            vec![lock, "-- apply the last changes".into(), rename_source, rename_target]
+            vec![
+                lock,
+                "-- apply the last changes".into(),
+                rename_source,
+                rename_target,
+            ]
         } else {
             let mut steps = vec![
                 format!("-- on `{}`:", spec.source.database),

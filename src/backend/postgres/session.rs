@@ -101,7 +101,10 @@ impl Side {
     }
 
     /// Maps a driver error to one that names this database and what failed.
-    pub fn failed(&self, context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {
+    pub fn failed(
+        &self,
+        context: impl Into<String>,
+    ) -> impl FnOnce(tokio_postgres::Error) -> Error {
         let context = context.into();
         let database = self.database.clone();
         move |e| Error::database(&database, context, e)
@@ -130,17 +133,6 @@ impl Side {
             "cannot read the catalog",
         )
         .await
-    }
-
-    /// Runs statements in order on the control session.
-    pub async fn execute_all(&self, statements: &[String], context: &str) -> Result<()> {
-        for statement in statements {
-            self.client
-                .batch_execute(statement)
-                .await
-                .map_err(self.failed(context))?;
-        }
-        Ok(())
     }
 
     /// Ends the job's sessions of other generations on this database.
@@ -213,5 +205,11 @@ impl Side {
 }
 
 async fn open_session(database: &str, url: &SecretUrl, sessions: &Sessions) -> Result<Client> {
-    connect_with(database, url, &sessions.application_name(), Some(SESSION_OPTIONS)).await
+    connect_with(
+        database,
+        url,
+        &sessions.application_name(),
+        Some(SESSION_OPTIONS),
+    )
+    .await
 }

@@ -19,7 +19,6 @@ use super::batch::{BatchSql, CopyWriter, InServerWorker, Write};
 use super::checkpoints::Checkpoints;
 use super::ddl::Ddl;
 use super::session::{Sessions, Side};
-use super::source::PgSource;
 use super::table::{ident, literal, TableInfo, TableName};
 use super::verify;
 use crate::engine::progress::{CutoverReport, KeyRange, RangeProgress};
@@ -125,19 +124,26 @@ impl PgSink {
     pub(super) async fn target(&mut self) -> Result<&TableInfo> {
         if self.target.is_none() {
             let name = self.target_name.clone().expect("a copy job has a target");
-            let key: Vec<String> = self
-                .spec
-                .key_columns()
-                .unwrap_or_else(|| self.local_source.as_ref().map(TableInfo::key_names).unwrap_or_default());
+            let key: Vec<String> = self.spec.key_columns().unwrap_or_else(|| {
+                self.local_source
+                    .as_ref()
+                    .map(TableInfo::key_names)
+                    .unwrap_or_default()
+            });
             let key = (!key.is_empty()).then_some(key);
-            let target = TableInfo::load(&self.side.client, &self.side.database, &name, key.as_deref())
-                .await
-                .map_err(|e| match e {
-                    Error::Refused(reason) => Error::Refused(format!(
-                        "{reason} (the target needs it for catch-up upserts)"
-                    )),
-                    other => other,
-                })?;
+            let target = TableInfo::load(
+                &self.side.client,
+                &self.side.database,
+                &name,
+                key.as_deref(),
+            )
+            .await
+            .map_err(|e| match e {
+                Error::Refused(reason) => Error::Refused(format!(
+                    "{reason} (the target needs it for catch-up upserts)"
+                )),
+                other => other,
+            })?;
             self.target = Some(target);
         }
         Ok(self.target.as_ref().expect("loaded above"))
@@ -187,7 +193,9 @@ impl PgSink {
     /// Binary COPY when every column is a plain copy of the same built-in type.
     fn row_format(source: &Schema, target: &TableInfo, projection: &Projection) -> RowFormat {
         let binary = projection.iter().all(|p| {
-            let column = target.column(&p.name).expect("projected columns are columns");
+            let column = target
+                .column(&p.name)
+                .expect("projected columns are columns");
             source.field(&p.name).is_some_and(|f| {
                 p.expression == format!("s.{}", ident(&f.name))
                     && f.type_name == column.type_sql
@@ -199,7 +207,10 @@ impl PgSink {
 
     /// A backfill's `(column, expression)` pairs, checked against the table.
     pub(super) fn fill_columns(&self) -> Result<Vec<(String, String)>> {
-        let table = self.local_source.as_ref().expect("a backfill's table is local");
+        let table = self
+            .local_source
+            .as_ref()
+            .expect("a backfill's table is local");
         self.spec
             .transform
             .columns
@@ -365,10 +376,18 @@ impl Sink for PgSink {
             .await?;
         if self.fills() {
             // Expand may have added the columns a backfill fills.
-            let table = self.local_source.as_ref().expect("a backfill's table is local");
+            let table = self
+                .local_source
+                .as_ref()
+                .expect("a backfill's table is local");
             self.local_source = Some(
-                TableInfo::load(&self.side.client, &self.side.database, &table.name, Some(&table.key_names()))
-                    .await?,
+                TableInfo::load(
+                    &self.side.client,
+                    &self.side.database,
+                    &table.name,
+                    Some(&table.key_names()),
+                )
+                .await?,
             );
             let columns = self.fill_columns()?;
             self.ddl()
@@ -430,9 +449,10 @@ impl Sink for PgSink {
                 statements: Default::default(),
             }));
         }
-        let target = self.target.clone().ok_or_else(|| {
-            Error::State("the target is read at expand, before the copy".into())
-        })?;
+        let target = self
+            .target
+            .clone()
+            .ok_or_else(|| Error::State("the target is read at expand, before the copy".into()))?;
         let projection = self.projection(source.schema(), &target)?;
         let format = Self::row_format(source.schema(), &target, &projection);
         let columns: Vec<String> = projection.iter().map(|p| ident(&p.name)).collect();
@@ -475,14 +495,24 @@ impl Sink for PgSink {
         checksum: bool,
     ) -> Result<Option<String>> {
         if self.fills() {
-            let table = self.local_source.clone().expect("a backfill's table is local");
+            let table = self
+                .local_source
+                .clone()
+                .expect("a backfill's table is local");
             return verify::compare_fill(&self.side, &table, &self.fill_columns()?, chunk).await;
         }
         let target = self.target().await?.clone();
         let projection = self.projection(source.schema(), &target)?;
         if let Some(local) = &self.local_source {
-            return verify::compare_in_server(&self.side, local, &target, &projection, chunk, checksum)
-                .await;
+            return verify::compare_in_server(
+                &self.side,
+                local,
+                &target,
+                &projection,
+                chunk,
+                checksum,
+            )
+            .await;
         }
         let theirs = source.digest(chunk, &projection, checksum).await?;
         let row = verify::target_row(&projection);
@@ -527,7 +557,9 @@ impl Sink for PgSink {
                 .await?;
         }
         if self.fills() {
-            self.ddl().run(&self.drop_fill_trigger_sql(), "abort").await?;
+            self.ddl()
+                .run(&self.drop_fill_trigger_sql(), "abort")
+                .await?;
         }
         self.checkpoints().forget(false).await
     }

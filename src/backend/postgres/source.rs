@@ -57,9 +57,13 @@ impl PgSource {
         } else {
             name.clone()
         };
-        let table =
-            TableInfo::load(&side.client, &side.database, &current, spec.key_columns().as_deref())
-                .await?;
+        let table = TableInfo::load(
+            &side.client,
+            &side.database,
+            &current,
+            spec.key_columns().as_deref(),
+        )
+        .await?;
         let database_oid: u32 = side
             .scalar(
                 "SELECT oid FROM pg_database WHERE datname = current_database()",
@@ -378,7 +382,10 @@ impl Source for PgSource {
         let locked = self
             .ddl()
             .run(
-                &[format!("LOCK TABLE {} IN SHARE MODE", self.table.name.sql())],
+                &[format!(
+                    "LOCK TABLE {} IN SHARE MODE",
+                    self.table.name.sql()
+                )],
                 "verify",
             )
             .await;
@@ -402,7 +409,10 @@ impl Source for PgSource {
         }
         let old = old_name(&self.name);
         if self.side.exists(&old.sql()).await? {
-            return Err(Error::Refused(format!("cutover would rename {} to {old}, which exists already: drop or rename it first", self.name)));
+            return Err(Error::Refused(format!(
+                "cutover would rename {} to {old}, which exists already: drop or rename it first",
+                self.name
+            )));
         }
         refuse_blocking(&self.side, &self.table, self.kind).await?;
         let ddl = self.ddl();
@@ -411,7 +421,11 @@ impl Source for PgSource {
                 ddl.run(
                     &[
                         format!("LOCK TABLE {} IN EXCLUSIVE MODE", self.name.sql()),
-                        format!("ALTER TABLE {} RENAME TO {}", self.name.sql(), ident(&old.name)),
+                        format!(
+                            "ALTER TABLE {} RENAME TO {}",
+                            self.name.sql(),
+                            ident(&old.name)
+                        ),
                     ],
                     "cutover",
                 )

@@ -76,10 +76,29 @@ impl Column {
     /// type id.
     pub fn portable_binary(&self) -> bool {
         const BUILT_IN: &[&str] = &[
-            "smallint", "integer", "bigint", "real", "double precision", "numeric", "boolean",
-            "text", "character varying", "character", "bytea", "date", "time without time zone",
-            "timestamp without time zone", "timestamp with time zone", "interval", "uuid",
-            "json", "jsonb", "inet", "cidr", "macaddr", "oid",
+            "smallint",
+            "integer",
+            "bigint",
+            "real",
+            "double precision",
+            "numeric",
+            "boolean",
+            "text",
+            "character varying",
+            "character",
+            "bytea",
+            "date",
+            "time without time zone",
+            "timestamp without time zone",
+            "timestamp with time zone",
+            "interval",
+            "uuid",
+            "json",
+            "jsonb",
+            "inet",
+            "cidr",
+            "macaddr",
+            "oid",
         ];
         let base = self.type_sql.trim_end_matches("[]");
         let base = base.split('(').next().unwrap_or(base).trim();

@@ -16,7 +16,10 @@ use crate::error::Result;
 const CHUNK_ROWS: i64 = 20_000;
 
 /// Key bounds as text parameters, lower then upper (when present).
-pub fn key_params<'a>(lower: &'a Option<Key>, upper: &'a Option<Key>) -> Vec<&'a (dyn ToSql + Sync)> {
+pub fn key_params<'a>(
+    lower: &'a Option<Key>,
+    upper: &'a Option<Key>,
+) -> Vec<&'a (dyn ToSql + Sync)> {
     lower
         .iter()
         .chain(upper.iter())

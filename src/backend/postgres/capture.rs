@@ -228,7 +228,7 @@ impl Capture {
                 Message::Commit { end_lsn } if !skip => {
                     batch.end = Some(Position(format_lsn(*end_lsn)));
                 }
-                Message::Truncate { relations } if relations.iter().any(|r| *r == table.oid) => {
+                Message::Truncate { relations } if relations.contains(&table.oid) => {
                     return Err(Error::Refused(format!(
                         "{} was truncated during the job; a truncate cannot be replayed row by row: abort the job and start it again",
                         table.name

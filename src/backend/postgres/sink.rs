@@ -230,6 +230,14 @@ impl PgSink {
 
     /// The statement of one in-server batch (see [`BatchSql::statement`]).
     pub(super) async fn batch_sql(&mut self) -> Result<BatchSql> {
+        if !self.fills() {
+            self.target().await?;
+        }
+        self.in_server_batch(self.target.as_ref())
+    }
+
+    /// [`PgSink::batch_sql`] with the target already read (a copy's is, after expand).
+    fn in_server_batch(&self, target: Option<&TableInfo>) -> Result<BatchSql> {
         let source = self
             .local_source
             .clone()
@@ -239,7 +247,9 @@ impl PgSink {
                 columns: self.fill_columns()?,
             }
         } else {
-            let target = self.target().await?.clone();
+            let target = target.cloned().ok_or_else(|| {
+                Error::State("the target is read at expand, before the copy".into())
+            })?;
             Write::Copy {
                 target: target.name.sql(),
                 columns: self
@@ -432,20 +442,11 @@ impl Sink for PgSink {
                     .await
                     .map_err(self.side.failed("cannot mark the fill session"))?;
             }
-            let mut sink = PgSink {
-                spec: self.spec.clone(),
-                side: Side::open(&self.side.database, &self.side.url, &self.side.sessions).await?,
-                lock_timeout: self.lock_timeout,
-                source_name: self.source_name.clone(),
-                local_source: self.local_source.clone(),
-                target_name: self.target_name.clone(),
-                target: self.target.clone(),
-                apply: None,
-            };
+            let sql = self.in_server_batch(self.target.as_ref())?;
             return Ok(Box::new(InServerWorker {
                 database: self.side.database.clone(),
                 client,
-                sql: sink.batch_sql().await?,
+                sql,
                 statements: Default::default(),
             }));
         }

@@ -61,7 +61,9 @@ pub enum Error {
         transient: bool,
     },
 
-    /// Another run holds the migration lock of a database for longer than we wait.
+    /// A lock was not had in time: another run's migration lock, or a table lock that a
+    /// job's DDL, verification or cutover waited for longer than `lock_timeout`.
+    /// Transient: the engine retries it, and a cutover gives up after its own attempts.
     #[error("database `{database}`: {message}")]
     LockTimeout { database: String, message: String },
 
@@ -141,8 +143,9 @@ impl Error {
     }
 
     /// Every value of [`Error::kind`].
-    pub const KINDS: [&'static str; 10] = [
+    pub const KINDS: [&'static str; 11] = [
         "usage",
+        "not_found",
         "config",
         "invalid_file",
         "refused",
@@ -288,6 +291,7 @@ mod tests {
     fn every_kind_is_listed() {
         let errors = [
             Error::Usage(String::new()),
+            Error::NotFound(String::new()),
             Error::Refused(String::new()),
             Error::State(String::new()),
             Error::InvalidFiles(Vec::new()),

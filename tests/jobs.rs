@@ -360,11 +360,11 @@ fn abort_before_cutover_leaves_nothing_behind() {
 }
 
 #[test]
-fn abort_after_cutover_swaps_back() {
+fn abort_after_cutover_swaps_back_with_every_write_made_since() {
     let project = Project::new();
     let mut db = project.db.client();
     create_items(&mut db, "items", 1_000);
-    let before = checksum(&mut db, "items");
+
     let file = project.job_file(
         "items",
         &copy_job(
@@ -379,15 +379,43 @@ fn abort_after_cutover_swaps_back() {
         run.stdout
     );
     assert!(project.db.exists("items_old"));
+    // Writes go on against the new table, through the abort: blocked statements
+    // continue on the old table once it has its name back.
+    let model = contents(&mut db, "items");
+    let writer = Writer::start(&project.db.url, "items", model, seed());
+    project.db.wait_for(
+        "SELECT (count(*) >= 100)::text FROM items WHERE id > 1000000",
+        "true",
+    );
     project.run(&["job", "abort", "items"]).ok();
+    let (model, ops) = writer.stop();
+    assert!(ops >= 200, "the writer made only {ops} changes");
     assert!(!project.db.exists("items_old") && project.db.exists("items_v2"));
-    assert_eq!(checksum(&mut db, "items"), before);
+    assert_eq!(
+        contents(&mut db, "items"),
+        model,
+        "the old table took its name back with every write made to the new one"
+    );
     assert_eq!(
         project
             .db
             .column("SELECT relkind::text FROM pg_class WHERE relname = 'items'"),
         ["r"]
     );
+    assert_eq!(
+        project.db.column(
+            "SELECT count(*)::text FROM pg_replication_slots WHERE database = current_database()"
+        ),
+        ["0"],
+        "the way back's slot is gone"
+    );
+    assert_eq!(
+        project
+            .db
+            .column("SELECT count(*)::text FROM pg_publication"),
+        ["0"]
+    );
+    assert_eq!(project.job_status("items")["phase"], "aborted");
 }
 
 #[test]

@@ -9,18 +9,32 @@
 //!   changes up to it and made the position durable with them.
 //! - A consistent comparison holds the source's writes, drains the last changes into
 //!   the sink, then compares: a difference it finds is real.
+//! - After a cutover the way back is a pipeline of its own ([`Pipeline::reverse`]): the
+//!   new table is its source, the old one its sink. Its capture was started by the
+//!   forward sink before the switch ([`Sink::cutover`]), so every write made to the new
+//!   table after the switch reaches the old one, and an abort is that pipeline's cutover.
+
+use futures::future::BoxFuture;
 
 use super::progress::{AppliedChanges, CutoverReport, KeyRange, Lag, Mismatch, RangeProgress};
 use super::row::Position;
 use super::sink::{CopyWorker, Sink};
 use super::source::Source;
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+/// Opens the way back of a job that cut over: the target as a source, the source as a
+/// sink (see [`Pipeline::reverse`]).
+pub type OpenReverse = Box<dyn Fn() -> BoxFuture<'static, Result<Pipeline>> + Send + Sync>;
 
 pub struct Pipeline {
     pub source: Box<dyn Source>,
     pub sink: Box<dyn Sink>,
     /// The sink's position, read once and then kept as changes are applied.
     position: Option<Position>,
+    /// How to open the way back (`None` where the stores have none).
+    open_reverse: Option<OpenReverse>,
+    /// The way back, once opened.
+    reverse: Option<Box<Pipeline>>,
 }
 
 impl Pipeline {
@@ -29,7 +43,45 @@ impl Pipeline {
             source,
             sink,
             position: None,
+            open_reverse: None,
+            reverse: None,
         }
+    }
+
+    /// A pipeline whose changes after a cutover can be carried back by the pipeline
+    /// `open_reverse` opens.
+    pub fn with_reverse(mut self, open_reverse: OpenReverse) -> Pipeline {
+        self.open_reverse = Some(open_reverse);
+        self
+    }
+
+    /// The way back after a cutover, opened (and claimed) on first use; `None` where
+    /// the stores have none.
+    pub async fn reverse(&mut self) -> Result<Option<&mut Pipeline>> {
+        if self.reverse.is_none() {
+            let Some(open) = &self.open_reverse else {
+                return Ok(None);
+            };
+            let mut reverse = open().await?;
+            if !reverse.try_claim().await? {
+                return Err(Error::Refused(
+                    "another process holds the job's way back (its reverse capture)".into(),
+                ));
+            }
+            self.reverse = Some(Box::new(reverse));
+        }
+        Ok(self.reverse.as_deref_mut())
+    }
+
+    /// Removes the way back's capture and checkpoints (idempotent): at contract, and
+    /// once an abort swapped back.
+    pub async fn close_reverse(&mut self) -> Result<()> {
+        if let Some(reverse) = self.reverse().await? {
+            reverse.source.stop_capture().await?;
+            reverse.sink.start_fresh().await?;
+        }
+        self.reverse = None;
+        Ok(())
     }
 
     pub async fn try_claim(&mut self) -> Result<bool> {
@@ -44,6 +96,7 @@ impl Pipeline {
     /// old connections (on both sides) leftovers.
     pub async fn reconnect(&mut self) -> Result<bool> {
         self.position = None;
+        self.reverse = None;
         if !self.sink.reconnect().await? {
             return Ok(false);
         }
@@ -210,19 +263,28 @@ impl Pipeline {
         Ok(report)
     }
 
-    pub async fn abort(&mut self, after_cutover: bool, created_target: bool) -> Result<()> {
-        if !after_cutover {
-            self.source.stop_capture().await?;
-        }
+    /// Undoes the job before its cutover: capture, checkpoints and (when expand
+    /// created it) the target go; the source stays as it was.
+    pub async fn abort(&mut self, created_target: bool) -> Result<()> {
+        self.source.stop_capture().await?;
         self.position = None;
         self.sink
-            .abort(self.source.as_mut(), after_cutover, created_target)
+            .abort(self.source.as_mut(), created_target)
             .await?;
+        self.source.forget().await
+    }
+
+    /// After the way back swapped the tables back: the job's checkpoints go on both
+    /// sides (the target, with every row it had, is kept).
+    pub async fn forget(&mut self) -> Result<()> {
+        self.position = None;
+        self.sink.start_fresh().await?;
         self.source.forget().await
     }
 
     pub async fn contract(&mut self) -> Result<()> {
         self.source.stop_capture().await?;
+        self.close_reverse().await?;
         crate::crash_point!("contract.after_drop_capture");
         self.source.contract().await?;
         crate::crash_point!("contract.after_ddl");

@@ -280,6 +280,11 @@ impl Engine<'_> {
                         return Ok(Flow::End(end));
                     }
                 }
+                // The way back starts applying where its capture started, before the
+                // switch (idempotent: a resumed run passes here again).
+                if let Some(reverse) = self.backend.reverse().await? {
+                    reverse.expand(true).await?;
+                }
                 return self.contract_when_due().await;
             }
             Phase::Contract => {
@@ -356,9 +361,12 @@ impl Engine<'_> {
 
     async fn abort(&mut self) -> Result<RunEnd> {
         let after_cutover = self.record.cutover_at.is_some() && self.spec.kind == JobKind::Copy;
-        self.backend
-            .abort(after_cutover, self.record.created_target)
-            .await?;
+        if after_cutover {
+            self.swap_back().await?;
+            self.backend.forget().await?;
+        } else {
+            self.backend.abort(self.record.created_target).await?;
+        }
         self.record.phase = Phase::Aborted;
         self.record.resume_phase = None;
         self.save().await?;
@@ -575,6 +583,14 @@ impl Engine<'_> {
                         self.catch_up_tail().await?;
                     }
                 }
+                Err(Error::LockTimeout { database, message }) => {
+                    // Not left to the transient retries as well: they would multiply the
+                    // attempts.
+                    return Err(Error::Refused(format!(
+                        "job `{}`: cutover gave up after {CUTOVER_ATTEMPTS} attempts, the source stayed busy (database `{database}`: {message}); nothing was switched: run `switchyard job cutover {}` again when it is quieter",
+                        self.spec.name, self.spec.name
+                    )));
+                }
                 Err(error) => return Err(error),
             }
         };
@@ -605,9 +621,10 @@ impl Engine<'_> {
         Ok(())
     }
 
-    /// Contract now if it is due or asked for; otherwise say when.
+    /// Contract now if it is due or asked for; otherwise say when. When following a
+    /// job that cut over, the writes made to the new table are carried back to the old
+    /// one as they come until then (so an abort has little left to drain).
     async fn contract_when_due(&mut self) -> Result<Flow> {
-        let control = JobControl::load(self.store, &self.spec.name).await?;
         let from = self.record.cutover_at.unwrap_or_else(Utc::now);
         let due = match self.spec.contract.after {
             ContractAfter::Manual => None,
@@ -615,11 +632,65 @@ impl Engine<'_> {
                 Some(from + chrono::Duration::from_std(delay).unwrap_or(chrono::TimeDelta::MAX))
             }
         };
-        if control.contract_requested || due.is_some_and(|due| due <= Utc::now()) {
-            return Ok(Flow::Next(Phase::Contract));
+        let follows = self.options.follow && self.record.cutover_at.is_some();
+        loop {
+            let control = JobControl::load(self.store, &self.spec.name).await?;
+            if control.contract_requested || due.is_some_and(|due| due <= Utc::now()) {
+                return Ok(Flow::Next(Phase::Contract));
+            }
+            if !follows {
+                self.save().await?;
+                return Ok(Flow::End(RunEnd::WaitingForContract(due)));
+            }
+            if let Some(interrupt) = self.interrupted().await? {
+                if let Some(end) = self.handle(interrupt, self.record.phase).await? {
+                    return Ok(Flow::End(end));
+                }
+            }
+            let started = Instant::now();
+            let Some(reverse) = self.backend.reverse().await? else {
+                self.save().await?;
+                return Ok(Flow::End(RunEnd::WaitingForContract(due)));
+            };
+            while started.elapsed() < CONTROL_INTERVAL {
+                let pass = reverse.apply_changes(Some(CATCH_UP_BATCH)).await?;
+                if pass.drained {
+                    tokio::time::sleep(CONTROL_INTERVAL / 5).await;
+                }
+            }
         }
-        self.save().await?;
-        Ok(Flow::End(RunEnd::WaitingForContract(due)))
+    }
+
+    /// After a cutover: the way back applies the writes made to the new table since,
+    /// then cuts over onto the old table, which so takes its place back with every
+    /// write. Resumable: a cutover of the way back that committed is not repeated.
+    async fn swap_back(&mut self) -> Result<()> {
+        let job = self.spec.name.clone();
+        let Some(reverse) = self.backend.reverse().await? else {
+            return Err(Error::Refused(format!(
+                "job `{job}` cut over without change capture (`catch_up.method = \"none\"`), so the writes made to the new table since cannot be carried back; nothing was changed"
+            )));
+        };
+        if reverse.completed_cutover().await?.is_none() {
+            reverse.expand(true).await?;
+            // The backlog before writes stop; what comes meanwhile drains in the switch.
+            while !reverse.apply_changes(Some(CATCH_UP_BATCH)).await?.drained {}
+            let mut attempt = 0;
+            let report = loop {
+                attempt += 1;
+                match reverse.cutover().await {
+                    Ok(report) => break report,
+                    Err(Error::LockTimeout { .. }) if attempt < CUTOVER_ATTEMPTS => {
+                        tracing::warn!(job = %job, attempt, "the new table is busy; swapping back retries");
+                        tokio::time::sleep(Duration::from_millis(100 * attempt as u64)).await;
+                    }
+                    Err(error) => return Err(error),
+                }
+            };
+            self.record.changes_applied += report.changes_drained;
+            tracing::info!(job = %job, blocked_ms = report.writes_blocked.as_millis() as u64, "swapped back");
+        }
+        self.backend.close_reverse().await
     }
 }
 

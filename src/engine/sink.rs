@@ -12,6 +12,9 @@
 //! - The sink holds the job's lease and checkpoints; both survive the process.
 //! - A cutover is recorded with the switch it made ([`Sink::completed_cutover`]), so a
 //!   process that dies right after never switches twice.
+//! - Before the switch, a sink that can be read back starts capturing its own changes
+//!   (the way back, [`super::Pipeline::reverse`]), so that no write made to the target
+//!   after the switch escapes an abort.
 
 use async_trait::async_trait;
 
@@ -48,8 +51,8 @@ pub trait Sink: Send + Sync {
     /// false when another process took the job meanwhile.
     async fn reconnect(&mut self) -> Result<bool>;
 
-    /// Removes what an earlier job of the same name left (checkpoints): called once,
-    /// when a job starts with no record.
+    /// Removes what the job keeps in the sink (checkpoints, the capture of the way
+    /// back): when a job starts with no record, and once the job is undone.
     async fn start_fresh(&mut self) -> Result<()>;
 
     /// Runs the expand step (idempotent, each statement once) and checks that the
@@ -86,20 +89,16 @@ pub trait Sink: Send + Sync {
 
     /// In one short step: fence the source, apply its last changes, and let the target
     /// take its place; records the cutover with the switch. Fails, changing nothing,
-    /// when the source's writes cannot be stopped within the lock timeout.
+    /// when the source's writes cannot be stopped within the lock timeout. Where the
+    /// way back exists, its capture of the target starts before the switch.
     async fn cutover(&mut self, source: &mut dyn Source) -> Result<CutoverReport>;
 
     /// The cutover this job already made, if any.
     async fn completed_cutover(&mut self) -> Result<Option<CutoverReport>>;
 
-    /// Undoes the job. Before cutover: removes checkpoints and (when it created it)
-    /// the target; after cutover: the source takes its place back.
-    async fn abort(
-        &mut self,
-        source: &mut dyn Source,
-        after_cutover: bool,
-        created_target: bool,
-    ) -> Result<()>;
+    /// Undoes the job before its cutover: removes checkpoints, what expand set up, and
+    /// (when it created it) the target. (After a cutover the way back swaps back.)
+    async fn abort(&mut self, source: &mut dyn Source, created_target: bool) -> Result<()>;
 
     /// Removes the job's helpers and checkpoints after the source's contract ran.
     async fn contract(&mut self) -> Result<()>;

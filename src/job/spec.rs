@@ -352,13 +352,16 @@ impl JobSpec {
                     "missing section `[target]`: a copy needs a target table".to_string()
                 })?;
                 let target_kind = self.endpoint_kind("target", target, config)?;
-                if target_kind != source_kind || target.database != self.source.database {
+                if target_kind != DatabaseKind::Postgresql {
                     return Err(field(
                         "target.database",
-                        format!("`{}`: this version copies within one PostgreSQL database (source is `{}`)", target.database, self.source.database),
+                        format!(
+                            "`{}` is {target_kind}: there is no path from {source_kind} to {target_kind} in this version (PostgreSQL copies into PostgreSQL, on the same or another server)",
+                            target.database
+                        ),
                     ));
                 }
-                if target.table == self.source.table {
+                if target.database == self.source.database && target.table == self.source.table {
                     return Err(field(
                         "target.table",
                         "the target must be another table than the source".into(),

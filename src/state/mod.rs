@@ -1,6 +1,8 @@
 //! The state store: where switchyard keeps what must outlive a process and be shared by
-//! every shell on the same configuration: the audit log now, job state and checkpoints
-//! with the online-jobs engine.
+//! every shell on the same configuration: the audit log, and each job's record (phase,
+//! progress figures) and control (pause, throttle, cutover, abort requests). A job's
+//! checkpoints are not here: they live with the data, in the sink's database, so that
+//! each commits with the writes it stands for (see [`crate::engine`]).
 //!
 //! Records are opaque JSON here; their meaning lives in [`crate::engine`]. A job's
 //! record is written only by the process running it, its control only by operators'

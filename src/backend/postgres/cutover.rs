@@ -1,9 +1,15 @@
 //! The switch: the target takes the source's place, and on abort gives it back.
 //!
+//! Before either, the way back's capture of the target starts (see [`super::way_back`]):
+//! every write the target takes after the switch is captured.
+//!
 //! Within one database it is one transaction on the sink's session: lock the source
 //! against writes (`EXCLUSIVE`, under `lock_timeout`), drain the last changes, rename
 //! source → `<table>_old` and target → `<table>`, move owned sequences, record the
 //! cutover. Writers wait for the lock, then continue on the new table.
+//!
+//! The way back is a job of its own whose cutover is the same switch in the other
+//! direction, so an abort after a cutover loses no write either.
 //!
 //! Across servers the source is fenced first (renamed to `<table>_old` on its server,
 //! so writes to it fail from then on), then in one transaction on the target the last
@@ -16,7 +22,6 @@ use std::time::Instant;
 
 use super::dependents::refuse_blocking;
 use super::sink::PgSink;
-use super::source::old_name;
 use super::table::{ident, TableName};
 use crate::engine::progress::CutoverReport;
 use crate::engine::source::Source;
@@ -50,7 +55,7 @@ impl PgSink {
         source: &mut dyn Source,
     ) -> Result<CutoverReport> {
         let table = self.local_source.clone().expect("in-server cutover");
-        let old = old_name(&self.source_name);
+        let old = self.aside.clone();
         if self.side.exists(&old.sql()).await? {
             return Err(Error::Refused(format!(
                 "cutover would rename {} to {old}, which exists already: drop or rename it first",
@@ -211,35 +216,6 @@ impl PgSink {
                 self.spec.name
             )))
         }
-    }
-
-    /// After a cutover: the source takes its place back.
-    pub(super) async fn swap_back(&mut self, source: &mut dyn Source) -> Result<()> {
-        let target = self.target_name.clone().expect("copy");
-        if self.local_source.is_some() {
-            let current = self.source_name.clone();
-            let old = old_name(&current);
-            return self
-                .side
-                .transaction("swapping back", async {
-                    self.swap(&current, &target.name, &old, "swap back").await
-                })
-                .await;
-        }
-        let taking = target.sibling(&self.source_name.name);
-        if taking != target && self.side.exists(&taking.sql()).await? {
-            self.ddl()
-                .run(
-                    &[format!(
-                        "ALTER TABLE {} RENAME TO {}",
-                        taking.sql(),
-                        ident(&target.name)
-                    )],
-                    "swap back",
-                )
-                .await?;
-        }
-        source.unfence().await
     }
 
     /// Within the caller's transaction: renames `current` to `aside` and `incoming` to

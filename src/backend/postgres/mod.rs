@@ -32,13 +32,16 @@ pub use migrations::PostgresMigrations;
 pub use plan::JobPlan;
 pub use split::split_statements;
 
+use std::sync::Arc;
+
 use tokio_postgres::{Client, NoTls};
 
 use crate::config::Config;
 use crate::engine::Pipeline;
 use crate::error::{Error, Result};
-use crate::job::JobSpec;
+use crate::job::{CatchUpMethod, Endpoint, JobKind, JobSpec};
 use crate::secret::SecretUrl;
+use table::TableName;
 
 /// The `application_name` switchyard's sessions carry, so that operators can find them
 /// in `pg_stat_activity` (and see who holds a lock).
@@ -89,8 +92,14 @@ pub fn millis_literal(duration: std::time::Duration) -> String {
     format!("'{}ms'", duration.as_millis())
 }
 
-/// The two sides of a PostgreSQL job, connected.
-async fn open_sides(config: &Config, spec: &JobSpec) -> Result<(source::PgSource, sink::PgSink)> {
+/// The two sides of a PostgreSQL job, connected. `aside` is the name the source takes
+/// when the target takes its place.
+async fn open_sides(
+    config: &Config,
+    spec: &JobSpec,
+    aside: TableName,
+    captures_back: bool,
+) -> Result<(source::PgSource, sink::PgSink)> {
     let sessions = session::Sessions::new(&spec.name);
     let lock_timeout = config.migrations.lock_timeout;
     let source_db = config.database(&spec.source.database)?;
@@ -99,21 +108,93 @@ async fn open_sides(config: &Config, spec: &JobSpec) -> Result<(source::PgSource
         .as_ref()
         .map_or(&spec.source.database, |t| &t.database);
     let target_db = config.database(target)?;
-    let source = source::PgSource::open(spec, &source_db.url, &sessions, lock_timeout).await?;
-    let same_database = *target == spec.source.database;
-    let sink =
-        sink::PgSink::open(spec, &target_db.url, &sessions, lock_timeout, same_database).await?;
+    let source =
+        source::PgSource::open(spec, &source_db.url, &sessions, lock_timeout, aside.clone())
+            .await?;
+    let sink = sink::PgSink::open(
+        spec,
+        &target_db.url,
+        &sessions,
+        lock_timeout,
+        sink::Placement {
+            same_database: *target == spec.source.database,
+            aside,
+            captures_back,
+        },
+    )
+    .await?;
     Ok((source, sink))
 }
 
-/// A PostgreSQL job's source and sink, joined for the engine.
+/// The name the source of `spec` takes at cutover: `<table>_old`.
+fn forward_aside(spec: &JobSpec) -> TableName {
+    source::old_name(&TableName::parse(
+        spec.source.table.as_deref().unwrap_or_default(),
+    ))
+}
+
+/// A PostgreSQL job's source and sink, joined for the engine; a copy that catches up
+/// can also carry the new table's writes back after its cutover ([`way_back`]).
 pub async fn open_job(config: &Config, spec: &JobSpec) -> Result<Pipeline> {
-    let (source, sink) = open_sides(config, spec).await?;
-    Ok(Pipeline::new(Box::new(source), Box::new(sink)))
+    let captures_back =
+        spec.kind == JobKind::Copy && spec.catch_up.method == CatchUpMethod::LogicalReplication;
+    let (source, sink) = open_sides(config, spec, forward_aside(spec), captures_back).await?;
+    let pipeline = Pipeline::new(Box::new(source), Box::new(sink));
+    if !captures_back {
+        return Ok(pipeline);
+    }
+    let (config, spec) = (Arc::new(config.clone()), Arc::new(spec.clone()));
+    Ok(pipeline.with_reverse(Box::new(move || {
+        let (config, spec) = (config.clone(), spec.clone());
+        Box::pin(async move {
+            let (back, aside) = way_back(&spec);
+            let (source, sink) = open_sides(&config, &back, aside, false).await?;
+            Ok(Pipeline::new(Box::new(source), Box::new(sink)))
+        })
+    })))
+}
+
+/// The job that carries writes back after `spec`'s cutover: the new table (the target,
+/// under the source's name) is its source and the set-aside source (`<table>_old`) its
+/// target; its cutover gives the old table its name back and puts the new one aside
+/// under the name it had before (or `<table>_old` on its server when it had the
+/// source's name). It copies nothing: it only catches up and cuts over.
+pub(crate) fn way_back(spec: &JobSpec) -> (JobSpec, TableName) {
+    let source = TableName::parse(spec.source.table.as_deref().unwrap_or_default());
+    let forward_target = spec.target.as_ref().expect("a copy has a target");
+    let target = TableName::parse(forward_target.table.as_deref().unwrap_or_default());
+    let new_table = target.sibling(&source.name);
+    let aside = if new_table != target {
+        target
+    } else {
+        source::old_name(&new_table)
+    };
+    let mut back = spec.clone();
+    back.name = back_name(&spec.name);
+    back.source = Endpoint {
+        database: forward_target.database.clone(),
+        table: Some(new_table.to_string()),
+        ..spec.source.clone()
+    };
+    back.target = Some(Endpoint {
+        database: spec.source.database.clone(),
+        table: Some(source::old_name(&source).to_string()),
+        key: None,
+        ..forward_target.clone()
+    });
+    back.expand = Default::default();
+    back.transform = Default::default();
+    back.contract = Default::default();
+    (back, aside)
+}
+
+/// The name of a job's way back (its slot, sessions and checkpoints carry it).
+pub(crate) fn back_name(job: &str) -> String {
+    format!("{job}_back")
 }
 
 /// What `job plan` prints for a PostgreSQL job.
 pub async fn plan_job(config: &Config, spec: &JobSpec) -> Result<JobPlan> {
-    let (mut source, mut sink) = open_sides(config, spec).await?;
+    let (mut source, mut sink) = open_sides(config, spec, forward_aside(spec), false).await?;
     plan::plan(&mut source, &mut sink).await
 }

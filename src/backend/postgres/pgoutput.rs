@@ -1,5 +1,5 @@
-//! Decoding of `pgoutput` logical replication messages (protocol version 1), as returned
-//! by `pg_logical_slot_peek_binary_changes`: one message per row.
+//! Decoding of `pgoutput` logical replication messages (protocol version 1), as the
+//! replication stream ([`super::replication`]) delivers them: one message per row.
 //!
 //! Only what catch-up needs is kept: transaction boundaries with their commit LSN and
 //! time, relation descriptions, and row changes with values in text form. A TRUNCATE is

@@ -125,6 +125,16 @@ impl Side {
         row.try_get(0).map_err(self.failed(context))
     }
 
+    /// The database's oid (replication slots are per server, so their names carry it).
+    pub async fn database_oid(&self) -> Result<u32> {
+        self.scalar(
+            "SELECT oid FROM pg_database WHERE datname = current_database()",
+            &[],
+            "cannot read the database's oid",
+        )
+        .await
+    }
+
     /// Whether a relation of this (quoted) name exists.
     pub async fn exists(&self, name_sql: &str) -> Result<bool> {
         self.scalar(

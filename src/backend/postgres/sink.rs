@@ -16,6 +16,7 @@ use async_trait::async_trait;
 
 use super::apply::ChangeApply;
 use super::batch::{BatchSql, CopyWriter, InServerWorker, Write};
+use super::capture::Capture;
 use super::checkpoints::Checkpoints;
 use super::ddl::Ddl;
 use super::session::{Sessions, Side};
@@ -35,12 +36,27 @@ const FILLING_SETTING: &str = "switchyard.filling";
 /// The dollar-quote tag of generated function bodies; refused inside expressions.
 const BODY_TAG: &str = "$sy_body$";
 
+/// Where a sink stands relative to its source.
+pub struct Placement {
+    /// The source is in the same configured database.
+    pub same_database: bool,
+    /// The name the source takes when the target takes its place.
+    pub aside: TableName,
+    /// Capture the target's changes from before its cutover on, for the way back.
+    pub captures_back: bool,
+}
+
 pub struct PgSink {
     pub(super) spec: JobSpec,
     pub(super) side: Side,
     pub(super) lock_timeout: Duration,
     /// The source as named in the job file.
     pub(super) source_name: TableName,
+    /// The name the source takes at cutover.
+    pub(super) aside: TableName,
+    /// The capture of the target's changes that the way back reads (see
+    /// [`super::way_back`]), when this job has one.
+    pub(super) back_capture: Option<Capture>,
     /// The source's table when it is in this database (a backfill's always is).
     pub(super) local_source: Option<TableInfo>,
     /// The target table as named in the job file (a copy's).
@@ -51,13 +67,13 @@ pub struct PgSink {
 }
 
 impl PgSink {
-    /// Connects to the target's database; `same_database` when the source is in it.
+    /// Connects to the target's database.
     pub async fn open(
         spec: &JobSpec,
         url: &crate::secret::SecretUrl,
         sessions: &Sessions,
         lock_timeout: Duration,
-        same_database: bool,
+        placement: Placement,
     ) -> Result<PgSink> {
         for expression in spec.transform.columns.values() {
             if expression.contains(BODY_TAG) {
@@ -72,7 +88,15 @@ impl PgSink {
             .map_or(&spec.source.database, |t| &t.database);
         let side = Side::open(database, url, sessions).await?;
         let source_name = TableName::parse(spec.source.table.as_deref().unwrap_or_default());
-        let local_source = if same_database {
+        let back_capture = if placement.captures_back {
+            Some(Capture::new(
+                &super::back_name(&spec.name),
+                side.database_oid().await?,
+            ))
+        } else {
+            None
+        };
+        let local_source = if placement.same_database {
             Some(
                 TableInfo::load(
                     &side.client,
@@ -95,6 +119,8 @@ impl PgSink {
             side,
             lock_timeout,
             source_name,
+            aside: placement.aside,
+            back_capture,
             local_source,
             target: None,
             apply: None,
@@ -310,6 +336,25 @@ impl PgSink {
         ]
     }
 
+    /// Removes the way back's capture of the target, if this job has one (idempotent).
+    async fn stop_back_capture(&mut self) -> Result<()> {
+        if let Some(capture) = self.back_capture.as_mut() {
+            capture.stop(&self.side).await?;
+        }
+        Ok(())
+    }
+
+    /// Before a switch: starts capturing the target's changes for the way back
+    /// (idempotent), so that the writes it takes after the switch can be carried back.
+    pub(super) async fn start_back_capture(&mut self) -> Result<()> {
+        if self.back_capture.is_none() {
+            return Ok(());
+        }
+        let target = self.target().await?.clone();
+        let capture = self.back_capture.as_ref().expect("checked above");
+        capture.start(&self.side, &target).await.map(drop)
+    }
+
     /// Applies `batch` within the caller's transaction and moves the position with it.
     pub(super) async fn apply_within(
         &mut self,
@@ -371,6 +416,7 @@ impl Sink for PgSink {
     }
 
     async fn start_fresh(&mut self) -> Result<()> {
+        self.stop_back_capture().await?;
         self.checkpoints().forget(false).await
     }
 
@@ -525,6 +571,8 @@ impl Sink for PgSink {
         if let Some(report) = self.completed_cutover().await? {
             return Ok(report);
         }
+        self.start_back_capture().await?;
+        crate::crash_point!("cutover.after_back_capture");
         if self.local_source.is_some() {
             self.cutover_in_server(source).await
         } else {
@@ -543,15 +591,10 @@ impl Sink for PgSink {
             }))
     }
 
-    async fn abort(
-        &mut self,
-        source: &mut dyn Source,
-        after_cutover: bool,
-        created_target: bool,
-    ) -> Result<()> {
-        if after_cutover {
-            self.swap_back(source).await?;
-        } else if !self.fills() && created_target {
+    async fn abort(&mut self, _source: &mut dyn Source, created_target: bool) -> Result<()> {
+        // A cutover attempt that failed may have started the way back's capture.
+        self.stop_back_capture().await?;
+        if !self.fills() && created_target {
             let target = self.target_name.clone().expect("copy");
             self.ddl()
                 .run(&[format!("DROP TABLE IF EXISTS {}", target.sql())], "abort")

@@ -5,9 +5,10 @@
 //! Invariants:
 //! - Every identifier from a job file is quoted; values travel as parameters, or as
 //!   quoted constants in `COPY`, which takes no parameters.
-//! - Fencing renames the source to `<table>_old` in a committed transaction, so writes
-//!   to it fail from then on; a source found under that name (and not under its own)
-//!   is a fenced one, and a resumed cutover goes on from there.
+//! - Fencing renames the source to its aside name (`<table>_old`; for the way back, the
+//!   name the new table had before) in a committed transaction, so writes to it fail
+//!   from then on; a source found under that name (and not under its own) is a fenced
+//!   one, and a resumed cutover goes on from there.
 
 use std::time::Duration;
 
@@ -34,6 +35,8 @@ pub struct PgSource {
     side: Side,
     /// The source's name in the job file.
     name: TableName,
+    /// The name it takes when fenced.
+    aside: TableName,
     table: TableInfo,
     schema: Schema,
     capture: Capture,
@@ -48,12 +51,12 @@ impl PgSource {
         url: &crate::secret::SecretUrl,
         sessions: &Sessions,
         lock_timeout: Duration,
+        aside: TableName,
     ) -> Result<PgSource> {
         let side = Side::open(&spec.source.database, url, sessions).await?;
         let name = TableName::parse(spec.source.table.as_deref().unwrap_or_default());
-        let old = old_name(&name);
-        let current = if !side.exists(&name.sql()).await? && side.exists(&old.sql()).await? {
-            old
+        let current = if !side.exists(&name.sql()).await? && side.exists(&aside.sql()).await? {
+            aside.clone()
         } else {
             name.clone()
         };
@@ -64,13 +67,7 @@ impl PgSource {
             spec.key_columns().as_deref(),
         )
         .await?;
-        let database_oid: u32 = side
-            .scalar(
-                "SELECT oid FROM pg_database WHERE datname = current_database()",
-                &[],
-                "cannot read the database's oid",
-            )
-            .await?;
+        let database_oid = side.database_oid().await?;
         Ok(PgSource {
             job: spec.name.clone(),
             kind: spec.kind,
@@ -78,6 +75,7 @@ impl PgSource {
             schema: table.schema(),
             side,
             name,
+            aside,
             table,
             lock_timeout,
             contract_sql: spec.contract.sql.clone(),
@@ -407,7 +405,7 @@ impl Source for PgSource {
         if self.fenced() {
             return Ok(());
         }
-        let old = old_name(&self.name);
+        let old = self.aside.clone();
         if self.side.exists(&old.sql()).await? {
             return Err(Error::Refused(format!(
                 "cutover would rename {} to {old}, which exists already: drop or rename it first",

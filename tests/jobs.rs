@@ -7,6 +7,7 @@ use common::writer::{
     checksum, contents, create_items, items_backfill_job, items_copy_job, seed, Lcg, Writer,
     WRONGLY_FILLED,
 };
+use common::proxy::Proxy;
 use common::Project;
 
 fn copy_job(name: &str, extra: &str) -> String {
@@ -710,51 +711,6 @@ fn a_cutover_that_committed_is_not_repeated() {
         "no second swap"
     );
     assert_eq!(checksum(&mut db, "items"), checksum(&mut db, "items_old"));
-}
-
-/// A TCP proxy to the test server whose connections can all be cut at once.
-struct Proxy {
-    port: u16,
-    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
-}
-
-impl Proxy {
-    fn start(to: u16) -> Proxy {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let streams = open.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
-                    continue;
-                };
-                streams
-                    .lock()
-                    .unwrap()
-                    .extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
-                ] {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(std::net::Shutdown::Both);
-                    });
-                }
-            }
-        });
-        Proxy { port, open }
-    }
-
-    /// Cuts every connection made so far; new ones go through.
-    fn cut(&self) -> usize {
-        let streams: Vec<_> = self.open.lock().unwrap().drain(..).collect();
-        for stream in &streams {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
-        }
-        streams.len() / 2
-    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! and prints it), a project folder with its own configuration, and the real binary.
 #![allow(dead_code)] // each test binary uses a different part of these helpers
 
+pub mod proxy;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::process::{Command, Output};
 
 /// The server `scripts/services up` starts, when the variable is not set.
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:54329/postgres";
+const DEFAULT_OTHER_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:54331/postgres";
 
 pub fn server_url() -> String {
     std::env::var("SWITCHYARD_TEST_POSTGRES_URL")
@@ -21,6 +23,12 @@ pub fn with_database(url: &str, database: &str) -> String {
     let mut parsed = url::Url::parse(url).expect("SWITCHYARD_TEST_POSTGRES_URL is a URL");
     parsed.set_path(&format!("/{database}"));
     parsed.to_string()
+}
+
+/// The second server that cross-server jobs copy to (`SWITCHYARD_TEST_OTHER_POSTGRES_URL`).
+pub fn other_server_url() -> String {
+    std::env::var("SWITCHYARD_TEST_OTHER_POSTGRES_URL")
+        .unwrap_or_else(|_| DEFAULT_OTHER_POSTGRES_URL.to_string())
 }
 
 /// The server that the fault tests may crash and restart (`SWITCHYARD_TEST_FAULTS_POSTGRES_URL`),

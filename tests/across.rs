@@ -257,3 +257,46 @@ fn a_target_server_that_goes_away_mid_copy_is_retried_and_the_job_ends_equal() {
         "nothing lost or duplicated across the cut"
     );
 }
+
+/// Bad input exits 2 naming the file and the field, and creates nothing on either server.
+#[test]
+fn targets_that_cannot_be_reached_or_cannot_take_the_rows_are_refused() {
+    let (project, other) = two_servers();
+    let mut source = project.db.client();
+    create_items(&mut source, "items", 100);
+    let config = common::read(&project.path("config/switchyard.toml"))
+        + "[databases.mongodb]\nkind = \"mongodb\"\nurl = \"mongodb://127.0.0.1:27017/app\"\n";
+    std::fs::write(project.path("config/switchyard.toml"), config).unwrap();
+    let cases = [
+        (
+            items_across("").replace("database = \"other\"", "database = \"nosuch\""),
+            "jobs/items.toml: field `target.database`: no database named `nosuch` in the configuration\n",
+        ),
+        (
+            items_across("").replace("database = \"other\"", "database = \"mongodb\""),
+            "jobs/items.toml: field `target.database`: `mongodb` is mongodb: there is no path from postgresql to mongodb in this version (PostgreSQL copies into PostgreSQL, on the same or another server)\n",
+        ),
+        (
+            items_across("").replace("v text NOT NULL", "v integer NOT NULL"),
+            "jobs/items.toml: field `target.table`: column `v` of public.items is integer, which cannot take the source's text",
+        ),
+        (
+            items_across("").replace("pad text)", "pad text, extra int NOT NULL)"),
+            "jobs/items.toml: field `target.table`: column `extra` of public.items is NOT NULL without a default, and the source has no column of that name: fill it under [transform] columns\n",
+        ),
+    ];
+    for (i, (job, expected)) in cases.into_iter().enumerate() {
+        let name = format!("case{i}");
+        let job = job.replace("name = \"items\"", &format!("name = \"{name}\""));
+        let file = project.job_file(&name, &job);
+        let run = project.run(&["job", "run", &file]).expect_code(2);
+        let expected = expected.replace("jobs/items.toml", &file);
+        assert!(
+            run.stderr.starts_with(&format!("error: {expected}")),
+            "expected `{expected}`, got `{}`",
+            run.stderr
+        );
+        assert!(!other.exists("items"), "nothing is left on the target server");
+        assert_eq!(slots(&project.db), ["0"]);
+    }
+}

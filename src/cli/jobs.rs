@@ -115,7 +115,16 @@ async fn drive(
         claim_wait,
         follow,
     };
-    let outcome = engine::run(spec, backend, store.as_ref(), file, options).await;
+    let outcome = engine::run(spec, backend, store.as_ref(), file, options)
+        .await
+        .map_err(|error| match error {
+            // A field of the job file the databases refused (a target that cannot take
+            // the source's rows): named with its file, like every other bad field.
+            Error::Refused(reason) if reason.starts_with("field `") => {
+                Error::Refused(format!("{file}: {reason}"))
+            }
+            other => other,
+        });
     bar.finish_and_clear();
     let record = JobRecord::load(store.as_ref(), &spec.name).await?;
     let (result, detail) = match (&outcome, &record) {

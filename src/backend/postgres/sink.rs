@@ -216,6 +216,80 @@ impl PgSink {
             .collect())
     }
 
+    /// Refuses a target whose columns cannot take the source's rows: a NOT NULL column
+    /// without a default that nothing fills, or a column copied by name from a type
+    /// the target's type cannot be assigned from (checked where both types exist, as
+    /// the planner would check the copy's INSERT).
+    async fn check_columns(
+        &self,
+        source: &Schema,
+        target: &TableInfo,
+        projection: &Projection,
+    ) -> Result<()> {
+        let unfilled: Vec<String> = self
+            .side
+            .client
+            .query(
+                "SELECT attname::text FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped
+                   AND attnotnull AND NOT atthasdef AND attgenerated = '' AND attidentity = ''
+                   AND NOT attname::text = ANY ($2::text[]) ORDER BY attnum",
+                &[&target.oid, &projection.iter().map(|p| p.name.clone()).collect::<Vec<_>>()],
+            )
+            .await
+            .map_err(self.side.failed(format!("cannot read the columns of {}", target.name)))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if let Some(column) = unfilled.first() {
+            return Err(Error::Refused(format!(
+                "field `target.table`: column `{column}` of {} is NOT NULL without a default, and the source has no column of that name: fill it under [transform] columns",
+                target.name
+            )));
+        }
+        for projected in projection {
+            let Some(field) = source.field(&projected.name) else {
+                continue;
+            };
+            if projected.expression != format!("s.{}", ident(&field.name))
+                || field.type_name == projected.type_name
+            {
+                continue;
+            }
+            let known: bool = self
+                .side
+                .scalar(
+                    "SELECT to_regtype($1) IS NOT NULL",
+                    &[&field.type_name],
+                    "cannot read the catalog",
+                )
+                .await?;
+            if !known {
+                continue;
+            }
+            let assignable = self
+                .side
+                .client
+                .batch_execute(&format!(
+                    "EXPLAIN INSERT INTO {} ({}) SELECT NULL::{}",
+                    target.name.sql(),
+                    ident(&projected.name),
+                    field.type_name
+                ))
+                .await;
+            if let Err(e) = assignable {
+                return Err(Error::Refused(format!(
+                    "field `target.table`: column `{}` of {} is {}, which cannot take the source's {} ({}): change the column, or convert it under [transform] columns",
+                    projected.name,
+                    target.name,
+                    projected.type_name,
+                    field.type_name,
+                    crate::error::describe_postgres_error(&e)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Binary COPY when every column is a plain copy of the same built-in type.
     fn row_format(source: &Schema, target: &TableInfo, projection: &Projection) -> RowFormat {
         let binary = projection.iter().all(|p| {
@@ -452,10 +526,26 @@ impl Sink for PgSink {
             return Ok(false);
         }
         // The target must exist now, with a unique index on the key, and take the
-        // source's rows.
+        // source's rows; if it cannot, what expand created goes again.
         self.target = None;
-        let target = self.target().await?.clone();
-        self.projection(source.schema(), &target)?;
+        let checked = async {
+            let target = self.target().await?.clone();
+            let projection = self.projection(source.schema(), &target)?;
+            self.check_columns(source.schema(), &target, &projection)
+                .await
+        }
+        .await;
+        if let Err(error @ Error::Refused(_)) = checked {
+            if !existed {
+                let target = self.target_name.clone().expect("a copy has a target");
+                self.ddl()
+                    .run(&[format!("DROP TABLE IF EXISTS {}", target.sql())], "expand")
+                    .await?;
+            }
+            self.checkpoints().forget(false).await?;
+            return Err(error);
+        }
+        checked?;
         Ok(!existed)
     }
 

@@ -237,7 +237,7 @@ async fn run_job(
     shutdown: watch::Receiver<bool>,
 ) {
     let outcome = async {
-        let backend = crate::backend::open_job(&config, &spec).await?;
+        let backend = crate::backend::open_job(&config, &spec, store.as_ref()).await?;
         let options = RunOptions {
             shutdown,
             observer: metrics,

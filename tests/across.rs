@@ -52,9 +52,10 @@ fn a_copy_onto_another_server_under_writes_cuts_over_and_swaps_back_with_nothing
     );
     // Writes after the run returned reach the target at cutover. The source is renamed
     // at cutover, so its writer stops first.
-    project
-        .db
-        .wait_for("SELECT (count(*) >= 100)::text FROM items WHERE id > 1000000", "true");
+    project.db.wait_for(
+        "SELECT (count(*) >= 100)::text FROM items WHERE id > 1000000",
+        "true",
+    );
     let (model, ops) = writer.stop();
     assert!(ops > 100, "the writer made only {ops} changes");
     let cutover = project.run(&["job", "cutover", "items"]).ok();
@@ -157,17 +158,20 @@ fn every_column_type_survives_the_trip_in_copy_and_in_catch_up() {
         .unwrap();
     for (table, columns, expand_types) in [
         ("kinds", KINDS_COLUMNS.to_string(), ""),
-        ("custom", format!("{KINDS_COLUMNS}, m mood, p positive"), custom),
+        (
+            "custom",
+            format!("{KINDS_COLUMNS}, m mood, p positive"),
+            custom,
+        ),
     ] {
-        let expand = format!(
-            "{expand_types} CREATE TABLE public.{table}_v2 ({columns})"
-        )
-        .replace('"', "\\\"");
+        let expand = format!("{expand_types} CREATE TABLE public.{table}_v2 ({columns})")
+            .replace('"', "\\\"");
         let job = format!(
             "name = \"{table}\"\nkind = \"copy\"\n[source]\ndatabase = \"postgresql\"\ntable = \"public.{table}\"\n\
              [target]\ndatabase = \"other\"\ntable = \"public.{table}_v2\"\n\
              [expand]\nsql = [\"{expand}\"]\n[copy]\nbatch_size = 700\nconcurrency = 2\n\
-             [cutover]\nmode = \"manual\"\n[contract]\nafter = \"manual\"\n"
+             [cutover]\nmode = \"manual\"\n\
+             [contract]\nafter = \"manual\"\nsql = [\"DROP TABLE public.{table}_old\"]\n"
         );
         let file = project.job_file(table, &job);
         project.run(&["job", "run", &file]).ok();
@@ -192,8 +196,21 @@ fn every_column_type_survives_the_trip_in_copy_and_in_catch_up() {
             source,
             "{table}: every value arrives byte for byte"
         );
-        assert!(!other.exists(&format!("{table}_v2")), "the target took the name");
+        assert!(
+            !other.exists(&format!("{table}_v2")),
+            "the target took the name"
+        );
         assert_eq!(digest(&project.db, &format!("{table}_old")), source);
+        // The contract drops the fenced source (on the source's server); the job stays
+        // done when run again.
+        project.run(&["job", "contract", table]).ok();
+        assert!(!project.db.exists(&format!("{table}_old")));
+        let again = project.run(&["job", "run", &file]).ok().stdout;
+        assert!(
+            again.starts_with(&format!("job {table}: done\n")),
+            "{again}"
+        );
+        assert_eq!(digest(&other, table), source);
     }
 }
 
@@ -229,14 +246,15 @@ fn a_target_server_that_goes_away_mid_copy_is_retried_and_the_job_ends_equal() {
     let proxy = Proxy::start(url::Url::parse(&other.url).unwrap().port().unwrap());
     let file = project.job_file(
         "items",
-        &items_across("[cutover]\nmode = \"auto\"\n").replace(
-            "[copy]\n",
-            "[copy]\nrows_per_second = 6000\n",
-        ),
+        &items_across("[cutover]\nmode = \"auto\"\n")
+            .replace("[copy]\n", "[copy]\nrows_per_second = 6000\n"),
     );
     let child = project
         .command(&["job", "run", &file])
-        .env("SWITCHYARD__DATABASES__OTHER__URL", proxy.url_for(&other.url))
+        .env(
+            "SWITCHYARD__DATABASES__OTHER__URL",
+            proxy.url_for(&other.url),
+        )
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -245,7 +263,10 @@ fn a_target_server_that_goes_away_mid_copy_is_retried_and_the_job_ends_equal() {
         s["phase"] == "copy" && s["rows_copied"].as_u64() >= Some(3_000)
     });
     let cut = proxy.cut();
-    assert!(cut >= 3, "the job's target connections go through the proxy ({cut} cut)");
+    assert!(
+        cut >= 3,
+        "the job's target connections go through the proxy ({cut} cut)"
+    );
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
@@ -296,7 +317,10 @@ fn targets_that_cannot_be_reached_or_cannot_take_the_rows_are_refused() {
             "expected `{expected}`, got `{}`",
             run.stderr
         );
-        assert!(!other.exists("items"), "nothing is left on the target server");
+        assert!(
+            !other.exists("items"),
+            "nothing is left on the target server"
+        );
         assert_eq!(slots(&project.db), ["0"]);
     }
 }

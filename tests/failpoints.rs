@@ -42,6 +42,7 @@ const COPY_JOB_POINTS: &[(&str, &str)] = &[
     ("verify.end", "return"),
     ("ready_to_cutover.start", "return"),
     ("cutover.start", "return"),
+    ("cutover.after_back_capture", "return"),
     ("cutover.after_lock", "return"),
     ("cutover.after_drain", "return"),
     ("cutover.after_swap", "return"),
@@ -68,12 +69,45 @@ const BACKFILL_POINTS: &[(&str, &str)] = &[
 /// Rows in the table: a dozen batches in two ranges.
 const ROWS: i64 = 6_000;
 
-fn copy_job() -> String {
-    items_copy_job(
+/// Where the crash-point jobs copy to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// `items` into `items_v2` in the same database (in-server batches).
+    SameDatabase,
+    /// `items` onto the other test server under the same name (COPY streams).
+    OtherServer,
+}
+
+fn copy_job(path: Path) -> String {
+    let job = items_copy_job(
         "items",
         "[copy]\nbatch_size = 500\nconcurrency = 2\n\n[cutover]\nmode = \"auto\"\n\n\
          [contract]\nafter = \"0s\"\nsql = [\"DROP TABLE public.items_old\"]",
-    )
+    );
+    match path {
+        Path::SameDatabase => job,
+        Path::OtherServer => job
+            .replace(
+                "[target]\ndatabase = \"postgresql\"",
+                "[target]\ndatabase = \"other\"",
+            )
+            .replace("items_v2", "items"),
+    }
+}
+
+/// A project for `path`, and the database its target table lives in.
+fn project_for(path: Path) -> (Project, Option<TestDb>) {
+    match path {
+        Path::SameDatabase => (Project::new(), None),
+        Path::OtherServer => {
+            let other = TestDb::on(&common::other_server_url());
+            let config = format!(
+                "[databases.other]\nkind = \"postgresql\"\nurl = \"{}\"\n",
+                other.url
+            );
+            (Project::with_config(&config), Some(other))
+        }
+    }
 }
 
 /// Runs `switchyard ARGS` with `point` armed and requires the crash there, with the
@@ -112,8 +146,8 @@ fn resume(project: &Project, args: &[&str], point: &str) {
     );
 }
 
-/// No slot, publication or checkpoint is left of the job.
-fn assert_nothing_left(project: &Project, point: &str) {
+/// No slot, publication or checkpoint is left of the job in `db`.
+fn assert_nothing_left(db: &TestDb, point: &str) {
     for leftover in [
         "SELECT count(*)::text FROM pg_replication_slots WHERE database = current_database()",
         "SELECT count(*)::text FROM pg_publication",
@@ -121,34 +155,43 @@ fn assert_nothing_left(project: &Project, point: &str) {
         "SELECT count(*)::text FROM switchyard.catch_up_progress",
         "SELECT count(*)::text FROM switchyard.cutovers",
     ] {
-        assert_eq!(project.db.column(leftover), ["0"], "{point}: {leftover}");
+        assert_eq!(db.column(leftover), ["0"], "{point}: {leftover}");
     }
 }
 
-fn copy_job_survives(points: &[(&str, &str)]) {
+fn copy_job_survives(points: &[(&str, &str)], path: Path) {
     let seed = seed();
     for (number, (point, action)) in points.iter().enumerate() {
-        let project = Project::new();
+        let (project, other) = project_for(path);
         let mut db = project.db.client();
         let model = create_items(&mut db, "items", ROWS);
-        let file = project.job_file("items", &copy_job());
+        let file = project.job_file("items", &copy_job(path));
+        // Across servers the writer ends when cutover fences the source.
         let writer = Writer::start(&project.db.url, "items", model, seed + number as u64);
         crash_at(&project, &["job", "run", &file], point, action);
         resume(&project, &["job", "run", &file], point);
         assert_eq!(project.job_status("items")["phase"], "done", "{point}");
         let (model, ops) = writer.stop();
         assert!(ops > 50, "{point}: the writer made only {ops} changes");
+        let target = other.as_ref().unwrap_or(&project.db);
         assert_eq!(
-            contents(&mut db, "items"),
+            contents(&mut target.client(), "items"),
             model,
-            "{point}: the table must hold exactly what was committed"
+            "{point} ({path:?}): the table must hold exactly what was committed"
         );
         assert!(
             !project.db.exists("items_old") && !project.db.exists("items_v2"),
             "{point}: cut over and contracted"
         );
-        assert_nothing_left(&project, point);
-        eprintln!("{point}: crashed, resumed, equal");
+        assert_nothing_left(&project.db, point);
+        if let Some(other) = &other {
+            assert!(
+                !project.db.exists("items"),
+                "{point}: the source stays fenced"
+            );
+            assert_nothing_left(other, point);
+        }
+        eprintln!("{point} ({path:?}): crashed, resumed, equal");
     }
 }
 
@@ -164,34 +207,60 @@ fn points_of(phase: &str) -> Vec<(&'static str, &'static str)> {
 
 #[test]
 fn crash_in_expand() {
-    copy_job_survives(&points_of("expand"));
+    copy_job_survives(&points_of("expand"), Path::SameDatabase);
+}
+
+#[test]
+fn crash_in_expand_across_servers() {
+    copy_job_survives(&points_of("expand"), Path::OtherServer);
 }
 
 #[test]
 fn crash_in_copy() {
-    copy_job_survives(&points_of("copy"));
+    copy_job_survives(&points_of("copy"), Path::SameDatabase);
+}
+
+#[test]
+fn crash_in_copy_across_servers() {
+    copy_job_survives(&points_of("copy"), Path::OtherServer);
 }
 
 #[test]
 fn crash_in_catch_up() {
-    copy_job_survives(&points_of("catch_up"));
+    copy_job_survives(&points_of("catch_up"), Path::SameDatabase);
+}
+
+#[test]
+fn crash_in_catch_up_across_servers() {
+    copy_job_survives(&points_of("catch_up"), Path::OtherServer);
 }
 
 #[test]
 fn crash_in_verify_and_before_cutover() {
     let mut points = points_of("verify");
     points.extend(points_of("ready_to_cutover"));
-    copy_job_survives(&points);
+    copy_job_survives(&points, Path::SameDatabase);
+    copy_job_survives(&points, Path::OtherServer);
 }
 
 #[test]
 fn crash_in_cutover() {
-    copy_job_survives(&points_of("cutover"));
+    copy_job_survives(&points_of("cutover"), Path::SameDatabase);
+}
+
+#[test]
+fn crash_in_cutover_across_servers() {
+    copy_job_survives(&points_of("cutover"), Path::OtherServer);
 }
 
 #[test]
 fn crash_in_contract() {
-    copy_job_survives(&points_of("contract"));
+    copy_job_survives(&points_of("contract"), Path::SameDatabase);
+}
+
+#[test]
+fn crash_in_contract_across_servers() {
+    copy_job_survives(&points_of("contract"), Path::OtherServer);
 }
 
 /// A backfill: the writer stops before contract (which removes the trigger that fills
@@ -236,7 +305,7 @@ fn crash_in_a_backfill() {
             Vec::<String>::new(),
             "{point}: contract removed the trigger"
         );
-        assert_nothing_left(&project, point);
+        assert_nothing_left(&project.db, point);
         eprintln!("{point}: crashed, resumed, equal");
     }
 }
@@ -317,7 +386,7 @@ fn the_server_crashes_mid_copy_and_mid_catch_up() {
 
     project.wait_for_job("items", "catching up", |s| s["phase"] == "catch_up");
     project.db.wait_for(
-        "SELECT count(*)::text FROM pg_stat_activity WHERE application_name = 'switchyard job items' AND state = 'idle in transaction'",
+        "SELECT count(*)::text FROM pg_stat_activity WHERE application_name LIKE 'switchyard job items #%' AND state = 'idle in transaction'",
         "1",
     );
     crash_the_server(&restart);

@@ -3,11 +3,11 @@
 
 mod common;
 
+use common::proxy::Proxy;
 use common::writer::{
     checksum, contents, create_items, items_backfill_job, items_copy_job, seed, Lcg, Writer,
     WRONGLY_FILLED,
 };
-use common::proxy::Proxy;
 use common::Project;
 
 fn copy_job(name: &str, extra: &str) -> String {

@@ -5,14 +5,19 @@
 pub mod postgres;
 
 use crate::config::{Config, DatabaseKind};
-use crate::engine::Pipeline;
+use crate::engine::{JobRecord, Pipeline};
 use crate::error::{Error, Result};
 use crate::job::JobSpec;
+use crate::state::StateStore;
 
-/// The source and sink of a job, for the engine: one place for the CLI and `serve`.
-pub async fn open_job(config: &Config, spec: &JobSpec) -> Result<Pipeline> {
+/// The source and sink of a job as its record says it stands, for the engine: one
+/// place for the CLI and `serve`.
+pub async fn open_job(config: &Config, spec: &JobSpec, store: &dyn StateStore) -> Result<Pipeline> {
+    let source_may_be_gone = JobRecord::load(store, &spec.name)
+        .await?
+        .is_some_and(|record| record.source_may_be_gone());
     match config.database(&spec.source.database)?.kind {
-        DatabaseKind::Postgresql => postgres::open_job(config, spec).await,
+        DatabaseKind::Postgresql => postgres::open_job(config, spec, source_may_be_gone).await,
         kind => Err(Error::Refused(format!(
             "{kind} jobs are not available in this version"
         ))),

@@ -103,7 +103,7 @@ async fn drive(
     metrics: Option<Arc<Metrics>>,
     follow: bool,
 ) -> Result<RunEnd> {
-    let backend = crate::backend::open_job(config, spec).await?;
+    let backend = crate::backend::open_job(config, spec, store.as_ref()).await?;
     let bar = progress_bar();
     let mut observers: Vec<Arc<dyn JobObserver>> = vec![Arc::new(BarObserver(bar.clone()))];
     if let Some(metrics) = metrics {

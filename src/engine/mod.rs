@@ -21,6 +21,8 @@
 //!  any phase → paused (and back) | failed | aborted
 //! ```
 
+#[cfg(test)]
+mod memory;
 mod pipeline;
 pub mod progress;
 mod record;

@@ -140,7 +140,7 @@ impl Pipeline {
         self.sink.saved_ranges().await
     }
 
-    pub async fn worker(&self) -> Result<Box<dyn CopyWorker>> {
+    pub async fn worker(&mut self) -> Result<Box<dyn CopyWorker>> {
         self.sink.copy_worker(self.source.as_ref()).await
     }
 

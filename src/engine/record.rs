@@ -132,6 +132,16 @@ impl JobRecord {
         }
     }
 
+    /// Whether the job's contract has begun, or the job has ended: the contract may
+    /// have dropped its source.
+    pub fn source_may_be_gone(&self) -> bool {
+        let phase = match self.phase {
+            Phase::Paused | Phase::Failed => self.resume_phase.unwrap_or(Phase::Pending),
+            phase => phase,
+        };
+        matches!(phase, Phase::Contract | Phase::Done | Phase::Aborted)
+    }
+
     pub async fn load(store: &dyn StateStore, name: &str) -> Result<Option<JobRecord>> {
         match store.job(name).await? {
             Some(text) => serde_json::from_str(&text)

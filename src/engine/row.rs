@@ -56,7 +56,7 @@ pub struct Field {
 }
 
 /// The shape of the source's rows: its fields in order, and which of them form the key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Schema {
     pub fields: Vec<Field>,
     /// Positions in `fields` of the key columns, in key order.

@@ -72,7 +72,7 @@ pub trait Sink: Send + Sync {
     async fn save_ranges(&mut self, ranges: &[KeyRange]) -> Result<()>;
 
     /// A copy worker with its own connections, reading from `source`.
-    async fn copy_worker(&self, source: &dyn Source) -> Result<Box<dyn CopyWorker>>;
+    async fn copy_worker(&mut self, source: &dyn Source) -> Result<Box<dyn CopyWorker>>;
 
     /// Applies `changes` (in order) with their end position, durably together. May
     /// read rows from `source` that a change left incomplete. Returns changes applied.

@@ -120,7 +120,9 @@ impl Drop for Writer {
 }
 
 impl Writer {
-    /// Starts inserting, updating (sometimes the key), and deleting rows of `table`.
+    /// Starts inserting, updating (sometimes the key), and deleting rows of `table`,
+    /// until stopped or until the table is gone under its name (a cutover onto another
+    /// server fences the source by renaming it): the model keeps what committed.
     pub fn start(url: &str, table: &str, model: BTreeMap<i64, String>, seed: u64) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let (url, table, flag) = (url.to_string(), table.to_string(), stop.clone());
@@ -130,58 +132,70 @@ impl Writer {
             let mut random = Lcg::new(seed);
             let mut next_id = model.keys().max().copied().unwrap_or(0) + 1_000_000;
             let mut ops = 0;
-            while !flag.load(Ordering::SeqCst) {
-                let ids: Vec<i64> = if model.is_empty() {
-                    Vec::new()
+            // The table is gone under its name: the writer ends, its model complete.
+            struct Gone;
+            let gone = |e: postgres::Error| {
+                if e.code() == Some(&postgres::error::SqlState::UNDEFINED_TABLE) {
+                    Gone
                 } else {
-                    vec![*model
-                        .keys()
-                        .nth(random.below(model.len() as u64) as usize)
-                        .unwrap()]
-                };
-                let value = format!("w{}", random.next());
-                match (random.below(10), ids.first()) {
-                    (0..=3, _) | (_, None) => {
-                        client
-                            .execute(
-                                &format!("INSERT INTO {table} (id, v) VALUES ($1, $2)"),
-                                &[&next_id, &value],
-                            )
-                            .unwrap();
-                        model.insert(next_id, value);
-                        next_id += 1;
-                    }
-                    (4..=6, Some(&id)) => {
-                        client
-                            .execute(
-                                &format!("UPDATE {table} SET v = $2 WHERE id = $1"),
-                                &[&id, &value],
-                            )
-                            .unwrap();
-                        model.insert(id, value);
-                    }
-                    (7, Some(&id)) => {
-                        client
-                            .execute(
-                                &format!("UPDATE {table} SET id = $2 WHERE id = $1"),
-                                &[&id, &next_id],
-                            )
-                            .unwrap();
-                        let moved = model.remove(&id).unwrap();
-                        model.insert(next_id, moved);
-                        next_id += 1;
-                    }
-                    (_, Some(&id)) => {
-                        client
-                            .execute(&format!("DELETE FROM {table} WHERE id = $1"), &[&id])
-                            .unwrap();
-                        model.remove(&id);
-                    }
+                    panic!("the writer's statement failed: {e}")
                 }
-                ops += 1;
-                // About a thousand writes a second: a busy table, not a benchmark.
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
+            };
+            let _ = (|| -> Result<(), Gone> {
+                while !flag.load(Ordering::SeqCst) {
+                    let ids: Vec<i64> = if model.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![*model
+                            .keys()
+                            .nth(random.below(model.len() as u64) as usize)
+                            .unwrap()]
+                    };
+                    let value = format!("w{}", random.next());
+                    match (random.below(10), ids.first()) {
+                        (0..=3, _) | (_, None) => {
+                            client
+                                .execute(
+                                    &format!("INSERT INTO {table} (id, v) VALUES ($1, $2)"),
+                                    &[&next_id, &value],
+                                )
+                                .map_err(gone)?;
+                            model.insert(next_id, value);
+                            next_id += 1;
+                        }
+                        (4..=6, Some(&id)) => {
+                            client
+                                .execute(
+                                    &format!("UPDATE {table} SET v = $2 WHERE id = $1"),
+                                    &[&id, &value],
+                                )
+                                .map_err(gone)?;
+                            model.insert(id, value);
+                        }
+                        (7, Some(&id)) => {
+                            client
+                                .execute(
+                                    &format!("UPDATE {table} SET id = $2 WHERE id = $1"),
+                                    &[&id, &next_id],
+                                )
+                                .map_err(gone)?;
+                            let moved = model.remove(&id).unwrap();
+                            model.insert(next_id, moved);
+                            next_id += 1;
+                        }
+                        (_, Some(&id)) => {
+                            client
+                                .execute(&format!("DELETE FROM {table} WHERE id = $1"), &[&id])
+                                .map_err(gone)?;
+                            model.remove(&id);
+                        }
+                    }
+                    ops += 1;
+                    // About a thousand writes a second: a busy table, not a benchmark.
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Ok(())
+            })();
             (model, ops)
         });
         Writer {

@@ -99,6 +99,7 @@ async fn open_sides(
     spec: &JobSpec,
     aside: TableName,
     captures_back: bool,
+    source_may_be_gone: bool,
 ) -> Result<(source::PgSource, sink::PgSink)> {
     let sessions = session::Sessions::new(&spec.name);
     let lock_timeout = config.migrations.lock_timeout;
@@ -108,9 +109,15 @@ async fn open_sides(
         .as_ref()
         .map_or(&spec.source.database, |t| &t.database);
     let target_db = config.database(target)?;
-    let source =
-        source::PgSource::open(spec, &source_db.url, &sessions, lock_timeout, aside.clone())
-            .await?;
+    let source = source::PgSource::open(
+        spec,
+        &source_db.url,
+        &sessions,
+        lock_timeout,
+        aside.clone(),
+        source_may_be_gone,
+    )
+    .await?;
     let sink = sink::PgSink::open(
         spec,
         &target_db.url,
@@ -134,11 +141,23 @@ fn forward_aside(spec: &JobSpec) -> TableName {
 }
 
 /// A PostgreSQL job's source and sink, joined for the engine; a copy that catches up
-/// can also carry the new table's writes back after its cutover ([`way_back`]).
-pub async fn open_job(config: &Config, spec: &JobSpec) -> Result<Pipeline> {
+/// can also carry the new table's writes back after its cutover ([`way_back`]). Once
+/// the job's contract has begun (`source_may_be_gone`), its source may have been dropped.
+pub async fn open_job(
+    config: &Config,
+    spec: &JobSpec,
+    source_may_be_gone: bool,
+) -> Result<Pipeline> {
     let captures_back =
         spec.kind == JobKind::Copy && spec.catch_up.method == CatchUpMethod::LogicalReplication;
-    let (source, sink) = open_sides(config, spec, forward_aside(spec), captures_back).await?;
+    let (source, sink) = open_sides(
+        config,
+        spec,
+        forward_aside(spec),
+        captures_back,
+        source_may_be_gone,
+    )
+    .await?;
     let pipeline = Pipeline::new(Box::new(source), Box::new(sink));
     if !captures_back {
         return Ok(pipeline);
@@ -148,7 +167,7 @@ pub async fn open_job(config: &Config, spec: &JobSpec) -> Result<Pipeline> {
         let (config, spec) = (config.clone(), spec.clone());
         Box::pin(async move {
             let (back, aside) = way_back(&spec);
-            let (source, sink) = open_sides(&config, &back, aside, false).await?;
+            let (source, sink) = open_sides(&config, &back, aside, false, false).await?;
             Ok(Pipeline::new(Box::new(source), Box::new(sink)))
         })
     })))
@@ -195,6 +214,7 @@ pub(crate) fn back_name(job: &str) -> String {
 
 /// What `job plan` prints for a PostgreSQL job.
 pub async fn plan_job(config: &Config, spec: &JobSpec) -> Result<JobPlan> {
-    let (mut source, mut sink) = open_sides(config, spec, forward_aside(spec), false).await?;
+    let (mut source, mut sink) =
+        open_sides(config, spec, forward_aside(spec), false, false).await?;
     plan::plan(&mut source, &mut sink).await
 }

@@ -31,7 +31,7 @@ pub async fn plan(source: &mut PgSource, sink: &mut PgSink) -> Result<JobPlan> {
         expand.push(format!(
             "CREATE PUBLICATION {} FOR TABLE {}  -- on `{}`",
             ident(&capture.publication),
-            source.table().name.sql(),
+            source.table()?.name.sql(),
             spec.source.database
         ));
         expand.push(format!(
@@ -58,7 +58,7 @@ pub async fn plan(source: &mut PgSource, sink: &mut PgSink) -> Result<JobPlan> {
         let target = sink.target().await?.clone();
         format!(
             "COPY (SELECT … FROM {} ORDER BY key) TO STDOUT on `{}`, streamed into COPY {} FROM STDIN on `{}` with the range's checkpoint",
-            source.table().name.sql(),
+            source.table()?.name.sql(),
             spec.source.database,
             target.name.sql(),
             sink.side.database
@@ -142,6 +142,6 @@ pub async fn plan(source: &mut PgSource, sink: &mut PgSink) -> Result<JobPlan> {
     Ok(JobPlan {
         rows_estimate: rows,
         phases,
-        dependents: dependents(source.side(), source.table(), spec.kind).await?,
+        dependents: dependents(source.side(), source.table()?, spec.kind).await?,
     })
 }

@@ -330,14 +330,6 @@ impl PgSink {
 
     /// The statement of one in-server batch (see [`BatchSql::statement`]).
     pub(super) async fn batch_sql(&mut self) -> Result<BatchSql> {
-        if !self.fills() {
-            self.target().await?;
-        }
-        self.in_server_batch(self.target.as_ref())
-    }
-
-    /// [`PgSink::batch_sql`] with the target already read (a copy's is, after expand).
-    fn in_server_batch(&self, target: Option<&TableInfo>) -> Result<BatchSql> {
         let source = self
             .local_source
             .clone()
@@ -347,9 +339,7 @@ impl PgSink {
                 columns: self.fill_columns()?,
             }
         } else {
-            let target = target.cloned().ok_or_else(|| {
-                Error::State("the target is read at expand, before the copy".into())
-            })?;
+            let target = self.target().await?.clone();
             Write::Copy {
                 target: target.name.sql(),
                 columns: self
@@ -539,7 +529,10 @@ impl Sink for PgSink {
             if !existed {
                 let target = self.target_name.clone().expect("a copy has a target");
                 self.ddl()
-                    .run(&[format!("DROP TABLE IF EXISTS {}", target.sql())], "expand")
+                    .run(
+                        &[format!("DROP TABLE IF EXISTS {}", target.sql())],
+                        "expand",
+                    )
                     .await?;
             }
             self.checkpoints().forget(false).await?;
@@ -565,7 +558,7 @@ impl Sink for PgSink {
         self.checkpoints().save_ranges(ranges).await
     }
 
-    async fn copy_worker(&self, source: &dyn Source) -> Result<Box<dyn CopyWorker>> {
+    async fn copy_worker(&mut self, source: &dyn Source) -> Result<Box<dyn CopyWorker>> {
         let client = self.side.connect().await?;
         if self.local_source.is_some() {
             if self.fills() {
@@ -578,7 +571,7 @@ impl Sink for PgSink {
                     .await
                     .map_err(self.side.failed("cannot mark the fill session"))?;
             }
-            let sql = self.in_server_batch(self.target.as_ref())?;
+            let sql = self.batch_sql().await?;
             return Ok(Box::new(InServerWorker {
                 database: self.side.database.clone(),
                 client,
@@ -586,10 +579,7 @@ impl Sink for PgSink {
                 statements: Default::default(),
             }));
         }
-        let target = self
-            .target
-            .clone()
-            .ok_or_else(|| Error::State("the target is read at expand, before the copy".into()))?;
+        let target = self.target().await?.clone();
         let projection = self.projection(source.schema(), &target)?;
         let format = Self::row_format(source.schema(), &target, &projection);
         let columns: Vec<String> = projection.iter().map(|p| ident(&p.name)).collect();

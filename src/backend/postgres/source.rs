@@ -37,7 +37,8 @@ pub struct PgSource {
     name: TableName,
     /// The name it takes when fenced.
     aside: TableName,
-    table: TableInfo,
+    /// `None` once the job's contract dropped it.
+    table: Option<TableInfo>,
     schema: Schema,
     capture: Capture,
     lock_timeout: Duration,
@@ -45,34 +46,46 @@ pub struct PgSource {
 }
 
 impl PgSource {
-    /// Connects and reads the source table (or, after a fence, `<table>_old`).
+    /// Connects and reads the source table (or, after a fence, its aside name). When
+    /// `may_be_gone` (the job's contract has begun), a table found under neither name
+    /// is one the contract dropped: what is left to do needs only the database.
     pub async fn open(
         spec: &JobSpec,
         url: &crate::secret::SecretUrl,
         sessions: &Sessions,
         lock_timeout: Duration,
         aside: TableName,
+        may_be_gone: bool,
     ) -> Result<PgSource> {
         let side = Side::open(&spec.source.database, url, sessions).await?;
         let name = TableName::parse(spec.source.table.as_deref().unwrap_or_default());
-        let current = if !side.exists(&name.sql()).await? && side.exists(&aside.sql()).await? {
-            aside.clone()
+        let current = if side.exists(&name.sql()).await? {
+            Some(name.clone())
+        } else if side.exists(&aside.sql()).await? {
+            Some(aside.clone())
+        } else if may_be_gone {
+            None
         } else {
-            name.clone()
+            Some(name.clone())
         };
-        let table = TableInfo::load(
-            &side.client,
-            &side.database,
-            &current,
-            spec.key_columns().as_deref(),
-        )
-        .await?;
+        let table = match current {
+            Some(current) => Some(
+                TableInfo::load(
+                    &side.client,
+                    &side.database,
+                    &current,
+                    spec.key_columns().as_deref(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let database_oid = side.database_oid().await?;
         Ok(PgSource {
             job: spec.name.clone(),
             kind: spec.kind,
             capture: Capture::new(&spec.name, database_oid),
-            schema: table.schema(),
+            schema: table.as_ref().map(TableInfo::schema).unwrap_or_default(),
             side,
             name,
             aside,
@@ -82,8 +95,14 @@ impl PgSource {
         })
     }
 
-    pub fn table(&self) -> &TableInfo {
-        &self.table
+    /// The source's table; an error once the job's contract dropped it.
+    pub fn table(&self) -> Result<&TableInfo> {
+        self.table.as_ref().ok_or_else(|| {
+            Error::State(format!(
+                "{} in database `{}` was dropped by the job's contract",
+                self.name, self.side.database
+            ))
+        })
     }
 
     pub fn side(&self) -> &Side {
@@ -102,20 +121,23 @@ impl PgSource {
         }
     }
 
+    /// Renamed aside, or dropped after that by the contract.
     fn fenced(&self) -> bool {
-        self.table.name != self.name
+        self.table
+            .as_ref()
+            .is_none_or(|table| table.name != self.name)
     }
 
     /// Even splits of `min..=max` of an integer key (an index lookup each end).
     async fn integer_boundaries(&self, concurrency: usize) -> Result<Vec<Key>> {
-        let key = ident(&self.table.key[0].name);
+        let key = ident(&self.table()?.key[0].name);
         let row = self
             .side
             .client
             .query_one(
                 &format!(
                     "SELECT min({key})::bigint, max({key})::bigint FROM {}",
-                    self.table.name.sql()
+                    self.table()?.name.sql()
                 ),
                 &[],
             )
@@ -134,7 +156,7 @@ impl PgSource {
 
     /// Keys that split the table into `concurrency` parts of equal row counts.
     async fn quantile_boundaries(&self, concurrency: usize) -> Result<Vec<Key>> {
-        let keys = self.table.key_list(None);
+        let keys = self.table()?.key_list(None);
         let rows = self
             .side
             .client
@@ -145,8 +167,8 @@ impl PgSource {
                              SELECT {array} AS k, row_number() OVER (ORDER BY {keys}) AS ord, ntile($1) OVER (ORDER BY {keys}) AS tile
                              FROM {source}) AS a) AS b
                      WHERE last_in_tile = 1 AND tile < $1 ORDER BY tile",
-                    array = self.table.key_text_array(None),
-                    source = self.table.name.sql()
+                    array = self.table()?.key_text_array(None),
+                    source = self.table()?.name.sql()
                 ),
                 &[&(concurrency as i32)],
             )
@@ -208,7 +230,7 @@ impl Source for PgSource {
             .side
             .scalar(
                 "SELECT reltuples FROM pg_class WHERE oid = $1",
-                &[&self.table.oid],
+                &[&self.table()?.oid],
                 "cannot read the row estimate",
             )
             .await?;
@@ -219,7 +241,7 @@ impl Source for PgSource {
         let count: i64 = self
             .side
             .scalar(
-                &format!("SELECT count(*) FROM {}", self.table.name.sql()),
+                &format!("SELECT count(*) FROM {}", self.table()?.name.sql()),
                 &[],
                 "cannot count the source",
             )
@@ -235,8 +257,9 @@ impl Source for PgSource {
                 upper: None,
             }]);
         }
-        let boundaries = if self.table.key.len() == 1
-            && ["smallint", "integer", "bigint"].contains(&self.table.key[0].type_sql.as_str())
+        let key = &self.table()?.key;
+        let boundaries = if key.len() == 1
+            && ["smallint", "integer", "bigint"].contains(&key[0].type_sql.as_str())
         {
             self.integer_boundaries(concurrency).await?
         } else {
@@ -287,7 +310,7 @@ impl Source for PgSource {
         Ok(Box::new(CopyReader {
             database: self.side.database.clone(),
             client: self.side.connect().await?,
-            table: self.table.clone(),
+            table: self.table()?.clone(),
             columns: columns.join(", "),
             binary,
         }))
@@ -295,7 +318,7 @@ impl Source for PgSource {
 
     async fn fetch(&mut self, key: &Key) -> Result<Option<Row>> {
         let columns: Vec<String> = self
-            .table
+            .table()?
             .columns
             .iter()
             .map(|c| format!("s.{}::text", ident(&c.name)))
@@ -303,9 +326,9 @@ impl Source for PgSource {
         let sql = format!(
             "SELECT {} FROM {} AS s WHERE ({}) = {}",
             columns.join(", "),
-            self.table.name.sql(),
-            self.table.key_list(Some("s")),
-            self.table.key_params(1)
+            self.table()?.name.sql(),
+            self.table()?.key_list(Some("s")),
+            self.table()?.key_params(1)
         );
         let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = key
             .iter()
@@ -328,7 +351,7 @@ impl Source for PgSource {
     }
 
     async fn start_capture(&mut self) -> Result<Position> {
-        self.capture.start(&self.side, &self.table).await
+        self.capture.start(&self.side, self.table()?).await
     }
 
     async fn read_changes(
@@ -336,8 +359,10 @@ impl Source for PgSource {
         after: &Position,
         max_changes: Option<usize>,
     ) -> Result<ChangeBatch> {
+        self.table()?;
+        let table = self.table.as_ref().expect("checked above");
         self.capture
-            .read(&self.side, &self.table, after, max_changes)
+            .read(&self.side, table, after, max_changes)
             .await
     }
 
@@ -358,7 +383,7 @@ impl Source for PgSource {
     }
 
     async fn chunks(&mut self, range: &KeyRange) -> Result<Vec<KeyRange>> {
-        verify::chunks(&self.side, &self.table, range).await
+        verify::chunks(&self.side, self.table()?, range).await
     }
 
     async fn digest(
@@ -368,7 +393,7 @@ impl Source for PgSource {
         checksum: bool,
     ) -> Result<Digest> {
         let row = self.compared_row(projection).await?;
-        verify::digest(&self.side, &self.table, &row, chunk, checksum).await
+        verify::digest(&self.side, self.table()?, &row, chunk, checksum).await
     }
 
     async fn hold_writes(&mut self) -> Result<()> {
@@ -382,7 +407,7 @@ impl Source for PgSource {
             .run(
                 &[format!(
                     "LOCK TABLE {} IN SHARE MODE",
-                    self.table.name.sql()
+                    self.table()?.name.sql()
                 )],
                 "verify",
             )
@@ -412,7 +437,7 @@ impl Source for PgSource {
                 self.name
             )));
         }
-        refuse_blocking(&self.side, &self.table, self.kind).await?;
+        refuse_blocking(&self.side, self.table()?, self.kind).await?;
         let ddl = self.ddl();
         self.side
             .transaction("fencing the source", async {
@@ -430,7 +455,7 @@ impl Source for PgSource {
                 .await
             })
             .await?;
-        self.table.name = old;
+        self.table.as_mut().expect("not fenced, so present").name = old;
         Ok(())
     }
 
@@ -442,13 +467,15 @@ impl Source for PgSource {
             .run(
                 &[format!(
                     "ALTER TABLE {} RENAME TO {}",
-                    self.table.name.sql(),
+                    self.table()?.name.sql(),
                     ident(&self.name.name)
                 )],
                 "unfence",
             )
             .await?;
-        self.table.name = self.name.clone();
+        if let Some(table) = self.table.as_mut() {
+            table.name = self.name.clone();
+        }
         Ok(())
     }
 

@@ -3,10 +3,16 @@
 # build, a fresh `switchyard_bench` database with pgbench tables at the given scale, and
 # a switchyard configuration for it.
 #
-#   bench_setup SCALE   sets: switchyard, admin, db, work (a temporary folder); `sy` runs
+#   bench_setup SCALE   sets: switchyard, admin, db, work (a temporary folder), and
+#                       other_admin, other_db: an empty `switchyard_bench` database on the
+#                       `other` server, configured as database `other`; `sy` runs
 #                       switchyard with the bench configuration; `accounts_copy_job` writes
 #                       a copy job of pgbench_accounts.
 #   seconds CMD…        how long a command takes
+#   pgcopydb_clone SERVER
+#                       pgcopydb's clone of pgbench_accounts into a new database of SERVER
+#                       (an admin URL); prints seconds, leaves its peak RSS in
+#                       $work/pgcopydb_rss
 #   timed_job FILE      `job run FILE`: "seconds peak_rss_kib"
 #
 # Only bench_setup and accounts_copy_job are PostgreSQL's: a MongoDB or Elasticsearch
@@ -25,7 +31,11 @@ bench_setup() {
   db="${admin%/*}/switchyard_bench"
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
-  psql "$admin" -qc "DROP DATABASE IF EXISTS switchyard_bench WITH (FORCE)" -c "CREATE DATABASE switchyard_bench"
+  other_admin="$SWITCHYARD_TEST_OTHER_POSTGRES_URL"
+  other_db="${other_admin%/*}/switchyard_bench"
+  for server in "$admin" "$other_admin"; do
+    psql "$server" -qc "DROP DATABASE IF EXISTS switchyard_bench WITH (FORCE)" -c "CREATE DATABASE switchyard_bench"
+  done
   pgbench -i -q -s "$scale" "$db" >/dev/null 2>&1
   mkdir -p "$work/config" "$work/jobs"
   cat >"$work/config/switchyard.toml" <<TOML
@@ -34,15 +44,19 @@ url = "sqlite://$work/state.db"
 [databases.bench]
 kind = "postgresql"
 url = "$db"
+[databases.other]
+kind = "postgresql"
+url = "$other_db"
 TOML
 }
 
 sy() { "$switchyard" --config "$work/config/switchyard.toml" "$@"; }
 
-# Writes $work/jobs/NAME.toml, a copy of pgbench_accounts into public.TARGET (created at
-# expand like the source) with the TOML in EXTRA appended, and prints its path.
+# Writes $work/jobs/NAME.toml, a copy of pgbench_accounts into public.TARGET of database
+# DATABASE (default: the source's; created at expand like the source, with its primary
+# key) with the TOML in EXTRA appended, and prints its path.
 accounts_copy_job() {
-  local name="$1" target="$2" extra="$3"
+  local name="$1" target="$2" extra="$3" database="${4:-bench}"
   cat >"$work/jobs/$name.toml" <<TOML
 name = "$name"
 kind = "copy"
@@ -50,10 +64,10 @@ kind = "copy"
 database = "bench"
 table = "public.pgbench_accounts"
 [target]
-database = "bench"
+database = "$database"
 table = "public.$target"
 [expand]
-sql = ["CREATE TABLE IF NOT EXISTS public.$target (LIKE public.pgbench_accounts INCLUDING ALL)"]
+sql = ["CREATE TABLE IF NOT EXISTS public.$target (aid integer PRIMARY KEY, bid integer, abalance integer, filler character(84))"]
 $extra
 TOML
   echo "$work/jobs/$name.toml"
@@ -75,4 +89,25 @@ seconds() {
   "$@" >/dev/null
   end=$(date +%s.%N)
   echo "$end - $start" | bc
+}
+
+# pgcopydb clones pgbench_accounts alone (`--filters` include-only) into a fresh
+# `switchyard_bench_pgcopydb` database on SERVER, split in two parts copied by two jobs
+# (like switchyard's two workers), then builds the primary key; prints seconds.
+pgcopydb_clone() {
+  local server="$1" target split_mb start seconds copied
+  target="${server%/*}/switchyard_bench_pgcopydb"
+  psql "$server" -qc "DROP DATABASE IF EXISTS switchyard_bench_pgcopydb WITH (FORCE)" -c "CREATE DATABASE switchyard_bench_pgcopydb"
+  printf '[include-only-table]\npublic.pgbench_accounts\n' >"$work/pgcopydb.ini"
+  split_mb=$(psql "$db" -tAc "SELECT greatest(1, pg_table_size('pgbench_accounts') / 2 / 1048576 + 1)")
+  rm -rf "$work/pgcopydb"
+  start=$(date +%s.%N)
+  /usr/bin/time -f "%M" -o "$work/pgcopydb_rss" pgcopydb clone --source "$db" --target "$target" \
+    --table-jobs 2 --index-jobs 2 --split-tables-larger-than "${split_mb}MB" --filters "$work/pgcopydb.ini" \
+    --dir "$work/pgcopydb" --no-owner --no-acl >"$work/pgcopydb.log" 2>&1
+  seconds=$(echo "$(date +%s.%N) - $start" | bc)
+  copied=$(psql "$target" -tAc "SELECT count(*) FROM pgbench_accounts")
+  [ "$copied" = "$(psql "$db" -tAc "SELECT count(*) FROM pgbench_accounts")" ] || { echo "pgcopydb copied $copied rows" >&2; exit 1; }
+  psql "$server" -qc "DROP DATABASE switchyard_bench_pgcopydb WITH (FORCE)"
+  echo "$seconds"
 }

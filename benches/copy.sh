@@ -29,25 +29,14 @@ new_table() { psql "$db" -qc "SET client_min_messages = warning; DROP TABLE IF E
 
 # One round of every tool; the round's seconds go to $work/round.
 round() {
-  local insert_select copy_pipe pgcopydb sy_copy sy_full split_mb start copied
+  local insert_select copy_pipe pgcopydb sy_copy sy_full
   new_table t_insert
   insert_select=$(seconds psql "$db" -qc "INSERT INTO t_insert SELECT * FROM pgbench_accounts")
 
   new_table t_copy
   copy_pipe=$(seconds bash -c "psql '$db' -qc 'COPY pgbench_accounts TO STDOUT (FORMAT binary)' | psql '$db' -qc 'COPY t_copy FROM STDIN (FORMAT binary)'")
 
-  # pgcopydb: the table split in two parts copied by two jobs, like switchyard's two workers.
-  psql "$admin" -qc "DROP DATABASE IF EXISTS switchyard_bench_pgcopydb WITH (FORCE)" -c "CREATE DATABASE switchyard_bench_pgcopydb"
-  split_mb=$(psql "$db" -tAc "SELECT greatest(1, pg_table_size('pgbench_accounts') / 2 / 1048576 + 1)")
-  rm -rf "$work/pgcopydb"
-  start=$(date +%s.%N)
-  /usr/bin/time -f "%M" -o "$work/pgcopydb_rss" pgcopydb clone --source "$db" --target "$pgcopydb_db" \
-    --table-jobs 2 --index-jobs 2 --split-tables-larger-than "${split_mb}MB" --filters "$work/pgcopydb.ini" \
-    --dir "$work/pgcopydb" --no-owner --no-acl >"$work/pgcopydb.log" 2>&1
-  pgcopydb=$(echo "$(date +%s.%N) - $start" | bc)
-  copied=$(psql "$pgcopydb_db" -tAc "SELECT count(*) FROM pgbench_accounts")
-  [ "$copied" = "$rows" ] || { echo "pgcopydb copied $copied rows of $rows" >&2; exit 1; }
-  psql "$admin" -qc "DROP DATABASE switchyard_bench_pgcopydb WITH (FORCE)"
+  pgcopydb=$(pgcopydb_clone "$admin")
 
   read -r sy_copy sy_copy_rss <<<"$(timed_job "$(job "t_sy_copy_$1" none none)")"
   read -r sy_full sy_full_rss <<<"$(timed_job "$(job "t_sy_full_$1" logical_replication checksum)")"
@@ -55,8 +44,6 @@ round() {
   psql "$db" -qc "DROP TABLE t_insert, t_copy, t_sy_copy_$1, t_sy_full_$1"
 }
 
-pgcopydb_db="${admin%/*}/switchyard_bench_pgcopydb"
-printf '[include-only-table]\npublic.pgbench_accounts\n' >"$work/pgcopydb.ini"
 job() { # name, catch_up method, verify method
   new_table "$1"
   accounts_copy_job "$1" "$1" "$(printf '[copy]\nbatch_size = 10000\nconcurrency = 2\n[catch_up]\nmethod = "%s"\n[verify]\nmethod = "%s"' "$2" "$3")"

@@ -6,17 +6,13 @@
 mod common;
 
 use common::proxy::Proxy;
-use common::writer::{contents, create_items, seed, Writer};
-use common::{other_server_url, Project, TestDb};
+use common::writer::{contents, create_items, seed, JobPath, Writer};
+use common::{Project, TestDb};
 
 /// A project with `postgresql` on the main server and `other` on the second one.
 fn two_servers() -> (Project, TestDb) {
-    let other = TestDb::on(&other_server_url());
-    let project = Project::with_config(&format!(
-        "[databases.other]\nkind = \"postgresql\"\nurl = \"{}\"\n",
-        other.url
-    ));
-    (project, other)
+    let (project, other) = Project::for_path(JobPath::OtherServer);
+    (project, other.expect("the other server's database"))
 }
 
 /// A job copying `items` onto `other` under the same name; `rest` is appended.
@@ -42,10 +38,19 @@ fn a_copy_onto_another_server_under_writes_cuts_over_and_swaps_back_with_nothing
     let (project, other) = two_servers();
     let mut source = project.db.client();
     let model = create_items(&mut source, "items", 20_000);
-    let file = project.job_file("items", &items_across(""));
+    // `[cutover] command` (a pooler reload, say) runs once the target took over.
+    let ran = project.path("cutover-command-ran");
+    let file = project.job_file(
+        "items",
+        &items_across(&format!(
+            "[cutover]\ncommand = 'printf \"%s %s\" \"$SWITCHYARD_JOB\" \"$SWITCHYARD_TARGET_URL\" > {}'",
+            ran.display()
+        )),
+    );
     let writer = Writer::start(&project.db.url, "items", model, seed());
 
     let run = project.run(&["job", "run", &file]).ok();
+    assert!(!ran.exists(), "no command before cutover");
     assert_eq!(
         run.stdout,
         "job items: verified and caught up, ready to cut over: switchyard job cutover items\n"
@@ -65,6 +70,10 @@ fn a_copy_onto_another_server_under_writes_cuts_over_and_swaps_back_with_nothing
             .starts_with("job items: waiting for contract: switchyard job contract items\njob items: writes to the source were blocked for "),
         "{}",
         cutover.stdout
+    );
+    assert_eq!(
+        std::fs::read_to_string(&ran).unwrap(),
+        format!("items {}", other.url)
     );
     let mut target = other.client();
     assert_eq!(

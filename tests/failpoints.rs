@@ -12,8 +12,8 @@
 mod common;
 
 use common::writer::{
-    checksum, contents, create_items, items_backfill_job, items_copy_job, seed, Writer,
-    WRONGLY_FILLED,
+    checksum, contents, create_items, items_backfill_job, items_copy_job, items_copy_job_on, seed,
+    JobPath, Writer, WRONGLY_FILLED,
 };
 use common::{faults_server, Project, TestDb};
 use switchyard::failpoint::CRASH_EXIT_CODE;
@@ -69,45 +69,13 @@ const BACKFILL_POINTS: &[(&str, &str)] = &[
 /// Rows in the table: a dozen batches in two ranges.
 const ROWS: i64 = 6_000;
 
-/// Where the crash-point jobs copy to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Path {
-    /// `items` into `items_v2` in the same database (in-server batches).
-    SameDatabase,
-    /// `items` onto the other test server under the same name (COPY streams).
-    OtherServer,
-}
-
-fn copy_job(path: Path) -> String {
-    let job = items_copy_job(
+fn copy_job(path: JobPath) -> String {
+    items_copy_job_on(
+        path,
         "items",
         "[copy]\nbatch_size = 500\nconcurrency = 2\n\n[cutover]\nmode = \"auto\"\n\n\
          [contract]\nafter = \"0s\"\nsql = [\"DROP TABLE public.items_old\"]",
-    );
-    match path {
-        Path::SameDatabase => job,
-        Path::OtherServer => job
-            .replace(
-                "[target]\ndatabase = \"postgresql\"",
-                "[target]\ndatabase = \"other\"",
-            )
-            .replace("items_v2", "items"),
-    }
-}
-
-/// A project for `path`, and the database its target table lives in.
-fn project_for(path: Path) -> (Project, Option<TestDb>) {
-    match path {
-        Path::SameDatabase => (Project::new(), None),
-        Path::OtherServer => {
-            let other = TestDb::on(&common::other_server_url());
-            let config = format!(
-                "[databases.other]\nkind = \"postgresql\"\nurl = \"{}\"\n",
-                other.url
-            );
-            (Project::with_config(&config), Some(other))
-        }
-    }
+    )
 }
 
 /// Runs `switchyard ARGS` with `point` armed and requires the crash there, with the
@@ -159,10 +127,10 @@ fn assert_nothing_left(db: &TestDb, point: &str) {
     }
 }
 
-fn copy_job_survives(points: &[(&str, &str)], path: Path) {
+fn copy_job_survives(points: &[(&str, &str)], path: JobPath) {
     let seed = seed();
     for (number, (point, action)) in points.iter().enumerate() {
-        let (project, other) = project_for(path);
+        let (project, other) = Project::for_path(path);
         let mut db = project.db.client();
         let model = create_items(&mut db, "items", ROWS);
         let file = project.job_file("items", &copy_job(path));
@@ -207,60 +175,60 @@ fn points_of(phase: &str) -> Vec<(&'static str, &'static str)> {
 
 #[test]
 fn crash_in_expand() {
-    copy_job_survives(&points_of("expand"), Path::SameDatabase);
+    copy_job_survives(&points_of("expand"), JobPath::SameDatabase);
 }
 
 #[test]
 fn crash_in_expand_across_servers() {
-    copy_job_survives(&points_of("expand"), Path::OtherServer);
+    copy_job_survives(&points_of("expand"), JobPath::OtherServer);
 }
 
 #[test]
 fn crash_in_copy() {
-    copy_job_survives(&points_of("copy"), Path::SameDatabase);
+    copy_job_survives(&points_of("copy"), JobPath::SameDatabase);
 }
 
 #[test]
 fn crash_in_copy_across_servers() {
-    copy_job_survives(&points_of("copy"), Path::OtherServer);
+    copy_job_survives(&points_of("copy"), JobPath::OtherServer);
 }
 
 #[test]
 fn crash_in_catch_up() {
-    copy_job_survives(&points_of("catch_up"), Path::SameDatabase);
+    copy_job_survives(&points_of("catch_up"), JobPath::SameDatabase);
 }
 
 #[test]
 fn crash_in_catch_up_across_servers() {
-    copy_job_survives(&points_of("catch_up"), Path::OtherServer);
+    copy_job_survives(&points_of("catch_up"), JobPath::OtherServer);
 }
 
 #[test]
 fn crash_in_verify_and_before_cutover() {
     let mut points = points_of("verify");
     points.extend(points_of("ready_to_cutover"));
-    copy_job_survives(&points, Path::SameDatabase);
-    copy_job_survives(&points, Path::OtherServer);
+    copy_job_survives(&points, JobPath::SameDatabase);
+    copy_job_survives(&points, JobPath::OtherServer);
 }
 
 #[test]
 fn crash_in_cutover() {
-    copy_job_survives(&points_of("cutover"), Path::SameDatabase);
+    copy_job_survives(&points_of("cutover"), JobPath::SameDatabase);
 }
 
 #[test]
 fn crash_in_cutover_across_servers() {
-    copy_job_survives(&points_of("cutover"), Path::OtherServer);
+    copy_job_survives(&points_of("cutover"), JobPath::OtherServer);
 }
 
 #[test]
 fn crash_in_contract() {
-    copy_job_survives(&points_of("contract"), Path::SameDatabase);
+    copy_job_survives(&points_of("contract"), JobPath::SameDatabase);
 }
 
 #[test]
 fn crash_in_contract_across_servers() {
-    copy_job_survives(&points_of("contract"), Path::OtherServer);
+    copy_job_survives(&points_of("contract"), JobPath::OtherServer);
 }
 
 /// A backfill: the writer stops before contract (which removes the trigger that fills

@@ -5,8 +5,8 @@ mod common;
 
 use common::proxy::Proxy;
 use common::writer::{
-    checksum, contents, create_items, items_backfill_job, items_copy_job, seed, Lcg, Writer,
-    WRONGLY_FILLED,
+    checksum, contents, create_items, items_backfill_job, items_copy_job, items_copy_job_on, seed,
+    JobPath, Lcg, Writer, WRONGLY_FILLED,
 };
 use common::Project;
 
@@ -58,16 +58,18 @@ fn copy_under_writes_then_cutover_loses_nothing() {
     assert!(project.db.exists("items_old") && !project.db.exists("items_v2"));
     assert_eq!(
         project.db.column(
-            "SELECT count(*)::text FROM pg_replication_slots WHERE database = current_database()"
+            "SELECT slot_name::text FROM pg_replication_slots WHERE database = current_database()"
         ),
-        ["0"],
-        "no slot may hold WAL after cutover"
+        project.db.column(
+            "SELECT 'switchyard_items_back_' || oid FROM pg_database WHERE datname = current_database()"
+        ),
+        "after cutover only the way back's slot holds WAL (until contract)"
     );
     assert_eq!(
-        project
-            .db
-            .column("SELECT count(*)::text FROM pg_publication"),
-        ["0"]
+        project.db.column("SELECT pubname::text FROM pg_publication"),
+        project.db.column(
+            "SELECT 'switchyard_items_back_' || oid FROM pg_database WHERE datname = current_database()"
+        ),
     );
 
     let status = project.job_status("items");
@@ -92,9 +94,11 @@ fn killed_at_random_instants_over_many_runs_nothing_is_lost_or_duplicated() {
     let mut phases = std::collections::BTreeMap::new();
     let (mut kills, mut rows) = (0, 0);
     for run in 0..runs {
-        let outcome = kill_until_done(seed.wrapping_add(run));
+        // Runs alternate between the in-server path and the path onto another server.
+        let path = JobPath::ALL[run as usize % JobPath::ALL.len()];
+        let outcome = kill_until_done(seed.wrapping_add(run), path);
         eprintln!(
-            "run {run} (SWITCHYARD_TEST_SEED={}): {} kills {:?}, {} rows compared, 0 mismatches",
+            "run {run} {path:?} (SWITCHYARD_TEST_SEED={}): {} kills {:?}, {} rows compared, 0 mismatches",
             seed.wrapping_add(run),
             outcome.kills,
             outcome.phases,
@@ -121,15 +125,17 @@ struct KillOutcome {
 
 /// One run: kills the job at random instants (0-600 ms of running) twelve times, then
 /// lets it finish, and compares the table with the writer's model.
-fn kill_until_done(seed: u64) -> KillOutcome {
-    let project = Project::new();
+fn kill_until_done(seed: u64, path: JobPath) -> KillOutcome {
+    let (project, other) = Project::for_path(path);
     let mut db = project.db.client();
     let model = create_items(&mut db, "items", 30_000);
     let file = project.job_file(
         "items",
-        &copy_job(
+        &items_copy_job_on(
+            path,
             "items",
-            "rows_per_second = 20000\n\n[cutover]\nmode = \"auto\"\n\n\
+            "[copy]\nbatch_size = 500\nconcurrency = 2\nrows_per_second = 20000\n\n\
+             [cutover]\nmode = \"auto\"\n\n\
              [contract]\nafter = \"0s\"\nsql = [\"DROP TABLE public.items_old\"]",
         ),
     );
@@ -187,7 +193,7 @@ fn kill_until_done(seed: u64) -> KillOutcome {
     }
     assert_eq!(project.job_status("items")["phase"], "done", "seed {seed}");
     let (model, _) = writer.stop();
-    let table = contents(&mut db, "items");
+    let table = contents(&mut other.as_ref().unwrap_or(&project.db).client(), "items");
     let differ: Vec<String> = model
         .keys()
         .chain(table.keys())
@@ -211,6 +217,12 @@ fn kill_until_done(seed: u64) -> KillOutcome {
         !project.db.exists("items_old") && !project.db.exists("items_v2"),
         "seed {seed}"
     );
+    if other.is_some() {
+        assert!(
+            !project.db.exists("items"),
+            "seed {seed}: the source is fenced"
+        );
+    }
     KillOutcome {
         kills,
         phases,
@@ -219,9 +231,10 @@ fn kill_until_done(seed: u64) -> KillOutcome {
 }
 
 /// `job run --follow` keeps applying changes once ready, until `job cutover` from
-/// another shell; that cutover then has almost nothing left to drain.
+/// another shell; that cutover then has almost nothing left to drain. After it, the
+/// process carries the new table's writes back to the old one, until `job contract`.
 #[test]
-fn follow_keeps_the_target_caught_up_until_cutover() {
+fn follow_keeps_the_target_caught_up_until_cutover_and_the_old_table_until_contract() {
     let project = Project::new();
     let mut db = project.db.client();
     let model = create_items(&mut db, "items", 5_000);
@@ -238,16 +251,30 @@ fn follow_keeps_the_target_caught_up_until_cutover() {
     project.wait_for_job("items", "following the writes", |s| {
         s["phase"] == "ready_to_cutover" && s["changes_applied"].as_u64() > Some(applied + 200)
     });
-    // The following process cuts over within a control interval and exits; the command
-    // then reports it, or that it asked (when the process was still at it).
+    // The following process holds the job, and cuts over within a control interval.
     let cutover = project.run(&["job", "cutover", "items"]).ok();
     assert!(
-        cutover.stdout.starts_with("job items: cut over")
-            || cutover.stdout
-                == "job items: cutover requested; the running process will act on it\n",
+        cutover
+            .stdout
+            .starts_with("job items: runs in another process, which acts on the job's control\n"),
         "{}",
         cutover.stdout
     );
+    let cut = project.wait_for_job("items", "cut over", |s| !s["writes_blocked_ms"].is_null());
+    assert!(cut["writes_blocked_ms"].as_u64().unwrap() < 1_000, "{cut}");
+    // The writer now writes to the new table; the following process carries its
+    // inserts back to the old one as they come.
+    let newest = project.db.column("SELECT max(id)::text FROM items")[0].clone();
+    project.db.wait_for(
+        &format!("SELECT (count(*) >= 50)::text FROM items_old WHERE id > {newest}"),
+        "true",
+    );
+    let (model, _) = writer.stop();
+    project.db.wait_for(
+        "SELECT (NOT EXISTS ((TABLE items EXCEPT TABLE items_old) UNION ALL (TABLE items_old EXCEPT TABLE items)))::text",
+        "true",
+    );
+    project.run(&["job", "contract", "items"]).ok();
     let output = runner.wait_with_output().unwrap();
     assert!(
         output.status.success(),
@@ -255,13 +282,14 @@ fn follow_keeps_the_target_caught_up_until_cutover() {
         String::from_utf8_lossy(&output.stderr)
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.starts_with("job items: cut over"), "{stdout}");
-    let (model, _) = writer.stop();
+    assert!(stdout.starts_with("job items: done"), "{stdout}");
     assert_eq!(contents(&mut db, "items"), model);
-    let status = project.job_status("items");
-    assert!(
-        status["writes_blocked_ms"].as_u64().unwrap() < 1_000,
-        "{status}"
+    assert_eq!(
+        project.db.column(
+            "SELECT count(*)::text FROM pg_replication_slots WHERE database = current_database()"
+        ),
+        ["0"],
+        "contract drops the way back's slot"
     );
 }
 

@@ -163,6 +163,22 @@ impl Project {
         Project { dir, db }
     }
 
+    /// A project for a job along `path`, and the database its target lives in when
+    /// that is not the project's (the other server's, configured as `other`).
+    pub fn for_path(path: writer::JobPath) -> (Project, Option<TestDb>) {
+        match path {
+            writer::JobPath::SameDatabase => (Project::new(), None),
+            writer::JobPath::OtherServer => {
+                let other = TestDb::on(&other_server_url());
+                let config = format!(
+                    "[databases.other]\nkind = \"postgresql\"\nurl = \"{}\"\n",
+                    other.url
+                );
+                (Project::with_config(&config), Some(other))
+            }
+        }
+    }
+
     pub fn path(&self, relative: &str) -> PathBuf {
         self.dir.path().join(relative)
     }

@@ -74,6 +74,33 @@ pub fn items_copy_job(name: &str, rest: &str) -> String {
     )
 }
 
+/// Where a copy job of `items` puts its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobPath {
+    /// `items` into `items_v2` in the same database (in-server batches).
+    SameDatabase,
+    /// `items` onto the other test server under the same name (COPY streams).
+    OtherServer,
+}
+
+impl JobPath {
+    pub const ALL: [JobPath; 2] = [JobPath::SameDatabase, JobPath::OtherServer];
+}
+
+/// [`items_copy_job`] along `path`.
+pub fn items_copy_job_on(path: JobPath, name: &str, rest: &str) -> String {
+    let job = items_copy_job(name, rest);
+    match path {
+        JobPath::SameDatabase => job,
+        JobPath::OtherServer => job
+            .replace(
+                "[target]\ndatabase = \"postgresql\"",
+                "[target]\ndatabase = \"other\"",
+            )
+            .replace("items_v2", "items"),
+    }
+}
+
 /// A backfill job of `items` (see [`create_items`]) filling `v_upper` (which expand adds)
 /// with `upper(v) || '#' || id`, in batches of `batch_size`; contract only on request.
 pub fn items_backfill_job(name: &str, batch_size: usize) -> String {

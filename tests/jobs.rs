@@ -8,7 +8,7 @@ use common::writer::{
     checksum, contents, create_items, items_backfill_job, items_copy_job, items_copy_job_on, seed,
     JobPath, Lcg, Writer, WRONGLY_FILLED,
 };
-use common::Project;
+use common::{Project, Running};
 
 fn copy_job(name: &str, extra: &str) -> String {
     items_copy_job(
@@ -240,12 +240,7 @@ fn follow_keeps_the_target_caught_up_until_cutover_and_the_old_table_until_contr
     let model = create_items(&mut db, "items", 5_000);
     let file = project.job_file("items", &copy_job("items", ""));
     let writer = Writer::start(&project.db.url, "items", model, seed());
-    let runner = project
-        .command(&["job", "run", "--follow", &file])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let runner = Running::spawn(&mut project.command(&["job", "run", "--follow", &file]));
     let ready = project.wait_for_job("items", "ready", |s| s["phase"] == "ready_to_cutover");
     let applied = ready["changes_applied"].as_u64().unwrap();
     project.wait_for_job("items", "following the writes", |s| {
@@ -275,7 +270,7 @@ fn follow_keeps_the_target_caught_up_until_cutover_and_the_old_table_until_contr
         "true",
     );
     project.run(&["job", "contract", "items"]).ok();
-    let output = runner.wait_with_output().unwrap();
+    let output = runner.wait();
     assert!(
         output.status.success(),
         "{}",
@@ -572,6 +567,7 @@ fn bad_job_files_exit_2_naming_file_and_field() {
         (base.replace("kind = \"copy\"", "kind = \"move\""), "field `kind`: unknown variant `move`, expected one of `copy`, `backfill`, `reindex`"),
         (base.replace("database = \"postgresql\"\ntable = \"public.items\"", "database = \"nosuch\"\ntable = \"public.items\""), "field `source.database`: no database named `nosuch` in the configuration"),
         (base.replace("name = \"items\"", "name = \"items; drop\""), "field `name`: `items; drop` must be letters, digits and `_` only (it names replication slots and metrics)"),
+        (base.replace("name = \"items\"", &format!("name = \"{}\"", "n".repeat(37))), "field `name`: at most 36 characters (it names replication slots)"),
         (base.replace("concurrency = 2", "concurrency = \"two\""), "field `copy.concurrency`: invalid type: string \"two\", expected usize"),
         (format!("{base}\n[cutover]\nmax_lag = \"soon\"\n"), "field `cutover.max_lag`: "),
         (base.replace("[target]", "[nothing]"), "unknown field `nothing`, expected one of `name`, `kind`"),

@@ -18,8 +18,18 @@ pub async fn open_job(config: &Config, spec: &JobSpec, store: &dyn StateStore) -
         .is_some_and(|record| record.source_may_be_gone());
     match config.database(&spec.source.database)?.kind {
         DatabaseKind::Postgresql => postgres::open_job(config, spec, source_may_be_gone).await,
-        kind => Err(Error::Refused(format!(
-            "{kind} jobs are not available in this version"
-        ))),
+        kind => Err(no_jobs(kind)),
     }
+}
+
+/// What `job plan` prints for a job, changing nothing.
+pub async fn plan_job(config: &Config, spec: &JobSpec) -> Result<postgres::JobPlan> {
+    match config.database(&spec.source.database)?.kind {
+        DatabaseKind::Postgresql => postgres::plan_job(config, spec).await,
+        kind => Err(no_jobs(kind)),
+    }
+}
+
+fn no_jobs(kind: DatabaseKind) -> Error {
+    Error::Refused(format!("{kind} jobs are not available in this version"))
 }

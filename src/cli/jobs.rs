@@ -19,7 +19,7 @@ use crate::state::{self, Outcome, StateStore};
 
 pub async fn plan(config: &Config, file: &Path) -> Result<()> {
     let spec = job::load(file, config)?;
-    let plan = crate::backend::postgres::plan_job(config, &spec).await?;
+    let plan = crate::backend::plan_job(config, &spec).await?;
     println!(
         "job {} ({}), source {}: about {} rows",
         spec.name,

@@ -309,10 +309,11 @@ impl JobSpec {
         {
             return Err(field("name", format!("`{}` must be letters, digits and `_` only (it names replication slots and metrics)", self.name)));
         }
-        if self.name.len() > 40 {
+        // Slot names hold 63 bytes: `switchyard_<name>_back_<database oid>`.
+        if self.name.len() > 36 {
             return Err(field(
                 "name",
-                "at most 40 characters (it names replication slots)".into(),
+                "at most 36 characters (it names replication slots)".into(),
             ));
         }
         if self.copy.batch_size == 0 {

@@ -223,6 +223,35 @@ impl Project {
     }
 }
 
+/// A process of the binary that runs until it ends by itself; killed if the test
+/// fails first (a following job would otherwise run on).
+pub struct Running(Option<std::process::Child>);
+
+impl Running {
+    pub fn spawn(command: &mut Command) -> Running {
+        let child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        Running(Some(child))
+    }
+
+    /// Waits for the process to end by itself.
+    pub fn wait(mut self) -> Output {
+        self.0.take().expect("running").wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A finished run of the binary.
 pub struct Run {
     pub code: i32,

@@ -346,3 +346,17 @@ pub fn parse_lsn(text: &str) -> u64 {
 pub fn format_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Capture;
+
+    /// The longest job name the job file allows, its way back and the largest database
+    /// oid still give a slot name PostgreSQL keeps whole (63 bytes).
+    #[test]
+    fn the_longest_names_fit_a_slot() {
+        let job = "n".repeat(36);
+        let back = crate::backend::postgres::back_name(&job);
+        assert_eq!(Capture::new(&back, u32::MAX).slot.len(), 63);
+    }
+}

@@ -9,6 +9,11 @@
 #                       switchyard with the bench configuration; `accounts_copy_job` writes
 #                       a copy job of pgbench_accounts.
 #   seconds CMD…        how long a command takes
+#   copy_job NAME CATCH_UP VERIFY [DATABASE]
+#                       accounts_copy_job into NAME with two workers, batches of 10,000
+#                       and the given catch-up and verify methods
+#   rounds_table FILE "tool|column|rss column" …   (the last two `|` split)
+#                       medians of the rounds in FILE, each tool's ratio to the first
 #   pgcopydb_clone SERVER
 #                       pgcopydb's clone of pgbench_accounts into a new database of SERVER
 #                       (an admin URL); prints seconds, leaves its peak RSS in
@@ -110,4 +115,26 @@ pgcopydb_clone() {
   [ "$copied" = "$(psql "$db" -tAc "SELECT count(*) FROM pgbench_accounts")" ] || { echo "pgcopydb copied $copied rows" >&2; exit 1; }
   psql "$server" -qc "DROP DATABASE switchyard_bench_pgcopydb WITH (FORCE)"
   echo "$seconds"
+}
+
+copy_job() {
+  accounts_copy_job "$1" "$1" "$(printf '[copy]\nbatch_size = 10000\nconcurrency = 2\n[catch_up]\nmethod = "%s"\n[verify]\nmethod = "%s"' "$2" "$3")" "${4:-bench}"
+}
+
+# FILE holds one line of numbers per round; each further argument names a tool, the
+# column of its seconds and the column of its peak RSS in KiB (empty: not measured).
+rounds_table() {
+  python3 - "$@" <<'PY'
+import statistics, sys
+rounds = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+tools = [t.rsplit("|", 2) for t in sys.argv[2:]]
+median = lambda i: statistics.median(r[i] for r in rounds)
+base = int(tools[0][1])
+print(f"{'tool':<46} {'seconds':>8} {'ratio':>7} {'peak RSS':>10}   ratio per round")
+for name, column, rss in tools:
+    i = int(column)
+    per_round = " ".join(f"{r[i] / r[base]:.2f}" for r in rounds)
+    memory = f"{max(r[int(rss)] for r in rounds) / 1024:.1f} MiB" if rss else "-"
+    print(f"{name:<46} {median(i):8.2f} {median(i) / median(base):7.2f} {memory:>10}   {per_round}")
+PY
 }

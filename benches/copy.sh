@@ -46,28 +46,16 @@ round() {
 
 job() { # name, catch_up method, verify method
   new_table "$1"
-  accounts_copy_job "$1" "$1" "$(printf '[copy]\nbatch_size = 10000\nconcurrency = 2\n[catch_up]\nmethod = "%s"\n[verify]\nmethod = "%s"' "$2" "$3")"
+  copy_job "$1" "$2" "$3"
 }
 
 : >"$work/rounds"
 for r in $(seq 1 "$repeat"); do round "$r"; done
 
 echo "copy of $rows pgbench_accounts rows, $(nproc) cores, PostgreSQL $(psql "$db" -tAc 'SHOW server_version'); median of $repeat rounds (each round runs every tool once, in this order)"
-python3 - "$work/rounds" <<'PY'
-import statistics, sys
-rounds = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
-col = lambda i: statistics.median(r[i] for r in rounds)
-base = col(0)
-rows = [
-    ("INSERT … SELECT", 0, None),
-    ("binary COPY pipe (psql | psql)", 1, None),
-    ("pgcopydb clone (2 table jobs, 2 index jobs)", 2, 5),
-    ("switchyard copy (no catch-up, no verify)", 3, 6),
-    ("switchyard copy (+ slot, catch-up, checksum)", 4, 7),
-]
-print(f"{'tool':<46} {'seconds':>8} {'ratio':>7} {'peak RSS':>10}   ratio per round")
-for name, i, rss in rows:
-    per_round = " ".join(f"{r[i] / r[0]:.2f}" for r in rounds)
-    memory = f"{max(r[rss] for r in rounds) / 1024:.1f} MiB" if rss else "-"
-    print(f"{name:<46} {col(i):8.2f} {col(i) / base:7.2f} {memory:>10}   {per_round}")
-PY
+rounds_table "$work/rounds" \
+  "INSERT … SELECT|0|" \
+  "binary COPY pipe (psql | psql)|1|" \
+  "pgcopydb clone (2 table jobs, 2 index jobs)|2|5" \
+  "switchyard copy (no catch-up, no verify)|3|6" \
+  "switchyard copy (+ slot, catch-up, checksum)|4|7"

@@ -15,7 +15,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 use super::table::{ident, TableInfo};
-use crate::engine::row::{Change, Key, Projection, Row, Schema, Value};
+use crate::engine::row::{Change, Key, Projected, Projection, Row, Schema, Value};
 use crate::engine::source::Source;
 use crate::error::{Error, Result};
 
@@ -109,8 +109,7 @@ impl ChangeApply {
     async fn upsert(&mut self, client: &Client, row: &[Value]) -> Result<()> {
         if self.upsert.is_none() {
             let sets: Vec<String> = self
-                .projection
-                .iter()
+                .written(true)
                 .filter(|p| !self.target.key.iter().any(|k| k.name == p.name))
                 .map(|p| format!("{col} = EXCLUDED.{col}", col = ident(&p.name)))
                 .collect();
@@ -120,10 +119,10 @@ impl ChangeApply {
                 format!("DO UPDATE SET {}", sets.join(", "))
             };
             let sql = format!(
-                "INSERT INTO {target} ({columns}) SELECT {exprs} FROM (SELECT {values}) AS s ON CONFLICT ({keys}) {conflict}",
+                "INSERT INTO {target} ({columns}) OVERRIDING SYSTEM VALUE SELECT {exprs} FROM (SELECT {values}) AS s ON CONFLICT ({keys}) {conflict}",
                 target = self.target.name.sql(),
-                columns = self.column_list(),
-                exprs = self.expression_list(),
+                columns = self.column_list(false),
+                exprs = self.expression_list(false),
                 values = self.source_values(None).0,
                 keys = self.target.key_list(None),
             );
@@ -167,8 +166,8 @@ impl ChangeApply {
             let sql = format!(
                 "UPDATE {target} AS t SET ({columns}) = (SELECT {exprs} FROM (SELECT {values}) AS s) WHERE ({keys}) = {key_params}",
                 target = self.target.name.sql(),
-                columns = self.column_list(),
-                exprs = self.expression_list(),
+                columns = self.column_list(true),
+                exprs = self.expression_list(true),
                 keys = self.target.key_list(Some("t")),
                 key_params = self.key_params(next),
             );
@@ -222,15 +221,26 @@ impl ChangeApply {
         format!("({})", params.join(", "))
     }
 
-    fn column_list(&self) -> String {
-        let names: Vec<String> = self.projection.iter().map(|p| ident(&p.name)).collect();
+    /// The projected columns an insert writes, or (`updating`) an update may set: not
+    /// an always-identity column, which keeps the value its row was inserted with.
+    fn written(&self, updating: bool) -> impl Iterator<Item = &Projected> {
+        self.projection.iter().filter(move |p| {
+            !updating
+                || !self
+                    .target
+                    .column(&p.name)
+                    .is_some_and(|c| c.always_identity)
+        })
+    }
+
+    fn column_list(&self, updating: bool) -> String {
+        let names: Vec<String> = self.written(updating).map(|p| ident(&p.name)).collect();
         names.join(", ")
     }
 
-    fn expression_list(&self) -> String {
+    fn expression_list(&self, updating: bool) -> String {
         let exprs: Vec<String> = self
-            .projection
-            .iter()
+            .written(updating)
             .map(|p| format!("({})", p.expression))
             .collect();
         exprs.join(", ")

@@ -73,7 +73,7 @@ impl BatchSql {
                 (
                     select.concat(),
                     format!(
-                        "INSERT INTO {target} ({names}) SELECT {names} FROM batch",
+                        "INSERT INTO {target} ({names}) OVERRIDING SYSTEM VALUE SELECT {names} FROM batch",
                         names = names.join(", ")
                     ),
                 )

@@ -5,8 +5,8 @@
 //!
 //! Within one database it is one transaction on the sink's session: lock the source
 //! against writes (`EXCLUSIVE`, under `lock_timeout`), drain the last changes, rename
-//! source → `<table>_old` and target → `<table>`, move owned sequences, record the
-//! cutover. Writers wait for the lock, then continue on the new table.
+//! source → `<table>_old` and target → `<table>`, move owned sequences, move identity
+//! sequences past the copied values, record the cutover. Writers wait for the lock, then continue on the new table.
 //!
 //! The way back is a job of its own whose cutover is the same switch in the other
 //! direction, so an abort after a cutover loses no write either.
@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use super::dependents::refuse_blocking;
 use super::sink::PgSink;
-use super::table::{ident, TableName};
+use super::table::{ident, literal, TableName};
 use crate::engine::progress::CutoverReport;
 use crate::engine::source::Source;
 use crate::error::{Error, Result};
@@ -87,6 +87,7 @@ impl PgSink {
             crate::crash_point!("cutover.after_drain");
             let current = self.source_name.clone();
             self.swap(&current, &old.name, &target, "cutover").await?;
+            self.advance_identities(&current).await?;
             crate::crash_point!("cutover.after_swap");
             // Recorded in the same transaction as the swap: never done twice.
             let blocked = blocked_from.elapsed();
@@ -154,6 +155,7 @@ impl PgSink {
                     )
                     .await?;
             }
+            self.advance_identities(&taking).await?;
             crate::crash_point!("cutover.after_swap");
             let blocked = fenced_from.elapsed();
             self.checkpoints()
@@ -243,6 +245,42 @@ impl PgSink {
             .await?;
         self.move_owned_sequences(&current.sibling(aside), current)
             .await
+    }
+
+    /// Within the cutover: moves each identity sequence of `table` (the table taking the
+    /// name) past the largest value the copy and the drain wrote, which they wrote with
+    /// `OVERRIDING SYSTEM VALUE`, so that rows inserted from now on get fresh values.
+    /// An identity column without an index is scanned, while writes wait.
+    async fn advance_identities(&self, table: &TableName) -> Result<()> {
+        let columns = self
+            .side
+            .client
+            .query(
+                "SELECT attname::text FROM pg_attribute
+                 WHERE attrelid = to_regclass($1) AND attidentity <> '' AND NOT attisdropped",
+                &[&table.sql()],
+            )
+            .await
+            .map_err(self.side.failed("cannot read the identity columns"))?;
+        for row in columns {
+            let column: String = row.get(0);
+            self.side
+                .client
+                .batch_execute(&format!(
+                    "SELECT setval(pg_get_serial_sequence({table_literal}, {column_literal}), high)
+                     FROM (SELECT max({column}) AS high FROM {table}) AS s WHERE high IS NOT NULL",
+                    table_literal = literal(&table.sql()),
+                    column_literal = literal(&column),
+                    column = ident(&column),
+                    table = table.sql(),
+                ))
+                .await
+                .map_err(
+                    self.side
+                        .failed(format!("cannot move the identity of {table}.{column}")),
+                )?;
+        }
+        Ok(())
     }
 
     /// Moves the ownership of sequences owned by `from`'s columns to the same columns of

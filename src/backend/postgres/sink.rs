@@ -270,7 +270,7 @@ impl PgSink {
                 .side
                 .client
                 .batch_execute(&format!(
-                    "EXPLAIN INSERT INTO {} ({}) SELECT NULL::{}",
+                    "EXPLAIN INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT NULL::{}",
                     target.name.sql(),
                     ident(&projected.name),
                     field.type_name

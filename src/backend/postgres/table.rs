@@ -68,6 +68,9 @@ pub struct Column {
     pub name: String,
     /// `format_type` of the column, used to cast text values back.
     pub type_sql: String,
+    /// `GENERATED ALWAYS AS IDENTITY`: inserts take its value only with `OVERRIDING
+    /// SYSTEM VALUE`, and an update may set it to `DEFAULT` only.
+    pub always_identity: bool,
 }
 
 impl Column {
@@ -138,14 +141,18 @@ impl TableInfo {
         })?;
         let columns: Vec<Column> = client
             .query(
-                "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+                "SELECT attname::text, format_type(atttypid, atttypmod), attidentity = 'a' FROM pg_attribute
                  WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
                 &[&oid],
             )
             .await
             .map_err(failed)?
             .iter()
-            .map(|row| Column { name: row.get(0), type_sql: row.get(1) })
+            .map(|row| Column {
+                name: row.get(0),
+                type_sql: row.get(1),
+                always_identity: row.get(2),
+            })
             .collect();
         let key_names: Vec<String> = match key {
             Some(key) => key.to_vec(),
@@ -364,6 +371,7 @@ mod tests {
         let column = |name: &str, type_sql: &str| Column {
             name: name.into(),
             type_sql: type_sql.into(),
+            always_identity: false,
         };
         let table = TableInfo {
             name: TableName::parse("t"),

@@ -371,3 +371,66 @@ fn the_server_crashes_mid_copy_and_mid_catch_up() {
     assert_eq!(checksum(&mut db, "items"), checksum(&mut db, "items_v2"));
     eprintln!("{retries} retries; {copied_before} rows were copied at the first crash");
 }
+
+/// An abort after cutover is the way back's cutover: crashed at each of its points, a
+/// second `job abort` finishes it, and the old table has its name back with every write
+/// made to the new one, on both paths.
+#[test]
+fn a_crash_while_swapping_back_is_finished_by_the_next_abort() {
+    let seed = seed();
+    // The sink's points of a cutover (the engine's `cutover.start` is a phase's).
+    let points = [
+        "cutover.after_back_capture",
+        "cutover.after_lock",
+        "cutover.after_drain",
+        "cutover.after_swap",
+        "cutover.after_record",
+    ];
+    for path in JobPath::ALL {
+        for (number, point) in points.iter().enumerate() {
+            let (project, other) = Project::for_path(path);
+            let model = create_items(&mut project.db.client(), "items", 2_000);
+            let job = items_copy_job_on(
+                path,
+                "items",
+                "[copy]\nbatch_size = 500\nconcurrency = 2\n\n[cutover]\nmode = \"auto\"\n\n\
+                 [contract]\nafter = \"manual\"",
+            );
+            let file = project.job_file("items", &job);
+            project.run(&["job", "run", &file]).ok();
+            // Writes to the new table, which the way back carries to the old one.
+            let new_table = other.as_ref().unwrap_or(&project.db);
+            let writer = Writer::start(&new_table.url, "items", model, seed + number as u64);
+            new_table.wait_for(
+                "SELECT (count(*) >= 50)::text FROM items WHERE id > 2000",
+                "true",
+            );
+            let (model, _) = writer.stop();
+            let crashed = project
+                .command(&["job", "abort", "items"])
+                .env("FAILPOINTS", format!("{point}=return"))
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&crashed.stderr);
+            assert_eq!(
+                crashed.status.code(),
+                Some(CRASH_EXIT_CODE),
+                "{point} ({path:?}): the abort must crash there\n{stderr}"
+            );
+            let abort = project.run(&["job", "abort", "items"]);
+            assert_eq!(abort.code, 0, "{point} ({path:?}): {}", abort.stderr);
+            assert_eq!(
+                contents(&mut project.db.client(), "items"),
+                model,
+                "{point} ({path:?}): the old table holds every write made to the new one"
+            );
+            assert!(!project.db.exists("items_old"), "{point} ({path:?})");
+            assert_eq!(project.job_status("items")["phase"], "aborted");
+            assert_nothing_left(&project.db, point);
+            if let Some(other) = &other {
+                assert_nothing_left(other, point);
+            }
+            eprintln!("{point} ({path:?}): swap back crashed, aborted again, equal");
+        }
+    }
+}

@@ -145,6 +145,13 @@ pub trait Source: Send + Sync {
     /// nothing when it is fenced already (a resumed cutover).
     async fn fence(&mut self) -> Result<()>;
 
+    /// The last value the source's own generator of each column handed out (a
+    /// PostgreSQL identity sequence), so that the target goes on after it; read at
+    /// cutover. None by default.
+    async fn identity_positions(&mut self) -> Result<Vec<(String, i64)>> {
+        Ok(Vec::new())
+    }
+
     /// Undoes [`Source::fence`] (a cutover that could not complete, an abort).
     async fn unfence(&mut self) -> Result<()>;
 

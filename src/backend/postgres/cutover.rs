@@ -63,6 +63,9 @@ impl PgSink {
             )));
         }
         refuse_blocking(&self.side, &table, self.spec.kind).await?;
+        // Read before the lock: the source's session would wait for the renames. Rows
+        // inserted after it are drained, so the column's maximum covers them.
+        let positions = source.identity_positions().await?;
         let target = self.target_name.clone().expect("copy");
         self.side
             .client
@@ -87,7 +90,7 @@ impl PgSink {
             crate::crash_point!("cutover.after_drain");
             let current = self.source_name.clone();
             self.swap(&current, &old.name, &target, "cutover").await?;
-            self.advance_identities(&current).await?;
+            self.advance_identities(&current, &positions).await?;
             crate::crash_point!("cutover.after_swap");
             // Recorded in the same transaction as the swap: never done twice.
             let blocked = blocked_from.elapsed();
@@ -135,6 +138,8 @@ impl PgSink {
         let fenced_from = Instant::now();
         source.fence().await?;
         crate::crash_point!("cutover.after_lock");
+        // Fenced: the source hands out no more values.
+        let positions = source.identity_positions().await?;
         self.side
             .client
             .batch_execute("BEGIN")
@@ -155,7 +160,7 @@ impl PgSink {
                     )
                     .await?;
             }
-            self.advance_identities(&taking).await?;
+            self.advance_identities(&taking, &positions).await?;
             crate::crash_point!("cutover.after_swap");
             let blocked = fenced_from.elapsed();
             self.checkpoints()
@@ -248,10 +253,15 @@ impl PgSink {
     }
 
     /// Within the cutover: moves each identity sequence of `table` (the table taking the
-    /// name) past the largest value the copy and the drain wrote, which they wrote with
-    /// `OVERRIDING SYSTEM VALUE`, so that rows inserted from now on get fresh values.
-    /// An identity column without an index is scanned, while writes wait.
-    async fn advance_identities(&self, table: &TableName) -> Result<()> {
+    /// name) past the largest value the copy and the drain wrote (with `OVERRIDING
+    /// SYSTEM VALUE`) and past the source's sequence of that column (`positions`), so
+    /// that rows inserted from now on get values never handed out before. An identity
+    /// column without an index is scanned, while writes wait.
+    async fn advance_identities(
+        &self,
+        table: &TableName,
+        positions: &[(String, i64)],
+    ) -> Result<()> {
         let columns = self
             .side
             .client
@@ -264,11 +274,15 @@ impl PgSink {
             .map_err(self.side.failed("cannot read the identity columns"))?;
         for row in columns {
             let column: String = row.get(0);
+            let handed_out = positions
+                .iter()
+                .find(|(name, _)| *name == column)
+                .map_or("NULL".to_string(), |(_, last)| last.to_string());
             self.side
                 .client
                 .batch_execute(&format!(
                     "SELECT setval(pg_get_serial_sequence({table_literal}, {column_literal}), high)
-                     FROM (SELECT max({column}) AS high FROM {table}) AS s WHERE high IS NOT NULL",
+                     FROM (SELECT GREATEST(max({column}), {handed_out}) AS high FROM {table}) AS s WHERE high IS NOT NULL",
                     table_literal = literal(&table.sql()),
                     column_literal = literal(&column),
                     column = ident(&column),

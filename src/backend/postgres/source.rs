@@ -459,6 +459,24 @@ impl Source for PgSource {
         Ok(())
     }
 
+    async fn identity_positions(&mut self) -> Result<Vec<(String, i64)>> {
+        let table = self.table()?.name.sql();
+        let rows = self
+            .side
+            .client
+            .query(
+                "SELECT attname::text, pg_sequence_last_value(pg_get_serial_sequence($1, attname::text)::regclass)
+                 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attidentity <> '' AND NOT attisdropped",
+                &[&table],
+            )
+            .await
+            .map_err(self.side.failed("cannot read the source's identity sequences"))?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| Some((row.get(0), row.get::<_, Option<i64>>(1)?)))
+            .collect())
+    }
+
     async fn unfence(&mut self) -> Result<()> {
         if !self.fenced() {
             return Ok(());

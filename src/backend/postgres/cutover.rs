@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use super::dependents::refuse_blocking;
 use super::sink::PgSink;
-use super::table::{ident, literal, TableName};
+use super::table::{column_sequences, ident, literal, TableName};
 use crate::engine::progress::CutoverReport;
 use crate::engine::source::Source;
 use crate::error::{Error, Result};
@@ -252,28 +252,19 @@ impl PgSink {
             .await
     }
 
-    /// Within the cutover: moves each identity sequence of `table` (the table taking the
-    /// name) past the largest value the copy and the drain wrote (with `OVERRIDING
-    /// SYSTEM VALUE`) and past the source's sequence of that column (`positions`), so
-    /// that rows inserted from now on get values never handed out before. An identity
-    /// column without an index is scanned, while writes wait.
+    /// Within the cutover: moves the sequence of each identity or serial column of
+    /// `table` (the table taking the name) past the largest value the copy and the
+    /// drain wrote (identities with `OVERRIDING SYSTEM VALUE`) and past the source's
+    /// sequence of that column (`positions`), so that rows inserted from now on get
+    /// values never handed out before. Such a column without an index is scanned, while
+    /// writes wait.
     async fn advance_identities(
         &self,
         table: &TableName,
         positions: &[(String, i64)],
     ) -> Result<()> {
-        let columns = self
-            .side
-            .client
-            .query(
-                "SELECT attname::text FROM pg_attribute
-                 WHERE attrelid = to_regclass($1) AND attidentity <> '' AND NOT attisdropped",
-                &[&table.sql()],
-            )
-            .await
-            .map_err(self.side.failed("cannot read the identity columns"))?;
-        for row in columns {
-            let column: String = row.get(0);
+        let sequences = column_sequences(&self.side.client, &self.side.database, table).await?;
+        for (column, sequence) in sequences {
             let handed_out = positions
                 .iter()
                 .find(|(name, _)| *name == column)
@@ -281,17 +272,16 @@ impl PgSink {
             self.side
                 .client
                 .batch_execute(&format!(
-                    "SELECT setval(pg_get_serial_sequence({table_literal}, {column_literal}), high)
+                    "SELECT setval({sequence}::regclass, high)
                      FROM (SELECT GREATEST(max({column}), {handed_out}) AS high FROM {table}) AS s WHERE high IS NOT NULL",
-                    table_literal = literal(&table.sql()),
-                    column_literal = literal(&column),
+                    sequence = literal(&sequence),
                     column = ident(&column),
                     table = table.sql(),
                 ))
                 .await
                 .map_err(
                     self.side
-                        .failed(format!("cannot move the identity of {table}.{column}")),
+                        .failed(format!("cannot move sequence {sequence} of {table}.{column} past the copied values")),
                 )?;
         }
         Ok(())

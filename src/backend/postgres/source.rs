@@ -21,7 +21,7 @@ use super::checkpoints::Checkpoints;
 use super::ddl::Ddl;
 use super::dependents::refuse_blocking;
 use super::session::{Sessions, Side};
-use super::table::{ident, TableInfo, TableName};
+use super::table::{column_sequences, ident, TableInfo, TableName};
 use super::verify;
 use crate::engine::progress::{KeyRange, Lag};
 use crate::engine::row::{Digest, Key, Position, Projection, Row, Schema, Value};
@@ -460,21 +460,22 @@ impl Source for PgSource {
     }
 
     async fn identity_positions(&mut self) -> Result<Vec<(String, i64)>> {
-        let table = self.table()?.name.sql();
-        let rows = self
-            .side
-            .client
-            .query(
-                "SELECT attname::text, pg_sequence_last_value(pg_get_serial_sequence($1, attname::text)::regclass)
-                 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attidentity <> '' AND NOT attisdropped",
-                &[&table],
-            )
-            .await
-            .map_err(self.side.failed("cannot read the source's identity sequences"))?;
-        Ok(rows
-            .iter()
-            .filter_map(|row| Some((row.get(0), row.get::<_, Option<i64>>(1)?)))
-            .collect())
+        let table = self.table()?.name.clone();
+        let mut positions = Vec::new();
+        for (column, sequence) in
+            column_sequences(&self.side.client, &self.side.database, &table).await?
+        {
+            let last: Option<i64> = self
+                .side
+                .scalar(
+                    "SELECT pg_sequence_last_value($1::text::regclass)",
+                    &[&sequence],
+                    "cannot read the source's sequences",
+                )
+                .await?;
+            positions.extend(last.map(|last| (column, last)));
+        }
+        Ok(positions)
     }
 
     async fn unfence(&mut self) -> Result<()> {

@@ -119,6 +119,32 @@ pub struct TableInfo {
     pub key: Vec<Column>,
 }
 
+/// Each column of `table` that takes its values from a sequence, with that sequence: an
+/// identity column's own, or the one its default calls (`serial`, `nextval(…)`).
+pub async fn column_sequences(
+    client: &Client,
+    database: &str,
+    table: &TableName,
+) -> Result<Vec<(String, String)>> {
+    client
+        .query(
+            "SELECT a.attname::text, s.oid::regclass::text
+             FROM pg_attribute a
+             JOIN pg_class s ON s.relkind = 'S' AND s.oid = COALESCE(
+                 CASE WHEN a.attidentity <> '' THEN pg_get_serial_sequence($1, a.attname::text)::regclass::oid END,
+                 (SELECT d.refobjid FROM pg_attrdef ad
+                  JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
+                   AND d.refclassid = 'pg_class'::regclass
+                  JOIN pg_class r ON r.oid = d.refobjid AND r.relkind = 'S'
+                  WHERE ad.adrelid = a.attrelid AND ad.adnum = a.attnum LIMIT 1))
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&table.sql()],
+        )
+        .await
+        .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        .map_err(|e| Error::database(database, format!("cannot read the sequences of {table}"), e))
+}
+
 impl TableInfo {
     /// Reads a table's columns; the key is `key` when given, else the primary key. The
     /// key must be covered by a unique index, or batches could skip rows.

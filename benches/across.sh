@@ -11,20 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scale=10
-repeat=3
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --scale) scale="$2"; shift 2 ;;
-    --repeat) repeat="$2"; shift 2 ;;
-    *) echo "usage: benches/across.sh [--scale S] [--repeat R]" >&2; exit 2 ;;
-  esac
-done
-
 . benches/common.sh
-bench_setup "$scale"
-psql "$db" -qc "VACUUM ANALYZE pgbench_accounts"
-rows=$(psql "$db" -tAc "SELECT count(*) FROM pgbench_accounts")
+copy_rounds_setup benches/across.sh "$@"
 columns="aid integer PRIMARY KEY, bid integer, abalance integer, filler character(84)"
 
 # One round of every tool; the round's seconds go to $work/rounds.

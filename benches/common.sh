@@ -8,6 +8,10 @@
 #                       `other` server, configured as database `other`; `sy` runs
 #                       switchyard with the bench configuration; `accounts_copy_job` writes
 #                       a copy job of pgbench_accounts.
+#   copy_rounds_setup SCRIPT [--scale S] [--repeat R]
+#                       the arguments of a copy benchmark (scale, repeat; defaults 10
+#                       and 3), then bench_setup and a vacuumed pgbench_accounts of
+#                       `rows` rows
 #   seconds CMD…        how long a command takes
 #   copy_job NAME CATCH_UP VERIFY [DATABASE]
 #                       accounts_copy_job into NAME with two workers, batches of 10,000
@@ -137,4 +141,21 @@ for name, column, rss in tools:
     memory = f"{max(r[int(rss)] for r in rounds) / 1024:.1f} MiB" if rss else "-"
     print(f"{name:<46} {median(i):8.2f} {median(i) / median(base):7.2f} {memory:>10}   {per_round}")
 PY
+}
+
+copy_rounds_setup() {
+  local script="$1"
+  shift
+  scale=10
+  repeat=3
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --scale) scale="$2"; shift 2 ;;
+      --repeat) repeat="$2"; shift 2 ;;
+      *) echo "usage: $script [--scale S] [--repeat R]" >&2; exit 2 ;;
+    esac
+  done
+  bench_setup "$scale"
+  psql "$db" -qc "VACUUM ANALYZE pgbench_accounts"
+  rows=$(psql "$db" -tAc "SELECT count(*) FROM pgbench_accounts")
 }

@@ -10,20 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scale=10
-repeat=3
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --scale) scale="$2"; shift 2 ;;
-    --repeat) repeat="$2"; shift 2 ;;
-    *) echo "usage: benches/copy.sh [--scale S] [--repeat R]" >&2; exit 2 ;;
-  esac
-done
-
 . benches/common.sh
-bench_setup "$scale"
-psql "$db" -qc "VACUUM ANALYZE pgbench_accounts"
-rows=$(psql "$db" -tAc "SELECT count(*) FROM pgbench_accounts")
+copy_rounds_setup benches/copy.sh "$@"
 
 new_table() { psql "$db" -qc "SET client_min_messages = warning; DROP TABLE IF EXISTS $1; CREATE TABLE $1 (LIKE pgbench_accounts INCLUDING ALL)"; }
 

@@ -406,17 +406,7 @@ fn a_crash_while_swapping_back_is_finished_by_the_next_abort() {
                 "true",
             );
             let (model, _) = writer.stop();
-            let crashed = project
-                .command(&["job", "abort", "items"])
-                .env("FAILPOINTS", format!("{point}=return"))
-                .output()
-                .unwrap();
-            let stderr = String::from_utf8_lossy(&crashed.stderr);
-            assert_eq!(
-                crashed.status.code(),
-                Some(CRASH_EXIT_CODE),
-                "{point} ({path:?}): the abort must crash there\n{stderr}"
-            );
+            crash_at(&project, &["job", "abort", "items"], point, "return");
             let abort = project.run(&["job", "abort", "items"]);
             assert_eq!(abort.code, 0, "{point} ({path:?}): {}", abort.stderr);
             assert_eq!(

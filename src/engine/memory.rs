@@ -1,7 +1,7 @@
 //! An in-memory source and sink, so the engine's phases can be tested without a server:
 //! a table of integer keys with a change log, copied into another table that keeps its
 //! checkpoints beside its rows (as a transactional sink does). Writes to the source
-//! arrive between batches ([`Memory::write_every`]); a sink can be told to fail after
+//! arrive between batch reads ([`State::write_every`]); a sink can be told to fail after
 //! some batches (a crash) or to keep a wrong value (a verification mismatch).
 //!
 //! Both sides share one [`Memory`], like two servers that outlive any run of the job:

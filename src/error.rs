@@ -232,7 +232,7 @@ pub fn describe_postgres_error(error: &tokio_postgres::Error) -> String {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// `field `a.b[2]`: message` for a serde error at `path` under `prefix` (empty for the
+/// "field `a.b[2]`: message" for a serde error at `path` under `prefix` (empty for the
 /// document root). An unknown field is reported at its parent, since the message
 /// already names it.
 pub fn at_field(prefix: &str, path: &serde_path_to_error::Path, message: &str) -> String {

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use super::dependents::refuse_blocking;
 use super::sink::PgSink;
-use super::table::{column_sequences, ident, literal, TableName};
+use super::table::{column_sequences, ident, literal, ColumnSequence, TableName};
 use crate::engine::progress::CutoverReport;
 use crate::engine::source::Source;
 use crate::error::{Error, Result};
@@ -264,7 +264,10 @@ impl PgSink {
         positions: &[(String, i64)],
     ) -> Result<()> {
         let sequences = column_sequences(&self.side.client, &self.side.database, table).await?;
-        for (column, sequence) in sequences {
+        for ColumnSequence {
+            column, sequence, ..
+        } in sequences
+        {
             let handed_out = positions
                 .iter()
                 .find(|(name, _)| *name == column)

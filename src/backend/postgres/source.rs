@@ -97,12 +97,14 @@ impl PgSource {
 
     /// The source's table; an error once the job's contract dropped it.
     pub fn table(&self) -> Result<&TableInfo> {
-        self.table.as_ref().ok_or_else(|| {
-            Error::State(format!(
-                "{} in database `{}` was dropped by the job's contract",
-                self.name, self.side.database
-            ))
-        })
+        self.table.as_ref().ok_or_else(|| self.dropped())
+    }
+
+    fn dropped(&self) -> Error {
+        Error::State(format!(
+            "{} in database `{}` was dropped by the job's contract",
+            self.name, self.side.database
+        ))
     }
 
     pub fn side(&self) -> &Side {
@@ -359,8 +361,7 @@ impl Source for PgSource {
         after: &Position,
         max_changes: Option<usize>,
     ) -> Result<ChangeBatch> {
-        self.table()?;
-        let table = self.table.as_ref().expect("checked above");
+        let table = self.table.as_ref().ok_or_else(|| self.dropped())?;
         self.capture
             .read(&self.side, table, after, max_changes)
             .await
@@ -460,22 +461,12 @@ impl Source for PgSource {
     }
 
     async fn identity_positions(&mut self) -> Result<Vec<(String, i64)>> {
-        let table = self.table()?.name.clone();
-        let mut positions = Vec::new();
-        for (column, sequence) in
-            column_sequences(&self.side.client, &self.side.database, &table).await?
-        {
-            let last: Option<i64> = self
-                .side
-                .scalar(
-                    "SELECT pg_sequence_last_value($1::text::regclass)",
-                    &[&sequence],
-                    "cannot read the source's sequences",
-                )
-                .await?;
-            positions.extend(last.map(|last| (column, last)));
-        }
-        Ok(positions)
+        let table = &self.table()?.name;
+        let sequences = column_sequences(&self.side.client, &self.side.database, table).await?;
+        Ok(sequences
+            .into_iter()
+            .filter_map(|s| Some((s.column, s.last_value?)))
+            .collect())
     }
 
     async fn unfence(&mut self) -> Result<()> {

@@ -119,16 +119,24 @@ pub struct TableInfo {
     pub key: Vec<Column>,
 }
 
+/// A column that takes its values from a sequence (see [`column_sequences`]).
+pub struct ColumnSequence {
+    pub column: String,
+    pub sequence: String,
+    /// The last value it handed out; `None` before its first.
+    pub last_value: Option<i64>,
+}
+
 /// Each column of `table` that takes its values from a sequence, with that sequence: an
 /// identity column's own, or the one its default calls (`serial`, `nextval(…)`).
 pub async fn column_sequences(
     client: &Client,
     database: &str,
     table: &TableName,
-) -> Result<Vec<(String, String)>> {
+) -> Result<Vec<ColumnSequence>> {
     client
         .query(
-            "SELECT a.attname::text, s.oid::regclass::text
+            "SELECT a.attname::text, s.oid::regclass::text, pg_sequence_last_value(s.oid)
              FROM pg_attribute a
              JOIN pg_class s ON s.relkind = 'S' AND s.oid = COALESCE(
                  CASE WHEN a.attidentity <> '' THEN pg_get_serial_sequence($1, a.attname::text)::regclass::oid END,
@@ -141,7 +149,15 @@ pub async fn column_sequences(
             &[&table.sql()],
         )
         .await
-        .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        .map(|rows| {
+            rows.iter()
+                .map(|r| ColumnSequence {
+                    column: r.get(0),
+                    sequence: r.get(1),
+                    last_value: r.get(2),
+                })
+                .collect()
+        })
         .map_err(|e| Error::database(database, format!("cannot read the sequences of {table}"), e))
 }
 

@@ -6,7 +6,8 @@
 //! [`fail`](https://docs.rs/fail) crate arms them, e.g. `FAILPOINTS=copy.after_batch=return`
 //! ends the process there at once with [`CRASH_EXIT_CODE`], as a kill would: no
 //! destructor, no flush, no rollback but the server's. `sleep(ms)` and the crate's other
-//! actions work too. In every other build the macro expands to nothing.
+//! actions work too; an armed point says `crash point <name> reached` on stderr before
+//! its action. In every other build the macro expands to nothing.
 //!
 //! Names are `<phase>.<instant>`; `<phase>` is the phase the job's record shows when the
 //! point is reached. `tests/failpoints.rs` crashes at each one.
@@ -22,11 +23,21 @@ pub fn crash(name: &str) -> ! {
     unsafe { libc::_exit(CRASH_EXIT_CODE) }
 }
 
+/// Says on stderr that armed crash point `name` is reached (before its action, so a
+/// test can act while the point sleeps).
+#[cfg(feature = "failpoints")]
+pub fn announce(name: &str) {
+    if fail::list().iter().any(|(armed, _)| armed == name) {
+        eprintln!("crash point {name} reached");
+    }
+}
+
 /// Marks a crash point (see the module docs). The name is any `&str` expression.
 #[cfg(feature = "failpoints")]
 #[macro_export]
 macro_rules! crash_point {
     ($name:expr) => {
+        $crate::failpoint::announce($name);
         fail::fail_point!($name, |_| $crate::failpoint::crash($name))
     };
 }

@@ -15,7 +15,7 @@ use common::writer::{
     checksum, contents, create_items, items_backfill_job, items_copy_job, items_copy_job_on, seed,
     JobPath, Writer, WRONGLY_FILLED,
 };
-use common::{faults_server, Project, TestDb};
+use common::{faults_server, Project, Running, TestDb};
 use switchyard::failpoint::CRASH_EXIT_CODE;
 
 /// `(point, fail action)`: most crash at the first time they are reached; copy batches
@@ -328,15 +328,13 @@ fn the_server_crashes_mid_copy_and_mid_catch_up() {
             "[copy]\nbatch_size = 500\nconcurrency = 2\nrows_per_second = 5000\n",
         ),
     );
-    // The first catch-up transaction waits 5 s after reading its changes: the moment to
-    // crash the server under it.
-    let job = project
-        .command(&["job", "run", &file])
-        .env("FAILPOINTS", "catch_up.after_read=1*sleep(5000)")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    // The first catch-up pass waits 5 s after reading its changes: the moment to crash
+    // the server under it.
+    let mut job = Running::spawn(
+        project
+            .command(&["job", "run", &file])
+            .env("FAILPOINTS", "catch_up.after_read=1*sleep(5000)"),
+    );
     project.wait_for_job("items", "copying", |s| {
         s["phase"] == "copy" && s["rows_copied"].as_u64() >= Some(4_000)
     });
@@ -352,16 +350,12 @@ fn the_server_crashes_mid_copy_and_mid_catch_up() {
     assert!(copied_before < 20_000, "the copy is still running");
     crash_the_server(&restart);
 
-    project.wait_for_job("items", "catching up", |s| s["phase"] == "catch_up");
-    project.db.wait_for(
-        "SELECT count(*)::text FROM pg_stat_activity WHERE application_name LIKE 'switchyard job items #%' AND state = 'idle in transaction'",
-        "1",
-    );
+    job.wait_for_stderr("crash point catch_up.after_read reached");
     crash_the_server(&restart);
 
-    let output = job.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
+    let output = job.wait();
+    let stderr = output.stderr;
+    assert_eq!(output.code, 0, "{stderr}");
     let retries = stderr.matches("transient error; reconnecting").count();
     assert!(retries >= 2, "one retry per crash at least:\n{stderr}");
     let status = project.job_status("items");

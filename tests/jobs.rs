@@ -271,13 +271,12 @@ fn follow_keeps_the_target_caught_up_until_cutover_and_the_old_table_until_contr
     );
     project.run(&["job", "contract", "items"]).ok();
     let output = runner.wait();
+    assert_eq!(output.code, 0, "{}", output.stderr);
     assert!(
-        output.status.success(),
+        output.stdout.starts_with("job items: done"),
         "{}",
-        String::from_utf8_lossy(&output.stderr)
+        output.stdout
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.starts_with("job items: done"), "{stdout}");
     assert_eq!(contents(&mut db, "items"), model);
     assert_eq!(
         project.db.column(

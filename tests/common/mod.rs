@@ -224,28 +224,81 @@ impl Project {
 }
 
 /// A process of the binary that runs until it ends by itself; killed if the test
-/// fails first (a following job would otherwise run on).
-pub struct Running(Option<std::process::Child>);
+/// fails first (a following job would otherwise run on). Its stderr is read as it
+/// comes, so a test can wait for a line.
+pub struct Running {
+    child: Option<std::process::Child>,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: String,
+}
 
 impl Running {
     pub fn spawn(command: &mut Command) -> Running {
-        let child = command
+        let mut child = command
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("the binary starts");
-        Running(Some(child))
+        let stderr = child.stderr.take().expect("piped");
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child: Some(child),
+            lines,
+            stderr: String::new(),
+        }
+    }
+
+    /// Waits (up to 60 s) for a line of stderr that contains `needle`.
+    pub fn wait_for_stderr(&mut self, needle: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.stderr.push_str(&line);
+                    self.stderr.push('\n');
+                    if found {
+                        return;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with `{needle}` on stderr; it read:\n{}",
+                    self.stderr
+                ),
+            }
+        }
     }
 
     /// Waits for the process to end by itself.
-    pub fn wait(mut self) -> Output {
-        self.0.take().expect("running").wait_with_output().unwrap()
+    pub fn wait(mut self) -> Run {
+        let output = self
+            .child
+            .take()
+            .expect("running")
+            .wait_with_output()
+            .unwrap();
+        self.stderr
+            .extend(self.lines.iter().map(|line| line + "\n"));
+        Run {
+            stderr: std::mem::take(&mut self.stderr),
+            ..Run::from(output)
+        }
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(child) = self.0.as_mut() {
+        if let Some(child) = self.child.as_mut() {
             let _ = child.kill();
             let _ = child.wait();
         }

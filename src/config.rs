@@ -298,7 +298,7 @@ impl Config {
 
 fn is_postgres_url(url: &str) -> bool {
     (url.starts_with("postgres://") || url.starts_with("postgresql://"))
-        && url.parse::<tokio_postgres::Config>().is_ok()
+        && crate::backend::postgres::ConnectionSettings::parse("", &SecretUrl::new(url)).is_ok()
 }
 
 #[cfg(test)]

@@ -61,6 +61,11 @@ pub enum Error {
         transient: bool,
     },
 
+    /// A TLS handshake failed or the server's certificate was refused. Definite: trying
+    /// again does not change a certificate.
+    #[error("database `{database}`: {message}")]
+    Tls { database: String, message: String },
+
     /// A lock was not had in time: another run's migration lock, or a table lock that a
     /// job's DDL, verification or cutover waited for longer than `lock_timeout`.
     /// Transient: the engine retries it, and a cutover gives up after its own attempts.
@@ -110,6 +115,7 @@ impl Error {
             | Error::Refused(_) => 2,
             Error::Database { .. }
             | Error::Replication { .. }
+            | Error::Tls { .. }
             | Error::LockTimeout { .. }
             | Error::MigrationFailed { .. }
             | Error::VerifyFailed { .. }
@@ -165,7 +171,7 @@ impl Error {
             Error::Config { .. } => "config",
             Error::InvalidFiles(_) => "invalid_file",
             Error::Refused(_) => "refused",
-            Error::Database { .. } | Error::Replication { .. } => "database",
+            Error::Database { .. } | Error::Replication { .. } | Error::Tls { .. } => "database",
             Error::LockTimeout { .. } => "lock_timeout",
             Error::MigrationFailed { .. } => "migration",
             Error::VerifyFailed { .. } => "verify",

@@ -622,7 +622,7 @@ fn other_key_types_and_a_partitioned_target() {
     let writes = std::thread::spawn({
         let url = project.db.url.clone();
         move || {
-            let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            let mut client = common::connect(&url).unwrap();
             for i in 0..300 {
                 client
                     .execute(

@@ -45,8 +45,20 @@ pub fn faults_server() -> (String, String) {
     )
 }
 
+/// A client of the server at `url`, over TLS when the URL asks for it (read as
+/// switchyard reads it: libpq's `sslmode`, `sslrootcert`, …).
+pub fn connect(url: &str) -> Result<postgres::Client, String> {
+    use switchyard::backend::postgres::ConnectionSettings;
+    let settings = ConnectionSettings::parse("test", &switchyard::secret::SecretUrl::new(url))
+        .map_err(|e| e.to_string())?;
+    let mut config = postgres::Config::from(settings.config);
+    config.ssl_mode(settings.tls.wire_mode());
+    let connector = settings.tls.connector("test").map_err(|e| e.to_string())?;
+    config.connect(connector).map_err(|e| e.to_string())
+}
+
 fn admin(server: &str) -> postgres::Client {
-    postgres::Client::connect(server, postgres::NoTls).unwrap_or_else(|e| {
+    connect(server).unwrap_or_else(|e| {
         panic!("cannot reach the test PostgreSQL at {server} ({e}); start it with `scripts/services up`")
     })
 }
@@ -78,7 +90,7 @@ impl TestDb {
     }
 
     pub fn client(&self) -> postgres::Client {
-        postgres::Client::connect(&self.url, postgres::NoTls).expect("connect to the test database")
+        connect(&self.url).expect("connect to the test database")
     }
 
     /// The first column of every row of `sql`, as text.

@@ -154,7 +154,7 @@ impl Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let (url, table, flag) = (url.to_string(), table.to_string(), stop.clone());
         let handle = std::thread::spawn(move || {
-            let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            let mut client = super::connect(&url).unwrap();
             let mut model = model;
             let mut random = Lcg::new(seed);
             let mut next_id = model.keys().max().copied().unwrap_or(0) + 1_000_000;

@@ -8,6 +8,7 @@
 //!   application, [`verify`] its comparisons, [`cutover`] its switch
 //! - [`checkpoints`] and [`ddl`]: what a job keeps and runs in a database
 //! - [`dependents`] and [`plan`]: what `job plan` shows
+//! - [`tls`]: how every connection (queries and replication) is made, TLS included
 
 mod apply;
 mod batch;
@@ -25,16 +26,18 @@ mod sink;
 mod source;
 mod split;
 mod table;
+mod tls;
 mod verify;
 
 pub use dependents::Dependent;
 pub use migrations::PostgresMigrations;
 pub use plan::JobPlan;
 pub use split::split_statements;
+pub use tls::ConnectionSettings;
 
 use std::sync::Arc;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::config::Config;
 use crate::engine::Pipeline;
@@ -61,10 +64,11 @@ pub async fn connect_with(
     application_name: &str,
     options: Option<&str>,
 ) -> Result<Client> {
-    let mut config: tokio_postgres::Config = url.expose().parse().map_err(|e| Error::Config {
-        file: format!("databases.{database}.url"),
-        reason: format!("`{url}` is not a valid PostgreSQL URL: {e}"),
-    })?;
+    let tls::ConnectionSettings {
+        mut config,
+        tls: settings,
+    } = tls::ConnectionSettings::parse(database, url)?;
+    config.ssl_mode(settings.wire_mode());
     if config.get_application_name().is_none() {
         config.application_name(application_name);
     }
@@ -76,9 +80,13 @@ pub async fn connect_with(
         config.options(&merged);
     }
     let (client, connection) = config
-        .connect(NoTls)
+        .connect(settings.connector(database)?)
         .await
-        .map_err(|e| Error::database(database, format!("cannot connect to {url}"), e))?;
+        .map_err(|e| {
+            settings
+                .refusal(database, &e)
+                .unwrap_or_else(|| Error::database(database, format!("cannot connect to {url}"), e))
+        })?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "PostgreSQL connection closed");

@@ -57,27 +57,22 @@ impl ReplicationStream {
         application_name: &str,
         start: u64,
     ) -> Result<ReplicationStream> {
-        let config: tokio_postgres::Config = url.expose().parse().map_err(|e| Error::Config {
-            file: format!("databases.{database}.url"),
-            reason: format!("`{url}` is not a valid PostgreSQL URL: {e}"),
-        })?;
+        let settings = super::tls::ConnectionSettings::parse(database, url)?;
+        let config = &settings.config;
         let user = config.get_user().unwrap_or("postgres");
         let password = config
             .get_password()
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .unwrap_or_default();
         let dbname = config.get_dbname().unwrap_or(user);
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        let host = match config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-            Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
-            None => "localhost".to_string(),
-        };
+        let (host, port) = settings.host_and_port();
+        let tls = settings.tls.replication(&host);
         let settings = if host.starts_with('/') {
             ReplicationConfig::unix(&host, port, user, password, dbname, slot, publication)
         } else {
             ReplicationConfig::new(&host, user, password, dbname, slot, publication).with_port(port)
         }
+        .with_tls(tls)
         .with_start_lsn(Lsn::from_u64(start))
         .with_application_name(application_name)
         .with_status_interval(Duration::from_millis(500));

@@ -540,8 +540,9 @@ fn plan_changes_nothing() {
         .stdout
         .contains("CREATE TABLE IF NOT EXISTS public.items_v2"));
     assert!(
-        plan.stdout
-            .contains("BLOCKS CUTOVER view items_view: would keep reading the old table"),
+        plan.stdout.contains(
+            "    ok             view items_view: re-created on the new table at cutover\n"
+        ),
         "{}",
         plan.stdout
     );

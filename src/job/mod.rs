@@ -4,5 +4,5 @@ mod spec;
 
 pub use spec::{
     load, parse, parse_window, CatchUpMethod, ContractAfter, CopySettings, CutoverMethod,
-    CutoverMode, Endpoint, JobKind, JobSpec, VerifyMethod,
+    CutoverMode, Dependents, Endpoint, JobKind, JobSpec, VerifyMethod,
 };

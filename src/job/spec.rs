@@ -197,6 +197,20 @@ pub enum CutoverMethod {
     AliasSwap,
 }
 
+/// What cutover does with what depends on the source (views, foreign keys, triggers,
+/// grants, policies, comments, publications).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dependents {
+    /// Re-created on (or re-pointed at) the table taking the name, in the cutover
+    /// transaction; what cannot be carried refuses cutover.
+    #[default]
+    Carry,
+    /// Nothing is carried: cutover refuses while views or foreign keys use the source,
+    /// and leaves the rest with it (for users who move dependents themselves).
+    Refuse,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CutoverSettings {
@@ -210,6 +224,8 @@ pub struct CutoverSettings {
     /// `SWITCHYARD_JOB` and `SWITCHYARD_TARGET_URL` in its environment.
     #[serde(default)]
     pub command: Option<String>,
+    #[serde(default)]
+    pub dependents: Dependents,
 }
 
 fn default_cutover_max_lag() -> Duration {
@@ -223,6 +239,7 @@ impl Default for CutoverSettings {
             max_lag: DEFAULT_CUTOVER_MAX_LAG,
             method: CutoverMethod::Rename,
             command: None,
+            dependents: Dependents::Carry,
         }
     }
 }

@@ -3,10 +3,13 @@
 //! Before either, the way back's capture of the target starts (see [`super::way_back`]):
 //! every write the target takes after the switch is captured.
 //!
-//! Within one database it is one transaction on the sink's session: lock the source
-//! against writes (`EXCLUSIVE`, under `lock_timeout`), drain the last changes, rename
-//! source → `<table>_old` and target → `<table>`, move owned sequences, move identity
-//! sequences past the copied values, record the cutover. Writers wait for the lock, then continue on the new table.
+//! Within one database it is one transaction on the sink's session: lock the tables
+//! whose foreign keys reference the source, then the source against writes
+//! (`EXCLUSIVE`, under `lock_timeout`), drain the last changes, carry the dependents
+//! (see [`super::carry`]), rename source → `<table>_old` and target → `<table>`, move
+//! owned sequences, move identity sequences past the copied values, record the
+//! cutover. Writers wait for the lock, then continue on the new table. After the commit,
+//! re-pointed foreign keys are validated and materialized views rebuilt.
 //!
 //! The way back is a job of its own whose cutover is the same switch in the other
 //! direction, so an abort after a cutover loses no write either.
@@ -20,13 +23,18 @@
 
 use std::time::Instant;
 
-use super::dependents::refuse_blocking;
+use super::carry::{referencing_tables, Carry};
+use super::dependents::{refuse_blocking, Carrying};
 use super::sink::PgSink;
 use super::table::{column_sequences, ident, literal, ColumnSequence, TableName};
 use crate::engine::progress::CutoverReport;
 use crate::engine::source::Source;
 use crate::error::{Error, Result};
-use crate::job::CatchUpMethod;
+use crate::job::{CatchUpMethod, Dependents};
+
+/// How many times a step after the commit (validating a foreign key, swapping in a
+/// materialized view) is tried when it waits longer than `lock_timeout`.
+const FINISH_ATTEMPTS: u32 = 5;
 
 impl PgSink {
     fn catches_up(&self) -> bool {
@@ -62,11 +70,12 @@ impl PgSink {
                 self.source_name
             )));
         }
-        refuse_blocking(&self.side, &table, self.spec.kind).await?;
+        let target = self.target_name.clone().expect("copy");
+        let carrying = self.carrying(&target).await?;
+        refuse_blocking(&self.side, &table, self.spec.kind, carrying).await?;
         // Read before the lock: the source's session would wait for the renames. Rows
         // inserted after it are drained, so the column's maximum covers them.
         let positions = source.identity_positions().await?;
-        let target = self.target_name.clone().expect("copy");
         self.side
             .client
             .batch_execute("BEGIN")
@@ -74,23 +83,36 @@ impl PgSink {
             .map_err(self.side.failed("cannot begin the cutover"))?;
         let started = Instant::now();
         let result = async {
-            self.ddl()
-                .run(
-                    &[format!(
-                        "LOCK TABLE {} IN EXCLUSIVE MODE",
-                        self.source_name.sql()
-                    )],
-                    "cutover",
-                )
-                .await?;
+            let mut locks = Vec::new();
+            if carrying.is_some_and(|c| c.to.is_some()) {
+                let referencing = referencing_tables(&self.side, table.oid).await?;
+                if !referencing.is_empty() {
+                    locks.push(format!(
+                        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+                        referencing.join(", ")
+                    ));
+                }
+            }
+            locks.push(format!(
+                "LOCK TABLE {} IN EXCLUSIVE MODE",
+                self.source_name.sql()
+            ));
+            self.ddl().run(&locks, "cutover").await?;
             crate::crash_point!("cutover.after_lock");
             let blocked_from = Instant::now();
             // Writes wait on the lock, so reading until caught up drains everything.
             let (drained, end) = self.drain(source).await?;
             crate::crash_point!("cutover.after_drain");
+            // Read under the lock, while the source still has the name.
+            let carry = match carrying.and_then(|c| c.to) {
+                Some(to) => Carry::read(&self.side, table.oid, to).await?,
+                None => Carry::default(),
+            };
+            self.ddl().run(&carry.detach, "cutover").await?;
             let current = self.source_name.clone();
             self.swap(&current, &old.name, &target, "cutover").await?;
             self.advance_identities(&current, &positions).await?;
+            self.ddl().run(&carry.attach, "cutover").await?;
             crate::crash_point!("cutover.after_swap");
             // Recorded in the same transaction as the swap: never done twice.
             let blocked = blocked_from.elapsed();
@@ -103,10 +125,10 @@ impl PgSink {
                 .batch_execute("COMMIT")
                 .await
                 .map_err(self.side.failed("cannot commit the cutover"))?;
-            Ok::<_, Error>((blocked, drained, end))
+            Ok::<_, Error>((blocked, drained, end, carry.finish))
         }
         .await;
-        let (writes_blocked, changes_drained, end) = match result {
+        let (writes_blocked, changes_drained, end, finish) = match result {
             Ok(done) => done,
             Err(error) => {
                 let _ = self.side.client.batch_execute("ROLLBACK").await;
@@ -114,6 +136,7 @@ impl PgSink {
             }
         };
         tracing::info!(job = %self.spec.name, blocked_ms = writes_blocked.as_millis() as u64, took_ms = started.elapsed().as_millis() as u64, "cut over");
+        self.finish_carry(&finish).await;
         if let Some(end) = end {
             source.confirm(&end).await?;
         }
@@ -195,6 +218,50 @@ impl PgSink {
             writes_blocked,
             changes_drained,
         })
+    }
+
+    /// Whether (and onto what) this cutover carries the source's dependents: within one
+    /// database, unless the job says `dependents = "refuse"`.
+    pub(super) async fn carrying(&self, target: &TableName) -> Result<Option<Carrying>> {
+        if self.local_source.is_none() || self.spec.cutover.dependents != Dependents::Carry {
+            return Ok(None);
+        }
+        let to: Option<u32> = self
+            .side
+            .scalar(
+                "SELECT to_regclass($1)::oid",
+                &[&target.sql()],
+                "cannot find the target table",
+            )
+            .await?;
+        Ok(Some(Carrying { to }))
+    }
+
+    /// After the cutover's commit: each group of statements in a transaction of its
+    /// own (validating the foreign keys re-pointed at the new table, swapping in
+    /// rebuilt materialized views), tried again when a lock is not had in time. The
+    /// cutover stands either way; what fails is logged with what to run by hand.
+    async fn finish_carry(&self, groups: &[Vec<String>]) {
+        for group in groups {
+            let mut attempt = 1;
+            loop {
+                let ddl = self.ddl();
+                let done = self
+                    .side
+                    .transaction("carrying the dependents", ddl.run(group, "cutover"))
+                    .await;
+                match done {
+                    Ok(()) => break,
+                    Err(error) if error.is_transient() && attempt < FINISH_ATTEMPTS => {
+                        attempt += 1;
+                    }
+                    Err(error) => {
+                        tracing::error!(job = %self.spec.name, %error, statements = %group.join("; "), "the cutover is done, but this step after it failed: run the statements by hand");
+                        break;
+                    }
+                }
+            }
+        }
     }
 
     /// `[cutover] command`, with the job and the target's URL in its environment.

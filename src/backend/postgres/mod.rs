@@ -7,12 +7,14 @@
 //! - [`sink`]: a table as a sink; [`batch`] its batches, [`apply`] its change
 //!   application, [`verify`] its comparisons, [`cutover`] its switch
 //! - [`checkpoints`] and [`ddl`]: what a job keeps and runs in a database
-//! - [`dependents`] and [`plan`]: what `job plan` shows
+//! - [`dependents`] and [`plan`]: what `job plan` shows; [`carry`] how cutover carries
+//!   dependents to the new table
 //! - [`tls`]: how every connection (queries and replication) is made, TLS included
 
 mod apply;
 mod batch;
 mod capture;
+mod carry;
 mod checkpoints;
 mod cutover;
 mod ddl;

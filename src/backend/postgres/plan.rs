@@ -108,6 +108,14 @@ pub async fn plan(source: &mut PgSource, sink: &mut PgSink) -> Result<JobPlan> {
                 "-- apply the last changes".into(),
                 rename_source,
                 rename_target,
+                match spec.cutover.dependents {
+                    crate::job::Dependents::Carry => {
+                        "-- carry what depends on the source to the new table (below)".into()
+                    }
+                    crate::job::Dependents::Refuse => {
+                        "-- dependents = \"refuse\": nothing else is carried".into()
+                    }
+                },
             ]
         } else {
             let mut steps = vec![
@@ -134,6 +142,10 @@ pub async fn plan(source: &mut PgSource, sink: &mut PgSink) -> Result<JobPlan> {
             steps,
         ));
     }
+    let carrying = match &sink.target_name {
+        Some(target) if copy => sink.carrying(target).await?,
+        _ => None,
+    };
     let mut contract = spec.contract.sql.clone();
     if !copy {
         contract.extend(sink.drop_fill_trigger_sql());
@@ -142,6 +154,6 @@ pub async fn plan(source: &mut PgSource, sink: &mut PgSink) -> Result<JobPlan> {
     Ok(JobPlan {
         rows_estimate: rows,
         phases,
-        dependents: dependents(source.side(), source.table()?, spec.kind).await?,
+        dependents: dependents(source.side(), source.table()?, spec.kind, carrying).await?,
     })
 }

@@ -438,7 +438,8 @@ impl Source for PgSource {
                 self.name
             )));
         }
-        refuse_blocking(&self.side, self.table()?, self.kind).await?;
+        // Nothing can be carried to another server.
+        refuse_blocking(&self.side, self.table()?, self.kind, None).await?;
         let ddl = self.ddl();
         self.side
             .transaction("fencing the source", async {

@@ -301,6 +301,41 @@ fn verify_compares_every_column_including_toasted_ones() {
     assert_eq!(checksum(&mut db, "items"), checksum(&mut db, "items_old"));
 }
 
+/// A stored generated column is computed by the target; verify compares it with the
+/// source's column of the same name, so a target computing it differently is caught.
+#[test]
+fn a_generated_column_computed_differently_fails_verify_on_both_paths() {
+    for path in JobPath::ALL {
+        let (project, _other) = Project::for_path(path);
+        project
+            .db
+            .client()
+            .batch_execute(
+                "CREATE TABLE things (id bigint PRIMARY KEY, n int NOT NULL, doubled int GENERATED ALWAYS AS (n * 2) STORED);
+                 INSERT INTO things (id, n) SELECT g, g FROM generate_series(1, 500) g;",
+            )
+            .unwrap();
+        let (target_name, target_database) = match path {
+            JobPath::SameDatabase => ("things_v2", "postgresql"),
+            JobPath::OtherServer => ("things", "other"),
+        };
+        let job = format!(
+            "name = \"things\"\nkind = \"copy\"\n[source]\ndatabase = \"postgresql\"\ntable = \"public.things\"\n\
+             [target]\ndatabase = \"{target_database}\"\ntable = \"public.{target_name}\"\n\
+             [expand]\nsql = [\"CREATE TABLE public.{target_name} (id bigint PRIMARY KEY, n int NOT NULL, doubled int GENERATED ALWAYS AS (n * 3) STORED)\"]\n"
+        );
+        let file = project.job_file("things", &job);
+        let failed = project.run(&["job", "run", &file]).expect_code(1);
+        assert_eq!(
+            failed.stderr,
+            "error: job `things`: verification failed, cutover refused:\n\
+             range 0 (keys up to (250)): 250 rows on both sides, but their contents differ\n\
+             range 1 (keys after (250)): 250 rows on both sides, but their contents differ\n",
+            "{path:?}"
+        );
+    }
+}
+
 #[test]
 fn a_real_difference_fails_verify_naming_the_chunks() {
     // A transform that never gives the same value twice: every chunk differs, even when

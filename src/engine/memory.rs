@@ -164,6 +164,7 @@ impl Source for MemorySource {
                 })
                 .to_vec(),
             key: vec![0],
+            computed: Vec::new(),
         })
     }
     async fn reconnect(&mut self) -> Result<()> {

@@ -61,6 +61,9 @@ pub struct Schema {
     pub fields: Vec<Field>,
     /// Positions in `fields` of the key columns, in key order.
     pub key: Vec<usize>,
+    /// Fields the store computes from the others (PostgreSQL's stored generated
+    /// columns): never read into rows nor written, only compared by verify.
+    pub computed: Vec<Field>,
 }
 
 impl Schema {

@@ -216,6 +216,26 @@ impl PgSink {
             .collect())
     }
 
+    /// What verify compares: the [`PgSink::projection`], and the target's stored
+    /// generated columns that the source has a column of the same name for (its own
+    /// generated one or a plain one), which the target computed itself.
+    fn compared_projection(&self, source: &Schema, target: &TableInfo) -> Result<Projection> {
+        let mut projection = self.projection(source, target)?;
+        projection.extend(target.computed.iter().filter_map(|c| {
+            let field = source
+                .computed
+                .iter()
+                .chain(&source.fields)
+                .find(|f| f.name == c.name)?;
+            Some(Projected {
+                name: c.name.clone(),
+                expression: format!("s.{}", ident(&field.name)),
+                type_name: c.type_sql.clone(),
+            })
+        }));
+        Ok(projection)
+    }
+
     /// Refuses a target whose columns cannot take the source's rows: a NOT NULL column
     /// without a default that nothing fills, or a column copied by name from a type
     /// the target's type cannot be assigned from (checked where both types exist, as
@@ -629,7 +649,7 @@ impl Sink for PgSink {
             return verify::compare_fill(&self.side, &table, &self.fill_columns()?, chunk).await;
         }
         let target = self.target().await?.clone();
-        let projection = self.projection(source.schema(), &target)?;
+        let projection = self.compared_projection(source.schema(), &target)?;
         if let Some(local) = &self.local_source {
             return verify::compare_in_server(
                 &self.side,

@@ -115,6 +115,8 @@ pub struct TableInfo {
     pub oid: u32,
     /// Columns in attribute order, without generated or dropped ones.
     pub columns: Vec<Column>,
+    /// Stored generated columns, in attribute order.
+    pub computed: Vec<Column>,
     /// The batch key, in order.
     pub key: Vec<Column>,
 }
@@ -181,21 +183,28 @@ impl TableInfo {
                 "table {name} does not exist in database `{database}`"
             ))
         })?;
-        let columns: Vec<Column> = client
+        let mut columns = Vec::new();
+        let mut computed = Vec::new();
+        for row in client
             .query(
-                "SELECT attname::text, format_type(atttypid, atttypmod), attidentity = 'a' FROM pg_attribute
-                 WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
+                "SELECT attname::text, format_type(atttypid, atttypmod), attidentity = 'a', attgenerated <> ''
+                 FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
                 &[&oid],
             )
             .await
             .map_err(failed)?
-            .iter()
-            .map(|row| Column {
+        {
+            let column = Column {
                 name: row.get(0),
                 type_sql: row.get(1),
                 always_identity: row.get(2),
-            })
-            .collect();
+            };
+            if row.get(3) {
+                computed.push(column);
+            } else {
+                columns.push(column);
+            }
+        }
         let key_names: Vec<String> = match key {
             Some(key) => key.to_vec(),
             None => client
@@ -232,6 +241,7 @@ impl TableInfo {
             name: name.clone(),
             oid,
             columns,
+            computed,
             key,
         };
         info.require_unique_key(client, database).await?;
@@ -294,6 +304,14 @@ impl TableInfo {
                 })
                 .collect(),
             key: self.key_positions(),
+            computed: self
+                .computed
+                .iter()
+                .map(|c| Field {
+                    name: c.name.clone(),
+                    type_name: c.type_sql.clone(),
+                })
+                .collect(),
         }
     }
 
@@ -419,6 +437,7 @@ mod tests {
             name: TableName::parse("t"),
             oid: 1,
             columns: vec![column("a", "integer"), column("b", "text")],
+            computed: Vec::new(),
             key: vec![column("a", "integer"), column("b", "text")],
         };
         let (sql, next) = table.range_condition(Some("s"), true, true, 3);

@@ -334,6 +334,23 @@ fn a_generated_column_computed_differently_fails_verify_on_both_paths() {
             "{path:?}"
         );
     }
+    // Nor can a backfill write one.
+    let project = Project::new();
+    project
+        .db
+        .client()
+        .batch_execute("CREATE TABLE things (id bigint PRIMARY KEY, n int, doubled int GENERATED ALWAYS AS (n * 2) STORED)")
+        .unwrap();
+    let file = project.job_file(
+        "fill",
+        "name = \"fill\"\nkind = \"backfill\"\n[source]\ndatabase = \"postgresql\"\ntable = \"public.things\"\n\
+         [transform]\ncolumns = { doubled = \"n * 3\" }\n",
+    );
+    let refused = project.run(&["job", "run", &file]).expect_code(2);
+    assert_eq!(
+        refused.stderr,
+        "error: jobs/fill.toml: field `transform.columns.doubled`: column `doubled` of public.things is generated: the database computes it\n"
+    );
 }
 
 #[test]

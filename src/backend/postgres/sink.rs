@@ -179,10 +179,9 @@ impl PgSink {
     /// tables copy by name, `[transform] columns` add or override.
     pub(super) fn projection(&self, source: &Schema, target: &TableInfo) -> Result<Projection> {
         for column in self.spec.transform.columns.keys() {
-            if target.column(column).is_none() {
+            if let Some(why) = target.unwritable(column) {
                 return Err(Error::Refused(format!(
-                    "field `transform.columns.{column}`: table {} has no column `{column}`",
-                    target.name
+                    "field `transform.columns.{column}`: {why}"
                 )));
             }
             if target.key.iter().any(|k| &k.name == column) {
@@ -335,15 +334,18 @@ impl PgSink {
             .transform
             .columns
             .iter()
-            .map(|(column, expression)| match table.column(column) {
-                Some(_) if table.key.iter().any(|k| &k.name == column) => Err(Error::Refused(format!(
-                    "field `transform.columns.{column}`: a backfill cannot change the key"
-                ))),
-                Some(_) => Ok((column.clone(), expression.clone())),
-                None => Err(Error::Refused(format!(
-                    "field `transform.columns.{column}`: table {} has no column `{column}` (add it in [expand] sql)",
-                    table.name
-                ))),
+            .map(|(column, expression)| {
+                if table.key.iter().any(|k| &k.name == column) {
+                    return Err(Error::Refused(format!(
+                        "field `transform.columns.{column}`: a backfill cannot change the key"
+                    )));
+                }
+                match table.unwritable(column) {
+                    Some(why) => Err(Error::Refused(format!(
+                        "field `transform.columns.{column}`: {why}"
+                    ))),
+                    None => Ok((column.clone(), expression.clone())),
+                }
             })
             .collect()
     }

@@ -347,6 +347,24 @@ impl TableInfo {
         self.columns.iter().find(|c| c.name == name)
     }
 
+    /// Why `[transform] columns` cannot write column `name`: it is missing, or the
+    /// database computes it.
+    pub fn unwritable(&self, name: &str) -> Option<String> {
+        if self.computed.iter().any(|c| c.name == name) {
+            Some(format!(
+                "column `{name}` of {} is generated: the database computes it",
+                self.name
+            ))
+        } else if self.column(name).is_none() {
+            Some(format!(
+                "table {} has no column `{name}` (add it in [expand] sql)",
+                self.name
+            ))
+        } else {
+            None
+        }
+    }
+
     /// `"a", "b"`, optionally qualified: `s."a", s."b"`.
     pub fn key_list(&self, qualifier: Option<&str>) -> String {
         let prefix = qualifier.map(|q| format!("{q}.")).unwrap_or_default();

@@ -65,6 +65,30 @@ pub struct ServerConfig {
     /// When set, mutating HTTP endpoints require `Authorization: Bearer <token>`.
     #[serde(default)]
     pub token: Option<Secret>,
+    /// Lets `serve` listen beyond loopback without a token (anyone who reaches the port
+    /// may then pause, cut over or abort every job).
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+    /// A PEM certificate chain and its key: the HTTP API and `/metrics` over TLS.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ServerConfig {
+    /// Refuses to expose the jobs API beyond loopback without a token, unless
+    /// `allow_unauthenticated` says so.
+    pub fn check_exposure(&self) -> Result<()> {
+        if self.listen.ip().is_loopback() || self.token.is_some() || self.allow_unauthenticated {
+            return Ok(());
+        }
+        Err(Error::Usage(format!(
+            "serve refuses to listen on {} without `server.token`: anyone who reaches the port could pause, cut over or abort every job. \
+             Set server.token (or SWITCHYARD__SERVER__TOKEN), listen on loopback, or write server.allow_unauthenticated = true",
+            self.listen
+        )))
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -78,6 +102,9 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: default_listen(),
             token: None,
+            allow_unauthenticated: false,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -249,6 +276,12 @@ impl Config {
                 "field `state.url`: `{}` is neither sqlite://PATH nor postgres://…",
                 self.state.url
             ));
+        }
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            return Err(
+                "field `server.tls_cert`: set both server.tls_cert and server.tls_key, or neither"
+                    .into(),
+            );
         }
         for (name, database) in &self.databases {
             if name.is_empty()

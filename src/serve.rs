@@ -120,10 +120,15 @@ pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<()> {
         store: store.clone(),
         metrics: metrics.clone(),
     };
-    let bound = serve_api(config.server.listen, api).await?;
+    let bound = serve_api(api).await?;
     tracing::info!(%bound, "serving the HTTP API and /metrics");
+    let scheme = if config.server.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     eprintln!(
-        "switchyard serve: http://{bound} (jobs from {})",
+        "switchyard serve: {scheme}://{bound} (jobs from {})",
         config.jobs.dir.display()
     );
 

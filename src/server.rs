@@ -1,7 +1,10 @@
 //! The HTTP side: `/metrics`, `/healthz`, `/readyz`, and for `serve` the jobs API.
-//! Binds where it is told; the configuration's default is loopback. With
-//! `server.token` set, every endpoint that changes something needs
-//! `Authorization: Bearer <token>`.
+//! Binds where it is told; the configuration's default is loopback, and `serve`
+//! refuses to listen anywhere else without `server.token` (see
+//! [`crate::config::ServerConfig::check_exposure`]). With `server.token` set, every
+//! endpoint that changes something needs `Authorization: Bearer <token>`, compared in
+//! constant time. With `server.tls_cert` and `server.tls_key`, `serve` speaks HTTPS
+//! only.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::config::Config;
+use crate::config::{Config, ServerConfig};
 use crate::engine::{self, JobRecord, Request};
 use crate::error::{Error, FileProblem, Result};
 use crate::job;
@@ -28,16 +31,68 @@ async fn bind(listen: SocketAddr) -> Result<tokio::net::TcpListener> {
         .map_err(|e| Error::Usage(format!("cannot listen on {listen}: {e}")))
 }
 
-fn spawn(listener: tokio::net::TcpListener, app: Router) -> Result<SocketAddr> {
+/// Serves `app` on `listener` (over TLS when `tls` is given) until the process ends.
+fn spawn(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+) -> Result<SocketAddr> {
     let bound = listener
         .local_addr()
         .map_err(|e| Error::Usage(format!("cannot listen: {e}")))?;
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            tracing::error!(%error, "the HTTP server stopped");
+    match tls {
+        None => {
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, app).await {
+                    tracing::error!(%error, "the HTTP server stopped");
+                }
+            });
         }
-    });
+        Some(tls) => {
+            let server = listener
+                .into_std()
+                .and_then(|std| axum_server::tls_rustls::from_tcp_rustls(std, tls))
+                .map_err(|e| Error::Usage(format!("cannot listen on {bound}: {e}")))?;
+            tokio::spawn(async move {
+                if let Err(error) = server.serve(app.into_make_service()).await {
+                    tracing::error!(%error, "the HTTP server stopped");
+                }
+            });
+        }
+    }
     Ok(bound)
+}
+
+/// The HTTPS settings, when `server.tls_cert` and `server.tls_key` are set.
+fn tls_config(server: &ServerConfig) -> Result<Option<axum_server::tls_rustls::RustlsConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (Some(cert), Some(key)) = (&server.tls_cert, &server.tls_key) else {
+        return Ok(None);
+    };
+    let invalid = |field: &str, reason: String| Error::Config {
+        file: format!("server.{field}"),
+        reason,
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+        .map_err(|e| invalid("tls_cert", format!("cannot read {}: {e}", cert.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| invalid("tls_key", format!("cannot read {}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
+        .map_err(|e| {
+            invalid(
+                "tls_cert",
+                format!("cannot use the certificate and key: {e}"),
+            )
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(axum_server::tls_rustls::RustlsConfig::from_config(
+        Arc::new(config),
+    )))
 }
 
 fn metrics_routes(metrics: Arc<Metrics>) -> Router {
@@ -61,7 +116,7 @@ fn metrics_routes(metrics: Arc<Metrics>) -> Router {
 /// Serves `/metrics` and `/healthz` on `listen` until the process ends; returns the
 /// address bound (useful with port 0).
 pub async fn serve_metrics(listen: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr> {
-    spawn(bind(listen).await?, metrics_routes(metrics))
+    spawn(bind(listen).await?, metrics_routes(metrics), None)
 }
 
 /// What the API handlers share.
@@ -72,8 +127,13 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
 }
 
-/// Serves the jobs API, `/readyz`, `/metrics` and `/healthz` on `listen`.
-pub async fn serve_api(listen: SocketAddr, state: ApiState) -> Result<SocketAddr> {
+/// Serves the jobs API, `/readyz`, `/metrics` and `/healthz` on `server.listen` (over
+/// TLS when configured).
+pub async fn serve_api(state: ApiState) -> Result<SocketAddr> {
+    let server = &state.config.server;
+    server.check_exposure()?;
+    let tls = tls_config(server)?;
+    let listen = server.listen;
     let api = Router::new()
         .route("/readyz", get(ready))
         .route("/jobs", get(list_jobs).post(submit_job))
@@ -83,6 +143,7 @@ pub async fn serve_api(listen: SocketAddr, state: ApiState) -> Result<SocketAddr
     spawn(
         bind(listen).await?,
         api.merge(metrics_routes(state.metrics)),
+        tls,
     )
 }
 
@@ -119,7 +180,13 @@ fn authorize(state: &ApiState, headers: &HeaderMap) -> std::result::Result<(), A
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(token.expose()) {
+    let matches = given.is_some_and(|given| {
+        bool::from(subtle::ConstantTimeEq::ct_eq(
+            given.as_bytes(),
+            token.expose().as_bytes(),
+        ))
+    });
+    if matches {
         Ok(())
     } else {
         Err(ApiError(

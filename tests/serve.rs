@@ -270,3 +270,89 @@ fn two_serves_on_one_state_store_run_each_job_once() {
     assert_eq!(checksum(&mut db, "items"), checksum(&mut db, "items_v2"));
     assert!(a.terminate().success() && b.terminate().success());
 }
+
+/// Beyond loopback without a token, `serve` refuses to start (exit 2, naming
+/// `server.token`), unless `server.allow_unauthenticated` says so.
+#[test]
+fn serve_refuses_an_open_api_beyond_loopback_without_a_token() {
+    let port = free_port();
+    let project = Project::with_config(&format!("[server]\nlisten = \"0.0.0.0:{port}\"\n"));
+    let refused = project.run(&["serve"]).expect_code(2);
+    assert_eq!(
+        refused.stderr,
+        format!(
+            "error: serve refuses to listen on 0.0.0.0:{port} without `server.token`: anyone who reaches the port could pause, cut over or abort every job. \
+             Set server.token (or SWITCHYARD__SERVER__TOKEN), listen on loopback, or write server.allow_unauthenticated = true\n"
+        )
+    );
+    let allowed = Project::with_config(&format!(
+        "[server]\nlisten = \"0.0.0.0:{port}\"\nallow_unauthenticated = true\n"
+    ));
+    let serve = Serve::start(&allowed, port);
+    assert_eq!(http(port, "GET", "/healthz", &[], "").0, 200);
+    assert!(serve.terminate().success());
+}
+
+/// With `server.tls_cert` and `server.tls_key` the API speaks HTTPS only: a client that
+/// trusts the CA gets its answers, a plain HTTP request gets none. The certificate is
+/// the TLS test server's (`SWITCHYARD_TEST_TLS_POSTGRES_URL`'s CA signed it for localhost).
+#[test]
+fn the_api_over_tls() {
+    let url = std::env::var("SWITCHYARD_TEST_TLS_POSTGRES_URL")
+        .expect("SWITCHYARD_TEST_TLS_POSTGRES_URL is set by `scripts/services up`");
+    let ca = url.split_once("sslrootcert=").unwrap().1.to_string();
+    let certs = std::path::Path::new(&ca).parent().unwrap();
+    let port = free_port();
+    let project = Project::with_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        certs.join("server.crt").display(),
+        certs.join("server.key").display()
+    ));
+    let serve = Serve::start(&project, port);
+    let (status, body) = https_get(port, &ca, "/healthz");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, body) = https_get(port, &ca, "/jobs");
+    assert_eq!((status, body.as_str()), (200, "[]"));
+    // Plain HTTP gets no answer.
+    let plain = std::panic::catch_unwind(|| http(port, "GET", "/healthz", &[], ""));
+    assert!(
+        plain.map_or(true, |(status, _)| status != 200),
+        "plain HTTP must not be served"
+    );
+    assert!(serve.terminate().success());
+}
+
+/// One HTTPS/1.1 GET on `localhost:port`, trusting the CA in `ca`: `(status, body)`.
+fn https_get(port: u16, ca: &str, path: &str) -> (u16, String) {
+    use rustls::pki_types::pem::PemObject;
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connection =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut stream = rustls::StreamOwned::new(connection, tcp);
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    // The server may close without close_notify; what was read is the answer.
+    let _ = stream.read_to_string(&mut response);
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}

@@ -67,11 +67,13 @@ pub fn is_due(schedule: &str, since: DateTime<Utc>, now: DateTime<Utc>) -> bool 
         .is_some_and(|next| next <= now)
 }
 
-/// Whether to start (or resume) a job now. `since`: when the scheduler last looked.
+/// Whether to start (or resume) a job now. `since`: when the scheduler last looked;
+/// `digest`: the job file's now (see [`file_digest`]).
 pub fn decide(
     spec: &JobSpec,
     record: Option<&JobRecord>,
     control: &JobControl,
+    digest: &str,
     since: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> bool {
@@ -88,7 +90,15 @@ pub fn decide(
             .is_none_or(|s| is_due(s, since, now));
     };
     match record.phase {
-        Phase::Done | Phase::Aborted | Phase::Failed => false,
+        Phase::Done | Phase::Aborted => false,
+        // A failed job waits for `job resume` or a change to its file.
+        Phase::Failed => {
+            control.retry_requested
+                || record
+                    .file_digest
+                    .as_deref()
+                    .is_some_and(|failed_with| failed_with != digest)
+        }
         Phase::Paused => !control.paused,
         // Serve keeps a job with catch-up applying changes while it waits for cutover.
         Phase::ReadyToCutover => {
@@ -142,7 +152,7 @@ pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<()> {
         }
         let now = clock.now();
         running.retain(|_, task| !task.is_finished());
-        for (file, spec) in job_files(&config, &mut reported) {
+        for (file, spec, digest) in job_files(&config, &mut reported) {
             let control = JobControl::load(store.as_ref(), &spec.name).await?;
             let record = JobRecord::load(store.as_ref(), &spec.name).await?;
             if let Some(window) = &spec.window {
@@ -161,13 +171,17 @@ pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<()> {
             if let Some(record) = &record {
                 metrics.progress(record);
             }
-            if !decide(&spec, record.as_ref(), &control, since, now) {
+            if !decide(&spec, record.as_ref(), &control, &digest, since, now) {
                 continue;
+            }
+            if control.retry_requested {
+                JobControl::update(store.as_ref(), &spec.name, |c| c.retry_requested = false)
+                    .await?;
             }
             let task = tokio::spawn(run_job(
                 config.clone(),
                 spec.clone(),
-                file,
+                (file, digest),
                 store.clone(),
                 metrics.clone(),
                 shutdown.clone(),
@@ -209,8 +223,15 @@ async fn observe_migrations(config: &Config, metrics: &Metrics) {
     }
 }
 
-/// Every valid job file of the jobs folder; an invalid one is logged once.
-fn job_files(config: &Config, reported: &mut HashSet<String>) -> Vec<(PathBuf, JobSpec)> {
+/// The SHA-256 of a job file's text, in hex.
+pub fn file_digest(text: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text))
+}
+
+/// Every valid job file of the jobs folder, with its digest; an invalid one is logged
+/// once.
+fn job_files(config: &Config, reported: &mut HashSet<String>) -> Vec<(PathBuf, JobSpec, String)> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(&config.jobs.dir)
         .into_iter()
         .flatten()
@@ -222,7 +243,10 @@ fn job_files(config: &Config, reported: &mut HashSet<String>) -> Vec<(PathBuf, J
     files
         .into_iter()
         .filter_map(|file| match job::load(&file, config) {
-            Ok(spec) => Some((file, spec)),
+            Ok(spec) => {
+                let digest = file_digest(&std::fs::read(&file).unwrap_or_default());
+                Some((file, spec, digest))
+            }
             Err(error) => {
                 if reported.insert(error.to_string()) {
                     tracing::warn!(%error, "job file skipped");
@@ -233,36 +257,87 @@ fn job_files(config: &Config, reported: &mut HashSet<String>) -> Vec<(PathBuf, J
         .collect()
 }
 
+/// How long a job that cannot start for a transient reason (its server is down) waits
+/// before its first retry; each retry doubles it, up to [`START_RETRY_MAX`].
+const START_RETRY_FIRST: Duration = Duration::from_secs(1);
+const START_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// Runs one job to its end. A job that cannot start for a transient reason is tried
+/// again with back-off, saying so; one that fails is recorded `failed` with its error and
+/// the digest of its file, so that `serve` starts it again only once the file changes or
+/// `job resume` is asked.
 async fn run_job(
     config: Arc<Config>,
     spec: JobSpec,
-    file: PathBuf,
+    (file, digest): (PathBuf, String),
     store: Arc<dyn StateStore>,
     metrics: Arc<Metrics>,
-    shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
-    let outcome = async {
-        let backend = crate::backend::open_job(&config, &spec, store.as_ref()).await?;
+    let mut delay = START_RETRY_FIRST;
+    let error = loop {
+        let backend = match crate::backend::open_job(&config, &spec, store.as_ref()).await {
+            Ok(backend) => backend,
+            Err(error) if error.is_transient() => {
+                tracing::warn!(job = %spec.name, %error, retry_in = ?delay, "the job cannot start yet; trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return,
+                }
+                delay = (delay * 2).min(START_RETRY_MAX);
+                continue;
+            }
+            Err(error) => {
+                metrics.failed(&spec.name, &error);
+                break error;
+            }
+        };
         let options = RunOptions {
-            shutdown,
-            observer: metrics,
+            shutdown: shutdown.clone(),
+            observer: metrics.clone(),
             claim_wait: Duration::ZERO,
             follow: true,
         };
-        engine::run(
+        let ran = engine::run(
             &spec,
             backend,
             store.as_ref(),
             &file.display().to_string(),
             options,
         )
-        .await
+        .await;
+        match ran {
+            Ok(end) => {
+                tracing::info!(job = %spec.name, ?end, "job stopped");
+                return;
+            }
+            Err(error) => break error,
+        }
+    };
+    tracing::error!(job = %spec.name, %error, "job failed; it starts again once its file changes, or on `switchyard job resume {}`", spec.name);
+    if let Err(not_recorded) = record_failure(store.as_ref(), &spec, &file, digest, &error).await {
+        tracing::error!(job = %spec.name, error = %not_recorded, "cannot record the job's failure");
     }
-    .await;
-    match outcome {
-        Ok(end) => tracing::info!(job = %spec.name, ?end, "job stopped"),
-        Err(error) => tracing::error!(job = %spec.name, %error, "job failed"),
+}
+
+/// Records `error` as the job's failure (creating its record when it failed before
+/// its first phase), with the digest of the file it failed with.
+async fn record_failure(
+    store: &dyn StateStore,
+    spec: &JobSpec,
+    file: &std::path::Path,
+    digest: String,
+    error: &crate::error::Error,
+) -> Result<()> {
+    let mut record = match JobRecord::load(store, &spec.name).await? {
+        Some(record) => record,
+        None => JobRecord::new(&spec.name, spec.kind, &file.display().to_string()),
+    };
+    if record.phase != Phase::Failed {
+        record.fail(error);
     }
+    record.file_digest = Some(digest);
+    record.save(store).await
 }
 
 #[cfg(test)]
@@ -301,13 +376,27 @@ mod tests {
     #[test]
     fn new_jobs_start_on_schedule_and_inside_their_window() {
         let control = JobControl::default();
-        assert!(decide(&spec(""), None, &control, at(9, 0), at(9, 0)));
+        assert!(decide(&spec(""), None, &control, "d", at(9, 0), at(9, 0)));
         let scheduled = spec("schedule = \"0 3 * * *\"");
-        assert!(!decide(&scheduled, None, &control, at(2, 0), at(2, 59)));
-        assert!(decide(&scheduled, None, &control, at(2, 59), at(3, 0)));
+        assert!(!decide(
+            &scheduled,
+            None,
+            &control,
+            "d",
+            at(2, 0),
+            at(2, 59)
+        ));
+        assert!(decide(&scheduled, None, &control, "d", at(2, 59), at(3, 0)));
         let windowed = spec("window = \"01:00-05:00\"");
-        assert!(!decide(&windowed, None, &control, at(0, 59), at(0, 59)));
-        assert!(decide(&windowed, None, &control, at(1, 0), at(1, 0)));
+        assert!(!decide(
+            &windowed,
+            None,
+            &control,
+            "d",
+            at(0, 59),
+            at(0, 59)
+        ));
+        assert!(decide(&windowed, None, &control, "d", at(1, 0), at(1, 0)));
     }
 
     #[test]
@@ -323,7 +412,7 @@ mod tests {
         ] {
             record.phase = phase;
             assert_eq!(
-                decide(&job, Some(&record), &control, at(9, 0), at(9, 0)),
+                decide(&job, Some(&record), &control, "d", at(9, 0), at(9, 0)),
                 start,
                 "{phase:?}"
             );
@@ -333,15 +422,30 @@ mod tests {
             ..JobControl::default()
         };
         record.phase = Phase::Paused;
-        assert!(!decide(&job, Some(&record), &paused, at(9, 0), at(9, 0)));
+        assert!(!decide(
+            &job,
+            Some(&record),
+            &paused,
+            "d",
+            at(9, 0),
+            at(9, 0)
+        ));
         // Waiting for contract (24h by default): due only after the delay, or on request.
         record.phase = Phase::Verify;
         record.cutover_at = Some(at(9, 0));
-        assert!(!decide(&job, Some(&record), &control, at(9, 0), at(10, 0)));
+        assert!(!decide(
+            &job,
+            Some(&record),
+            &control,
+            "d",
+            at(9, 0),
+            at(10, 0)
+        ));
         assert!(decide(
             &job,
             Some(&record),
             &control,
+            "d",
             at(9, 0),
             at(9, 0) + chrono::Duration::hours(24)
         ));
@@ -349,6 +453,60 @@ mod tests {
             contract_requested: true,
             ..JobControl::default()
         };
-        assert!(decide(&job, Some(&record), &asked, at(9, 0), at(10, 0)));
+        assert!(decide(
+            &job,
+            Some(&record),
+            &asked,
+            "d",
+            at(9, 0),
+            at(10, 0)
+        ));
+    }
+
+    #[test]
+    fn a_failed_job_starts_again_once_its_file_changes_or_on_resume() {
+        let mut record = JobRecord::new("j", crate::job::JobKind::Backfill, "jobs/j.toml");
+        record.phase = Phase::Failed;
+        record.file_digest = Some("before".into());
+        let job = spec("");
+        let control = JobControl::default();
+        assert!(!decide(
+            &job,
+            Some(&record),
+            &control,
+            "before",
+            at(9, 0),
+            at(9, 0)
+        ));
+        assert!(decide(
+            &job,
+            Some(&record),
+            &control,
+            "after",
+            at(9, 0),
+            at(9, 0)
+        ));
+        let resumed = JobControl {
+            retry_requested: true,
+            ..JobControl::default()
+        };
+        assert!(decide(
+            &job,
+            Some(&record),
+            &resumed,
+            "before",
+            at(9, 0),
+            at(9, 0)
+        ));
+        // Failed outside serve: no digest, so only `job resume` starts it.
+        record.file_digest = None;
+        assert!(!decide(
+            &job,
+            Some(&record),
+            &control,
+            "after",
+            at(9, 0),
+            at(9, 0)
+        ));
     }
 }

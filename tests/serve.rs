@@ -3,8 +3,9 @@
 
 mod common;
 
+use common::proxy::Proxy;
 use common::writer::{checksum, create_items, items_copy_job};
-use common::{free_port, http, Project};
+use common::{free_port, http, Project, TestDb};
 
 const TOKEN: &str = "s3cret-token";
 
@@ -22,10 +23,15 @@ struct Serve {
 
 impl Serve {
     fn start(project: &Project, port: u16) -> Serve {
+        Serve::start_logging(project, port, std::process::Stdio::null())
+    }
+
+    /// [`Serve::start`], its log (stderr) going to `log`.
+    fn start_logging(project: &Project, port: u16, log: impl Into<std::process::Stdio>) -> Serve {
         let child = project
             .command(&["serve"])
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -355,4 +361,81 @@ fn https_get(port: u16, ca: &str, path: &str) -> (u16, String) {
         .map(|(_, body)| body.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// A job that fails before its first phase (its table does not exist) gets one failed
+/// record with the error, is not started again on every tick, and runs once its file
+/// is fixed.
+#[test]
+fn a_job_that_cannot_start_fails_once_and_runs_after_its_file_is_fixed() {
+    let port = free_port();
+    let project = project_with_server(port);
+    create_items(&mut project.db.client(), "items", 2_000);
+    let good = job("items", "");
+    let broken = good.replace("table = \"public.items\"", "table = \"public.nosuch\"");
+    assert_ne!(good, broken);
+    project.job_file("items", &broken);
+    let log = project.path("serve.log");
+    let serve = Serve::start_logging(&project, port, std::fs::File::create(&log).unwrap());
+    let failed = serve.wait_for("items", "failed", |j| j["phase"] == "failed");
+    assert_eq!(
+        failed["error"],
+        "table public.nosuch does not exist in database `postgresql`"
+    );
+    // Absence takes time to show: two more seconds of ticks start nothing.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let failures = std::fs::read_to_string(&log)
+        .unwrap()
+        .matches("job failed")
+        .count();
+    assert_eq!(failures, 1, "{}", std::fs::read_to_string(&log).unwrap());
+    let (_, metrics) = http(port, "GET", "/metrics", &[], "");
+    assert!(
+        metrics.contains("switchyard_job_errors_total{job=\"items\",kind=\"refused\"} 1"),
+        "{metrics}"
+    );
+
+    project.job_file("items", &good);
+    serve.wait_for("items", "ready after the fix", |j| {
+        j["phase"] == "ready_to_cutover"
+    });
+    assert!(serve.terminate().success());
+}
+
+/// A job whose server is down when `serve` starts it waits and tries again with
+/// back-off (saying so), and runs once the server answers; it is never failed for it.
+#[test]
+fn a_job_whose_server_is_down_at_start_waits_and_runs_when_it_answers() {
+    let db = TestDb::new();
+    let mut parsed = url::Url::parse(&db.url).unwrap();
+    let server_port = parsed.port().unwrap();
+    let down_port = free_port();
+    parsed.set_port(Some(down_port)).unwrap();
+    create_items(&mut db.client(), "items", 1_000);
+    let port = free_port();
+    let project = Project::on(
+        db,
+        &format!("[server]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n"),
+    );
+    // The configured URL points at a port nothing listens on yet.
+    let config = project.path("config/switchyard.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(&project.db.url, parsed.as_str())).unwrap();
+    project.job_file("items", &job("items", ""));
+    let log = project.path("serve.log");
+    let serve = Serve::start_logging(&project, port, std::fs::File::create(&log).unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("the job cannot start yet; trying again")
+    {
+        assert!(std::time::Instant::now() < deadline, "no retry was logged");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(serve.job("items"), serde_json::Value::Null, "not failed");
+    let _server_back = Proxy::start_on(down_port, server_port);
+    serve.wait_for("items", "ready once the server answers", |j| {
+        j["phase"] == "ready_to_cutover"
+    });
+    assert!(serve.terminate().success());
 }

@@ -103,6 +103,10 @@ pub struct JobRecord {
     /// How long writes to the source were blocked at cutover.
     #[serde(default)]
     pub writes_blocked_ms: Option<u64>,
+    /// The SHA-256 of the job file when the job failed under `serve`, which starts it
+    /// again once the file differs.
+    #[serde(default)]
+    pub file_digest: Option<String>,
 }
 
 impl JobRecord {
@@ -129,17 +133,33 @@ impl JobRecord {
             updated_at: now,
             cutover_at: None,
             writes_blocked_ms: None,
+            file_digest: None,
         }
+    }
+
+    /// The phase the job works in, or continues in once resumed (while paused or
+    /// failed).
+    pub fn working_phase(&self) -> Phase {
+        match self.phase {
+            Phase::Paused | Phase::Failed => self.resume_phase.unwrap_or(Phase::Pending),
+            phase => phase,
+        }
+    }
+
+    /// Marks the job failed with `error`; resumed, it continues where it was.
+    pub fn fail(&mut self, error: &crate::error::Error) {
+        self.resume_phase = Some(self.working_phase());
+        self.phase = Phase::Failed;
+        self.error = Some(error.to_string());
     }
 
     /// Whether the job's contract has begun, or the job has ended: the contract may
     /// have dropped its source.
     pub fn source_may_be_gone(&self) -> bool {
-        let phase = match self.phase {
-            Phase::Paused | Phase::Failed => self.resume_phase.unwrap_or(Phase::Pending),
-            phase => phase,
-        };
-        matches!(phase, Phase::Contract | Phase::Done | Phase::Aborted)
+        matches!(
+            self.working_phase(),
+            Phase::Contract | Phase::Done | Phase::Aborted
+        )
     }
 
     pub async fn load(store: &dyn StateStore, name: &str) -> Result<Option<JobRecord>> {
@@ -205,6 +225,9 @@ pub struct JobControl {
     /// Set by `serve` while the job's daily window is closed: the job pauses.
     #[serde(default)]
     pub outside_window: bool,
+    /// `job resume` of a failed job: `serve` starts it again (and clears this).
+    #[serde(default)]
+    pub retry_requested: bool,
 }
 
 /// What an operator asks of a job (`switchyard job …`, or the HTTP API).
@@ -262,7 +285,10 @@ pub async fn request(store: &dyn StateStore, name: &str, request: Request) -> Re
     }
     JobControl::update(store, name, move |c| match request {
         Request::Pause => c.paused = true,
-        Request::Resume => c.paused = false,
+        Request::Resume => {
+            c.paused = false;
+            c.retry_requested = true;
+        }
         Request::Cutover => c.cutover_requested = true,
         Request::Contract => c.contract_requested = true,
         Request::Abort => c.abort_requested = true,

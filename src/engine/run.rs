@@ -153,10 +153,7 @@ pub async fn run(
 
 impl Engine<'_> {
     async fn drive(&mut self) -> Result<RunEnd> {
-        let mut phase = match self.record.phase {
-            Phase::Paused | Phase::Failed => self.record.resume_phase.unwrap_or(Phase::Pending),
-            phase => phase,
-        };
+        let mut phase = self.record.working_phase();
         if phase == Phase::Done || phase == Phase::Aborted {
             return Ok(if phase == Phase::Done {
                 RunEnd::Done
@@ -202,9 +199,8 @@ impl Engine<'_> {
                 }
                 Err(error) => {
                     self.options.observer.failed(&self.spec.name, &error);
-                    self.record.phase = Phase::Failed;
-                    self.record.resume_phase = Some(phase);
-                    self.record.error = Some(error.to_string());
+                    self.record.phase = phase;
+                    self.record.fail(&error);
                     self.save().await?;
                     return Err(error);
                 }

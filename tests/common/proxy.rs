@@ -9,7 +9,12 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn start(to: u16) -> Proxy {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        Proxy::start_on(0, to)
+    }
+
+    /// A proxy listening on `port` (0: any free one).
+    pub fn start_on(port: u16, to: u16) -> Proxy {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let streams = open.clone();

@@ -36,6 +36,8 @@ pub struct Config {
     pub migrations: MigrationsConfig,
     #[serde(default)]
     pub jobs: JobsConfig,
+    #[serde(default)]
+    pub serve: ServeConfig,
     /// Named databases; `migrations/<name>/` holds each one's migrations.
     #[serde(default)]
     pub databases: BTreeMap<String, DatabaseConfig>,
@@ -140,6 +142,27 @@ impl Default for MigrationsConfig {
             dir: default_migrations_dir(),
             lock_timeout: DEFAULT_DDL_LOCK_TIMEOUT,
             lock_wait: DEFAULT_MIGRATION_LOCK_WAIT,
+        }
+    }
+}
+
+/// How `serve` runs jobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Jobs running at once; the others wait in line (when they became due, then name).
+    #[serde(default = "default_max_jobs")]
+    pub max_jobs: usize,
+}
+
+fn default_max_jobs() -> usize {
+    4
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            max_jobs: default_max_jobs(),
         }
     }
 }
@@ -276,6 +299,9 @@ impl Config {
                 "field `state.url`: `{}` is neither sqlite://PATH nor postgres://…",
                 self.state.url
             ));
+        }
+        if self.serve.max_jobs == 0 {
+            return Err("field `serve.max_jobs`: must be at least 1".into());
         }
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             return Err(

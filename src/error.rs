@@ -66,6 +66,12 @@ pub enum Error {
     #[error("database `{database}`: {message}")]
     Tls { database: String, message: String },
 
+    /// The server has none free of what the job needs (replication slots, WAL senders,
+    /// connections) and others hold: the job waits for one (see
+    /// [`Error::is_resource_exhausted`]).
+    #[error("database `{database}`: {message}")]
+    Exhausted { database: String, message: String },
+
     /// A lock was not had in time: another run's migration lock, or a table lock that a
     /// job's DDL, verification or cutover waited for longer than `lock_timeout`.
     /// Transient: the engine retries it, and a cutover gives up after its own attempts.
@@ -116,6 +122,7 @@ impl Error {
             Error::Database { .. }
             | Error::Replication { .. }
             | Error::Tls { .. }
+            | Error::Exhausted { .. }
             | Error::LockTimeout { .. }
             | Error::MigrationFailed { .. }
             | Error::VerifyFailed { .. }
@@ -148,6 +155,23 @@ impl Error {
         }
     }
 
+    /// Whether the server is out of something a job needs and others hold: connections
+    /// (53300), replication slots or WAL senders (53400). Not a failure: the job waits
+    /// until one is free, however long that takes.
+    pub fn is_resource_exhausted(&self) -> bool {
+        const EXHAUSTED: [&str; 2] = ["53300", "53400"];
+        match self {
+            Error::Exhausted { .. } => true,
+            Error::Database { source, .. } => source
+                .code()
+                .is_some_and(|code| EXHAUSTED.contains(&code.code())),
+            Error::Replication { message, .. } => EXHAUSTED
+                .iter()
+                .any(|code| message.contains(&format!("SQLSTATE {code}"))),
+            _ => false,
+        }
+    }
+
     /// Every value of [`Error::kind`].
     pub const KINDS: [&'static str; 11] = [
         "usage",
@@ -171,7 +195,10 @@ impl Error {
             Error::Config { .. } => "config",
             Error::InvalidFiles(_) => "invalid_file",
             Error::Refused(_) => "refused",
-            Error::Database { .. } | Error::Replication { .. } | Error::Tls { .. } => "database",
+            Error::Database { .. }
+            | Error::Replication { .. }
+            | Error::Tls { .. }
+            | Error::Exhausted { .. } => "database",
             Error::LockTimeout { .. } => "lock_timeout",
             Error::MigrationFailed { .. } => "migration",
             Error::VerifyFailed { .. } => "verify",

@@ -28,6 +28,7 @@ pub struct Metrics {
     lag_seconds: GaugeVec,
     lag_bytes: IntGaugeVec,
     phase: IntGaugeVec,
+    waiting: IntGaugeVec,
     batch_duration: HistogramVec,
     throttle_wait: CounterVec,
     eta: GaugeVec,
@@ -114,6 +115,11 @@ impl Metrics {
                 "switchyard_job_phase",
                 "1 for the job's current phase, 0 for the others.",
                 &["job", "phase"],
+            ),
+            waiting: int_gauge(
+                "switchyard_job_waiting",
+                "1 while the job waits: in serve's line (serve.max_jobs), or for the server to free a connection, slot or WAL sender.",
+                &["job"],
             ),
             batch_duration: register(
                 &registry,
@@ -249,6 +255,9 @@ impl JobObserver for Metrics {
         self.eta
             .with_label_values(&[job])
             .set(record.eta_seconds.unwrap_or(0.0));
+        self.waiting
+            .with_label_values(&[job])
+            .set(i64::from(record.waiting.is_some()));
         for phase in Phase::ALL {
             self.phase
                 .with_label_values(&[job, phase.as_str()])

@@ -144,6 +144,8 @@ pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<()> {
 
     let mut since = clock.now();
     let mut running: HashMap<String, JoinHandle<()>> = HashMap::new();
+    // Jobs due but not running (serve.max_jobs), with when they became due.
+    let mut line: HashMap<String, DateTime<Utc>> = HashMap::new();
     let mut reported: HashSet<String> = HashSet::new();
     let mut stop = shutdown.clone();
     for tick in 0u64.. {
@@ -152,6 +154,7 @@ pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<()> {
         }
         let now = clock.now();
         running.retain(|_, task| !task.is_finished());
+        let mut due = Vec::new();
         for (file, spec, digest) in job_files(&config, &mut reported) {
             let control = JobControl::load(store.as_ref(), &spec.name).await?;
             let record = JobRecord::load(store.as_ref(), &spec.name).await?;
@@ -172,8 +175,33 @@ pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<()> {
                 metrics.progress(record);
             }
             if !decide(&spec, record.as_ref(), &control, &digest, since, now) {
+                line.remove(&spec.name);
                 continue;
             }
+            let since_due = *line.entry(spec.name.clone()).or_insert(now);
+            due.push((
+                !control.abort_requested,
+                since_due,
+                file,
+                spec,
+                digest,
+                record,
+            ));
+        }
+        // Aborts first, then in the order the jobs became due, then by name.
+        due.sort_by(|a, b| (a.0, a.1, &a.3.name).cmp(&(b.0, b.1, &b.3.name)));
+        for (_, _, file, spec, digest, record) in due {
+            if running.len() >= config.serve.max_jobs {
+                let reason = format!(
+                    "in line: {} jobs run (serve.max_jobs = {})",
+                    running.len(),
+                    config.serve.max_jobs
+                );
+                wait_in_line(store.as_ref(), &metrics, &spec, &file, record, reason).await?;
+                continue;
+            }
+            line.remove(&spec.name);
+            let control = JobControl::load(store.as_ref(), &spec.name).await?;
             if control.retry_requested {
                 JobControl::update(store.as_ref(), &spec.name, |c| c.retry_requested = false)
                     .await?;
@@ -197,6 +225,26 @@ pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<()> {
     for (_, task) in running {
         let _ = task.await;
     }
+    Ok(())
+}
+
+/// Shows that a due job waits in line for a free run: in its record (a new one
+/// in `pending` for a job that never ran) and in the metrics.
+async fn wait_in_line(
+    store: &dyn StateStore,
+    metrics: &Metrics,
+    spec: &JobSpec,
+    file: &std::path::Path,
+    record: Option<JobRecord>,
+    reason: String,
+) -> Result<()> {
+    let mut record = record
+        .unwrap_or_else(|| JobRecord::new(&spec.name, spec.kind, &file.display().to_string()));
+    if record.waiting.as_deref() != Some(reason.as_str()) {
+        record.waiting = Some(reason);
+        record.save(store).await?;
+    }
+    metrics.progress(&record);
     Ok(())
 }
 

@@ -439,3 +439,133 @@ fn a_job_whose_server_is_down_at_start_waits_and_runs_when_it_answers() {
     });
     assert!(serve.terminate().success());
 }
+
+/// Replication slots of the server held by the test, so that jobs find few free.
+struct HeldSlots {
+    db: String,
+    names: Vec<String>,
+}
+
+impl HeldSlots {
+    /// Holds all but `free` of the server's slots.
+    fn leaving(db: &TestDb, free: i64) -> HeldSlots {
+        let mut client = db.client();
+        let available: i64 = client
+            .query_one(
+                "SELECT current_setting('max_replication_slots')::bigint - count(*) FROM pg_replication_slots",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        let names: Vec<String> = (0..(available - free).max(0))
+            .map(|i| format!("{}_held_{i}", db.name))
+            .collect();
+        for name in &names {
+            client
+                .execute("SELECT pg_create_physical_replication_slot($1)", &[name])
+                .unwrap();
+        }
+        HeldSlots {
+            db: db.url.clone(),
+            names,
+        }
+    }
+}
+
+impl Drop for HeldSlots {
+    fn drop(&mut self) {
+        if let Ok(mut client) = common::connect(&self.db) {
+            for name in &self.names {
+                let _ = client.execute("SELECT pg_drop_replication_slot($1)", &[name]);
+            }
+        }
+    }
+}
+
+/// Thirty jobs with catch-up on a server with three free replication slots: `serve` runs
+/// at most `serve.max_jobs` at once and queues the rest; a job that finds no free slot
+/// waits for one instead of failing; every job ends done with its table copied.
+#[test]
+fn thirty_jobs_on_a_server_with_few_free_slots_all_finish_none_failed() {
+    const JOBS: usize = 30;
+    let db = TestDb::on(&common::other_server_url());
+    let mut client = db.client();
+    for n in 0..JOBS {
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE t{n} (id bigint PRIMARY KEY, v text NOT NULL);
+                 INSERT INTO t{n} SELECT g, 'v' || g FROM generate_series(1, 200) g;"
+            ))
+            .unwrap();
+    }
+    let _held = HeldSlots::leaving(&db, 3);
+    let port = free_port();
+    let project = Project::on(
+        db,
+        &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n\n[serve]\nmax_jobs = 4\n"),
+    );
+    for n in 0..JOBS {
+        project.job_file(
+            &format!("t{n}"),
+            &format!(
+                "name = \"t{n}\"\nkind = \"copy\"\n[source]\ndatabase = \"postgresql\"\ntable = \"public.t{n}\"\n\
+                 [target]\ndatabase = \"postgresql\"\ntable = \"public.t{n}_v2\"\n\
+                 [expand]\nsql = [\"CREATE TABLE IF NOT EXISTS public.t{n}_v2 (id bigint PRIMARY KEY, v text NOT NULL)\"]\n\
+                 [copy]\nbatch_size = 100\n[cutover]\nmode = \"auto\"\n\
+                 [contract]\nafter = \"0s\"\nsql = [\"DROP TABLE public.t{n}_old\"]\n"
+            ),
+        );
+    }
+    let log = project.path("serve.log");
+    let serve = Serve::start_logging(&project, port, std::fs::File::create(&log).unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut most_running = 0;
+    loop {
+        let (_, body) = http(port, "GET", "/jobs", &[], "");
+        let jobs: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        let failed: Vec<&serde_json::Value> =
+            jobs.iter().filter(|j| j["phase"] == "failed").collect();
+        assert!(failed.is_empty(), "{failed:#?}");
+        let running = jobs
+            .iter()
+            .filter(|j| {
+                j["phase"] != "done"
+                    && !j["waiting"]
+                        .as_str()
+                        .is_some_and(|w| w.starts_with("in line"))
+            })
+            .count();
+        most_running = most_running.max(running);
+        assert!(running <= 4, "{running} jobs run at once: {jobs:#?}");
+        if jobs.len() == JOBS && jobs.iter().all(|j| j["phase"] == "done") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not all done:\n{}",
+            jobs.iter()
+                .map(|j| format!(
+                    "{} {} {} {}",
+                    j["name"], j["phase"], j["waiting"], j["error"]
+                ))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(most_running, 4, "serve ran up to max_jobs at once");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("the server has nothing free for the job; waiting"),
+        "some job found no free slot and waited"
+    );
+    for n in 0..JOBS {
+        assert_eq!(
+            project
+                .db
+                .column(&format!("SELECT count(*)::text FROM t{n}")),
+            ["200"]
+        );
+    }
+    assert!(serve.terminate().success());
+}

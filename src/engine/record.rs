@@ -103,6 +103,11 @@ pub struct JobRecord {
     /// How long writes to the source were blocked at cutover.
     #[serde(default)]
     pub writes_blocked_ms: Option<u64>,
+    /// Why the job waits instead of working: in `serve`'s line for a free run
+    /// (`serve.max_jobs`), or for the server to free what it needs (a connection, a
+    /// replication slot, a WAL sender).
+    #[serde(default)]
+    pub waiting: Option<String>,
     /// The SHA-256 of the job file when the job failed under `serve`, which starts it
     /// again once the file differs.
     #[serde(default)]
@@ -133,6 +138,7 @@ impl JobRecord {
             updated_at: now,
             cutover_at: None,
             writes_blocked_ms: None,
+            waiting: None,
             file_digest: None,
         }
     }
@@ -197,6 +203,7 @@ impl JobRecord {
             "changes_applied": self.changes_applied,
             "throttle_wait_seconds": self.throttle_wait_seconds,
             "writes_blocked_ms": self.writes_blocked_ms,
+            "waiting": self.waiting,
             "updated_at": self.updated_at,
         })
     }

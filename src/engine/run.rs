@@ -35,6 +35,10 @@ const CUTOVER_TAIL_CHANGES: u64 = 100;
 const TRANSIENT_RETRIES: u32 = 8;
 const TRANSIENT_BACKOFF: Duration = Duration::from_millis(250);
 const TRANSIENT_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long a job waits for the server to free a connection, a replication slot or a
+/// WAL sender: doubling from the first wait up to the longest, as long as it takes.
+const RESOURCE_WAIT_FIRST: Duration = Duration::from_millis(250);
+const RESOURCE_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Cutover attempts when the writes lock is busy.
 const CUTOVER_ATTEMPTS: u32 = 5;
 
@@ -162,19 +166,41 @@ impl Engine<'_> {
             });
         }
         let mut retries = 0;
+        let mut waits = 0;
         loop {
             let control = JobControl::load(self.store, &self.spec.name).await?;
             if control.abort_requested {
                 return self.abort().await;
             }
             self.record.error = None;
+            self.record.waiting = None;
             self.enter(phase).await?;
             crate::crash_point!(&format!("{}.start", phase.as_str()));
             let flow = match self.step(phase).await {
                 Ok(flow) => {
                     crate::crash_point!(&format!("{}.end", phase.as_str()));
                     retries = 0;
+                    waits = 0;
                     flow
+                }
+                Err(error) if error.is_resource_exhausted() => {
+                    waits += 1;
+                    let wait = RESOURCE_WAIT_FIRST
+                        .saturating_mul(1 << waits.min(6))
+                        .min(RESOURCE_WAIT_MAX);
+                    tracing::warn!(job = %self.spec.name, %error, wait_ms = wait.as_millis() as u64, "the server has nothing free for the job; waiting");
+                    self.record.waiting = Some(format!(
+                        "for the server to free what the job needs: {error}"
+                    ));
+                    self.save().await?;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.options.shutdown.changed() => {}
+                    }
+                    if *self.options.shutdown.borrow() {
+                        return Ok(RunEnd::Stopped);
+                    }
+                    continue;
                 }
                 Err(error) if error.is_transient() && retries < TRANSIENT_RETRIES => {
                     retries += 1;

@@ -26,6 +26,9 @@ use crate::engine::row::{Change, Key, Position, Row, Value};
 use crate::engine::source::ChangeBatch;
 use crate::error::{Error, Result};
 
+/// The advisory lock key under which jobs count free replication slots and take one.
+const SLOT_ADMISSION_KEY: i64 = 0x5357_534c_4f54_4144;
+
 pub struct Capture {
     job: String,
     pub slot: String,
@@ -64,8 +67,13 @@ impl Capture {
         self.marker_client = None;
     }
 
-    /// Creates the publication and slot when missing; returns the slot's start.
-    pub async fn start(&self, side: &Side, table: &TableInfo) -> Result<Position> {
+    /// Creates the publication and slot when missing; returns the slot's start. The
+    /// slot is created only while the server has `needed` free (this one, and the
+    /// job's way back's when it will be on this server too), checked and taken under an
+    /// advisory lock: jobs starting together never take the last slots between them
+    /// and then all wait at cutover for one more. Short of them, the job waits
+    /// ([`Error::Exhausted`]).
+    pub async fn start(&self, side: &Side, table: &TableInfo, needed: i64) -> Result<Position> {
         let published: bool = side
             .scalar(
                 "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
@@ -90,8 +98,48 @@ impl Capture {
             .map(|r| r.get(0));
         Ok(Position(match slot {
             Some(lsn) => lsn,
-            None => side.scalar("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&self.slot], "cannot create the replication slot (needs wal_level = logical and a free max_replication_slots)").await?,
+            None => self.create_slot(side, needed).await?,
         }))
+    }
+
+    async fn create_slot(&self, side: &Side, needed: i64) -> Result<String> {
+        let lock = |verb: &str| format!("SELECT pg_advisory_{verb}({SLOT_ADMISSION_KEY})");
+        side.client
+            .batch_execute(&lock("lock"))
+            .await
+            .map_err(side.failed("cannot take the slot admission lock"))?;
+        let created = async {
+            let free: i64 = side
+                .scalar(
+                    "SELECT current_setting('max_replication_slots')::bigint - count(*) FROM pg_replication_slots",
+                    &[],
+                    "cannot count free replication slots",
+                )
+                .await?;
+            if free < needed {
+                return Err(Error::Exhausted {
+                    database: side.database.clone(),
+                    message: format!(
+                        "the job needs {needed} free replication slots (its own, and its way back's from cutover), the server has {free} (max_replication_slots)"
+                    ),
+                });
+            }
+            side.scalar(
+                "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&self.slot],
+                "cannot create the replication slot (needs wal_level = logical and a free max_replication_slots)",
+            )
+            .await
+        }
+        .await;
+        let unlocked = side
+            .client
+            .batch_execute(&lock("unlock"))
+            .await
+            .map_err(side.failed("cannot release the slot admission lock"));
+        let lsn = created?;
+        unlocked?;
+        Ok(lsn)
     }
 
     /// Drops the slot and publication (idempotent), so no WAL is held for the job. The

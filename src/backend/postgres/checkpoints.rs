@@ -39,6 +39,9 @@ CREATE TABLE IF NOT EXISTS switchyard.ddl_steps (
     PRIMARY KEY (job, stage)
 );";
 
+/// The advisory lock key under which jobs create [`SCHEMA`] one at a time.
+const SCHEMA_LOCK_KEY: i64 = 0x5357_4a4f_4253_4348;
+
 /// The checkpoints of job `job` in the database of `side`.
 pub struct Checkpoints<'a> {
     pub side: &'a Side,
@@ -46,11 +49,26 @@ pub struct Checkpoints<'a> {
 }
 
 impl Checkpoints<'_> {
+    /// Creates the schema and its tables when missing. Jobs starting together in one
+    /// database take turns under a session advisory lock, each creating in a
+    /// transaction that starts after the lock is had (so it sees what the one before
+    /// created: `IF NOT EXISTS` alone races with a concurrent creation).
     pub async fn create_schema(&self) -> Result<()> {
-        self.side.client.batch_execute(SCHEMA).await.map_err(
+        let client = &self.side.client;
+        let failed = || {
             self.side
-                .failed("cannot create the schema `switchyard` for checkpoints"),
-        )
+                .failed("cannot create the schema `switchyard` for checkpoints")
+        };
+        client
+            .batch_execute(&format!("SELECT pg_advisory_lock({SCHEMA_LOCK_KEY})"))
+            .await
+            .map_err(failed())?;
+        let created = client.batch_execute(SCHEMA).await.map_err(failed());
+        let unlocked = client
+            .batch_execute(&format!("SELECT pg_advisory_unlock({SCHEMA_LOCK_KEY})"))
+            .await
+            .map_err(failed());
+        created.and(unlocked)
     }
 
     async fn schema_exists(&self) -> Result<bool> {

@@ -438,7 +438,7 @@ impl PgSink {
         }
         let target = self.target().await?.clone();
         let capture = self.back_capture.as_ref().expect("checked above");
-        capture.start(&self.side, &target).await.map(drop)
+        capture.start(&self.side, &target, 1).await.map(drop)
     }
 
     /// Applies `batch` within the caller's transaction and moves the position with it.

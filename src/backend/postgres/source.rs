@@ -43,6 +43,9 @@ pub struct PgSource {
     capture: Capture,
     lock_timeout: Duration,
     contract_sql: Vec<String>,
+    /// Replication slots the job needs on this server: its own, and its way back's
+    /// when the target is in the same database.
+    slots_needed: i64,
 }
 
 impl PgSource {
@@ -92,6 +95,10 @@ impl PgSource {
             table,
             lock_timeout,
             contract_sql: spec.contract.sql.clone(),
+            slots_needed: match &spec.target {
+                Some(target) if target.database != spec.source.database => 1,
+                _ => 2,
+            },
         })
     }
 
@@ -353,7 +360,9 @@ impl Source for PgSource {
     }
 
     async fn start_capture(&mut self) -> Result<Position> {
-        self.capture.start(&self.side, self.table()?).await
+        self.capture
+            .start(&self.side, self.table()?, self.slots_needed)
+            .await
     }
 
     async fn read_changes(

@@ -913,3 +913,29 @@ fn identity_and_generated_columns_survive_and_new_rows_get_fresh_identities() {
         );
     }
 }
+
+/// A job file changed after the job started, in a field that shapes the data, is refused
+/// naming the change; a change to how fast it runs is taken.
+#[test]
+fn a_job_file_reshaped_mid_job_is_refused_and_a_throttle_change_is_taken() {
+    let project = Project::new();
+    let mut db = project.db.client();
+    create_items(&mut db, "items", 1_000);
+    let file = project.job_file("items", &copy_job("items", ""));
+    project.run(&["job", "run", &file]).ok();
+    let reshaped = copy_job("items", "[transform]\ncolumns = { v = \"upper(s.v)\" }\n");
+    std::fs::write(project.path(&file), &reshaped).unwrap();
+    let refused = project.run(&["job", "run", &file]).expect_code(2);
+    assert_eq!(
+        refused.stderr,
+        "error: job `items` started with another shape of its data; its file changed: transform.columns.v was (none), is now `upper(s.v)`. \
+         Revert the change, or abort the job (switchyard job abort items) and give the changed file another job name\n"
+    );
+    let throttled = copy_job("items", "").replace(
+        "batch_size = 500",
+        "batch_size = 500\nrows_per_second = 100",
+    );
+    std::fs::write(project.path(&file), &throttled).unwrap();
+    let run = project.run(&["job", "run", &file]).ok();
+    assert!(run.stdout.contains("ready to cut over"), "{}", run.stdout);
+}

@@ -108,6 +108,10 @@ pub struct JobRecord {
     /// replication slot, a WAL sender).
     #[serde(default)]
     pub waiting: Option<String>,
+    /// The fields of the job file that shape the data ([`crate::job::JobSpec::shape`]),
+    /// as the job started with them.
+    #[serde(default)]
+    pub shape: Option<std::collections::BTreeMap<String, String>>,
     /// The SHA-256 of the job file when the job failed under `serve`, which starts it
     /// again once the file differs.
     #[serde(default)]
@@ -139,6 +143,7 @@ impl JobRecord {
             cutover_at: None,
             writes_blocked_ms: None,
             waiting: None,
+            shape: None,
             file_digest: None,
         }
     }

@@ -138,6 +138,7 @@ pub async fn run(
             spec.kind.as_str()
         )));
     }
+    refuse_reshaping(spec, &mut record)?;
     record.file = file.to_string();
     let throttle = Arc::new(Throttle::new(
         spec.copy.rows_per_second,
@@ -153,6 +154,39 @@ pub async fn run(
         cutover_requested: false,
     };
     engine.drive().await
+}
+
+/// Refuses to go on with a job whose file changed, since it started, in a field that
+/// shapes the data, naming each change; records the shape on the first run.
+fn refuse_reshaping(spec: &JobSpec, record: &mut JobRecord) -> Result<()> {
+    let now = spec.shape();
+    let Some(started) = &record.shape else {
+        record.shape = Some(now);
+        return Ok(());
+    };
+    if record.phase.is_final() || *started == now {
+        return Ok(());
+    }
+    let fields: std::collections::BTreeSet<&String> = started.keys().chain(now.keys()).collect();
+    let changes: Vec<String> = fields
+        .into_iter()
+        .filter(|field| started.get(*field) != now.get(*field))
+        .map(|field| {
+            let show =
+                |value: Option<&String>| value.map_or("(none)".to_string(), |v| format!("`{v}`"));
+            format!(
+                "{field} was {}, is now {}",
+                show(started.get(field)),
+                show(now.get(field))
+            )
+        })
+        .collect();
+    Err(Error::Refused(format!(
+        "job `{}` started with another shape of its data; its file changed: {}. Revert the change, or abort the job (switchyard job abort {}) and give the changed file another job name",
+        spec.name,
+        changes.join("; "),
+        spec.name
+    )))
 }
 
 impl Engine<'_> {

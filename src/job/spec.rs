@@ -455,6 +455,45 @@ impl JobSpec {
     pub fn key_columns(&self) -> Option<Vec<String>> {
         self.source.key.as_ref().map(KeyColumns::columns)
     }
+
+    /// The fields that shape the data a job writes, by name: a job must finish (or be
+    /// aborted) with the ones it started with. The others (throttle, window, schedule,
+    /// cutover and contract settings) may change between runs.
+    pub fn shape(&self) -> BTreeMap<String, String> {
+        let mut shape = BTreeMap::new();
+        let mut put = |field: &str, value: String| {
+            shape.insert(field.to_string(), value);
+        };
+        put("kind", self.kind.as_str().to_string());
+        for (side, endpoint) in [
+            ("source", Some(&self.source)),
+            ("target", self.target.as_ref()),
+        ] {
+            let Some(endpoint) = endpoint else { continue };
+            put(&format!("{side}.database"), endpoint.database.clone());
+            for (field, value) in [
+                ("table", &endpoint.table),
+                ("collection", &endpoint.collection),
+                ("index", &endpoint.index),
+            ] {
+                if let Some(value) = value {
+                    put(&format!("{side}.{field}"), value.clone());
+                }
+            }
+        }
+        if let Some(key) = self.key_columns() {
+            put("source.key", key.join(", "));
+        }
+        for (column, expression) in &self.transform.columns {
+            put(&format!("transform.columns.{column}"), expression.clone());
+        }
+        put("expand.sql", self.expand.sql.join("; "));
+        put(
+            "catch_up.method",
+            format!("{:?}", self.catch_up.method).to_lowercase(),
+        );
+        shape
+    }
 }
 
 /// `01:00-05:00` → minutes after midnight (start, end); the window may wrap midnight.

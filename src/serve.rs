@@ -31,6 +31,9 @@ use crate::state::{self, StateStore};
 const TICK: Duration = Duration::from_secs(1);
 /// How often (in ticks) the databases' migration histories are read for the metrics.
 const MIGRATION_METRICS_TICKS: u64 = 30;
+/// How often (in ticks) the slots of jobs that stand still are measured against
+/// `catch_up.max_slot_wal`.
+const SLOT_CHECK_TICKS: u64 = 10;
 
 /// The time, given to the scheduler so that tests can set it.
 pub trait Clock: Send + Sync {
@@ -173,6 +176,13 @@ pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<()> {
             // Jobs that wait (for cutover, contract, their window) stay visible too.
             if let Some(record) = &record {
                 metrics.progress(record);
+                if tick % SLOT_CHECK_TICKS == 0 {
+                    if let Err(error) =
+                        guard_slot(&config, &spec, record, store.as_ref(), &metrics).await
+                    {
+                        tracing::debug!(job = %spec.name, %error, "cannot measure the job's slot");
+                    }
+                }
             }
             if !decide(&spec, record.as_ref(), &control, &digest, since, now) {
                 line.remove(&spec.name);
@@ -225,6 +235,27 @@ pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<()> {
     for (_, task) in running {
         let _ = task.await;
     }
+    Ok(())
+}
+
+/// Measures the slot of a job not running here against `catch_up.max_slot_wal`
+/// ([`engine::drop_overflowing_slot`]); fails the job when its slot was dropped.
+async fn guard_slot(
+    config: &Config,
+    spec: &JobSpec,
+    record: &JobRecord,
+    store: &dyn StateStore,
+    metrics: &Metrics,
+) -> Result<()> {
+    let mut pipeline = crate::backend::open_job(config, spec, store).await?;
+    let Some(error) = engine::drop_overflowing_slot(spec, &mut pipeline, record).await? else {
+        return Ok(());
+    };
+    metrics.failed(&spec.name, &error);
+    let mut record = record.clone();
+    record.fail(&error);
+    record.save(store).await?;
+    metrics.progress(&record);
     Ok(())
 }
 

@@ -569,3 +569,47 @@ fn thirty_jobs_on_a_server_with_few_free_slots_all_finish_none_failed() {
     }
     assert!(serve.terminate().success());
 }
+
+/// A paused job whose replication slot comes to hold more WAL than
+/// `catch_up.max_slot_wal` loses the slot and fails saying why and what to do, so it
+/// never fills the source's disk.
+#[test]
+fn a_paused_job_whose_slot_passes_max_slot_wal_drops_it_and_fails() {
+    let port = free_port();
+    let project = project_with_server(port);
+    let mut db = project.db.client();
+    create_items(&mut db, "items", 20_000);
+    project.job_file(
+        "items",
+        &job(
+            "items",
+            "rows_per_second = 500\n[catch_up]\nmax_slot_wal = \"1 MiB\"",
+        ),
+    );
+    let serve = Serve::start(&project, port);
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    serve.wait_for("items", "copying", |j| {
+        j["phase"] == "copy" && j["rows_copied"].as_u64() > Some(0)
+    });
+    assert_eq!(http(port, "POST", "/jobs/items/pause", &[&auth], "").0, 200);
+    serve.wait_for("items", "paused", |j| j["phase"] == "paused");
+    // About 4 MiB of WAL the paused job's slot must keep.
+    db.batch_execute(
+        "CREATE TABLE ballast AS SELECT g, md5(g::text) || md5((g * 2)::text) AS pad FROM generate_series(1, 40000) g",
+    )
+    .unwrap();
+    let failed = serve.wait_for("items", "failed", |j| j["phase"] == "failed");
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("job `items`: its replication slot held ")
+            && error.contains("more than catch_up.max_slot_wal (1.0 MiB), and was dropped so that the source's disk does not fill"),
+        "{error}"
+    );
+    assert_eq!(
+        project.db.column(
+            "SELECT count(*)::text FROM pg_replication_slots WHERE database = current_database()"
+        ),
+        ["0"]
+    );
+    assert!(serve.terminate().success());
+}

@@ -244,6 +244,12 @@ impl Pipeline {
         Ok(outcome)
     }
 
+    /// Drops the capture of a job whose slot held too much WAL: it cannot catch up any
+    /// more.
+    pub async fn give_up_capture(&mut self) -> Result<()> {
+        self.source.stop_capture().await
+    }
+
     /// Cuts over (see [`Sink::cutover`]); the capture goes once it did.
     pub async fn cutover(&mut self) -> Result<CutoverReport> {
         let report = self.sink.cutover(self.source.as_mut()).await?;

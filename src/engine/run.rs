@@ -156,6 +156,34 @@ pub async fn run(
     engine.drive().await
 }
 
+/// For a job standing still (paused, failed, waiting) with `record`: when its forward
+/// slot holds more WAL than `catch_up.max_slot_wal`, drops the slot and returns the
+/// error the job fails with, so that a forgotten job never fills the source's disk.
+pub async fn drop_overflowing_slot(
+    spec: &JobSpec,
+    backend: &mut Pipeline,
+    record: &JobRecord,
+) -> Result<Option<Error>> {
+    let holds_a_slot = spec.kind == JobKind::Copy
+        && spec.catch_up.method != crate::job::CatchUpMethod::None
+        && spec.catch_up.max_slot_wal.as_u64() > 0
+        && record.cutover_at.is_none()
+        && matches!(
+            record.working_phase(),
+            Phase::Copy | Phase::CatchUp | Phase::Verify | Phase::ReadyToCutover
+        );
+    if !holds_a_slot {
+        return Ok(None);
+    }
+    let held = backend.lag().await?.bytes;
+    if !spec.catch_up.overflows(held) {
+        return Ok(None);
+    }
+    backend.give_up_capture().await?;
+    tracing::error!(job = %spec.name, held, "replication slot dropped: it held more WAL than catch_up.max_slot_wal");
+    Ok(Some(spec.catch_up.slot_overflow(&spec.name, held)))
+}
+
 /// Refuses to go on with a job whose file changed, since it started, in a field that
 /// shapes the data, naming each change; records the shape on the first run.
 fn refuse_reshaping(spec: &JobSpec, record: &mut JobRecord) -> Result<()> {
@@ -403,6 +431,7 @@ impl Engine<'_> {
                         _ = tokio::time::sleep(CONTROL_INTERVAL) => {}
                         _ = self.options.shutdown.changed() => {}
                     }
+                    self.guard_slot().await?;
                     match self.interrupted().await? {
                         Some(Interrupt::Pause) => continue,
                         Some(other) => return Box::pin(self.handle(other, phase)).await,
@@ -412,6 +441,15 @@ impl Engine<'_> {
                 self.enter(phase).await?;
                 Ok(None)
             }
+        }
+    }
+
+    /// While the job stands still: fails it when its slot held too much WAL
+    /// (see [`drop_overflowing_slot`]).
+    async fn guard_slot(&mut self) -> Result<()> {
+        match drop_overflowing_slot(self.spec, &mut self.backend, &self.record).await? {
+            Some(error) => Err(error),
+            None => Ok(()),
         }
     }
 
@@ -559,6 +597,10 @@ impl Engine<'_> {
             tracing::debug!(job = %self.spec.name, applied, drained = pass.drained, lag_seconds = lag.seconds, "catch-up pass");
             self.record.lag_seconds = lag.seconds;
             self.record.lag_bytes = lag.bytes;
+            if self.spec.catch_up.overflows(lag.bytes) {
+                self.backend.give_up_capture().await?;
+                return Err(self.spec.catch_up.slot_overflow(&self.spec.name, lag.bytes));
+            }
             if last_save.elapsed() >= CONTROL_INTERVAL {
                 self.save().await?;
                 last_save = Instant::now();

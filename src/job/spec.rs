@@ -158,11 +158,48 @@ pub enum CatchUpMethod {
     None,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatchUp {
     #[serde(default)]
     pub method: CatchUpMethod,
+    /// The most WAL the job's slot may hold while the job catches up or stands still
+    /// (paused, failed, waiting): past it the slot is dropped and the job fails, so a
+    /// forgotten job never fills the source's disk. `0`: no limit. (During the copy the
+    /// slot holds the WAL written since it began, by design.)
+    #[serde(default = "default_max_slot_wal")]
+    pub max_slot_wal: bytesize::ByteSize,
+}
+
+fn default_max_slot_wal() -> bytesize::ByteSize {
+    bytesize::ByteSize::gib(10)
+}
+
+impl Default for CatchUp {
+    fn default() -> Self {
+        CatchUp {
+            method: CatchUpMethod::default(),
+            max_slot_wal: default_max_slot_wal(),
+        }
+    }
+}
+
+impl CatchUp {
+    /// The error of a job whose slot held `held` bytes, more than `max_slot_wal`,
+    /// once the slot is dropped.
+    pub fn slot_overflow(&self, job: &str, held: u64) -> crate::error::Error {
+        crate::error::Error::Refused(format!(
+            "job `{job}`: its replication slot held {} of WAL, more than catch_up.max_slot_wal ({}), and was dropped so that the source's disk does not fill. \
+             The job cannot catch up any more: abort it (switchyard job abort {job}) and run it again under another name, with a larger max_slot_wal if it is slow",
+            bytesize::ByteSize::b(held).display().iec(),
+            self.max_slot_wal.display().iec()
+        ))
+    }
+
+    /// Whether a slot holding `held` bytes is past the limit.
+    pub fn overflows(&self, held: u64) -> bool {
+        self.max_slot_wal.as_u64() > 0 && held > self.max_slot_wal.as_u64()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

@@ -149,6 +149,8 @@ pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<()> {
     let mut running: HashMap<String, JoinHandle<()>> = HashMap::new();
     // Jobs due but not running (serve.max_jobs), with when they became due.
     let mut line: HashMap<String, DateTime<Utc>> = HashMap::new();
+    // The live settings of each job's file as last seen.
+    let mut live: HashMap<String, LiveSettings> = HashMap::new();
     let mut reported: HashSet<String> = HashSet::new();
     let mut stop = shutdown.clone();
     for tick in 0u64.. {
@@ -171,8 +173,10 @@ pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<()> {
                 }
             }
             if running.contains_key(&spec.name) {
+                apply_live_changes(store.as_ref(), &spec, &mut live).await?;
                 continue;
             }
+            live.insert(spec.name.clone(), LiveSettings::of(&spec));
             // Jobs that wait (for cutover, contract, their window) stay visible too.
             if let Some(record) = &record {
                 metrics.progress(record);
@@ -234,6 +238,46 @@ pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<()> {
     }
     for (_, task) in running {
         let _ = task.await;
+    }
+    Ok(())
+}
+
+/// The settings of a job file that a running job takes at its next batch: changed in
+/// the file, they are passed on as an operator's request would be (the later of the
+/// two wins).
+#[derive(Debug, Clone, PartialEq)]
+struct LiveSettings {
+    rows_per_second: u64,
+    cutover: CutoverMode,
+}
+
+impl LiveSettings {
+    fn of(spec: &JobSpec) -> LiveSettings {
+        LiveSettings {
+            rows_per_second: spec.copy.rows_per_second,
+            cutover: spec.cutover.mode,
+        }
+    }
+}
+
+/// Passes the changes to a running job's live settings on to its control.
+async fn apply_live_changes(
+    store: &dyn StateStore,
+    spec: &JobSpec,
+    live: &mut HashMap<String, LiveSettings>,
+) -> Result<()> {
+    let now = LiveSettings::of(spec);
+    let Some(before) = live.insert(spec.name.clone(), now.clone()) else {
+        return Ok(());
+    };
+    if before.rows_per_second != now.rows_per_second {
+        tracing::info!(job = %spec.name, rows_per_second = now.rows_per_second, "throttle changed in the job file");
+        let rate = now.rows_per_second;
+        JobControl::update(store, &spec.name, move |c| c.rows_per_second = Some(rate)).await?;
+    }
+    if before.cutover != now.cutover && now.cutover == CutoverMode::Auto {
+        tracing::info!(job = %spec.name, "cutover mode changed to auto in the job file");
+        JobControl::update(store, &spec.name, |c| c.cutover_requested = true).await?;
     }
     Ok(())
 }

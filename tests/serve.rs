@@ -613,3 +613,27 @@ fn a_paused_job_whose_slot_passes_max_slot_wal_drops_it_and_fails() {
     );
     assert!(serve.terminate().success());
 }
+
+/// A running job takes a throttle change made in its file at its next batch.
+#[test]
+fn a_throttle_change_in_the_job_file_is_taken_live() {
+    let port = free_port();
+    let project = project_with_server(port);
+    create_items(&mut project.db.client(), "items", 20_000);
+    let slow = job("items", "rows_per_second = 200");
+    project.job_file("items", &slow);
+    let serve = Serve::start(&project, port);
+    serve.wait_for("items", "copying", |j| {
+        j["phase"] == "copy" && j["rows_copied"].as_u64() > Some(0)
+    });
+    // At 200 rows a second the copy would take 100 s; unthrottled it ends at once.
+    project.job_file(
+        "items",
+        &slow.replace("rows_per_second = 200", "rows_per_second = 0"),
+    );
+    let ready = serve.wait_for("items", "copied unthrottled", |j| {
+        j["phase"] == "ready_to_cutover"
+    });
+    assert_eq!(ready["rows_copied"], 20_000);
+    assert!(serve.terminate().success());
+}

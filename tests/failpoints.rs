@@ -47,6 +47,7 @@ const COPY_JOB_POINTS: &[(&str, &str)] = &[
     ("cutover.after_drain", "return"),
     ("cutover.after_swap", "return"),
     ("cutover.after_record", "return"),
+    ("cutover.after_switch", "return"),
     ("cutover.after_commit", "return"),
     ("cutover.after_drop_capture", "return"),
     ("cutover.end", "return"),
@@ -417,4 +418,51 @@ fn a_crash_while_swapping_back_is_finished_by_the_next_abort() {
             eprintln!("{point} ({path:?}): swap back crashed, aborted again, equal");
         }
     }
+}
+
+/// A crash right after the cutover committed, before the steps after it (validating the
+/// foreign keys re-pointed at the new table, rebuilding a materialized view): the next
+/// run finds them saved with the cutover and takes them.
+#[test]
+fn a_crash_between_the_switch_and_the_steps_after_it_is_finished_by_the_next_run() {
+    let project = Project::new();
+    let mut db = project.db.client();
+    create_items(&mut db, "items", 2_000);
+    db.batch_execute(
+        "CREATE TABLE tags (id bigint PRIMARY KEY, item bigint NOT NULL REFERENCES items (id));
+         INSERT INTO tags SELECT g, g FROM generate_series(1, 2000, 5) g;
+         CREATE MATERIALIZED VIEW item_count AS SELECT count(*) AS n FROM items;",
+    )
+    .unwrap();
+    let file = project.job_file(
+        "items",
+        &items_copy_job(
+            "items",
+            "[copy]\nbatch_size = 500\n\n[cutover]\nmode = \"auto\"\n\n[contract]\nafter = \"manual\"",
+        ),
+    );
+    crash_at(
+        &project,
+        &["job", "run", &file],
+        "cutover.after_switch",
+        "return",
+    );
+    let pending = || {
+        project.db.column(
+            "SELECT (SELECT count(*) FROM switchyard.after_cutover) || ' steps; ' ||
+                    (SELECT string_agg(conname || CASE WHEN convalidated THEN ' valid' ELSE ' not valid' END, ', ')
+                       FROM pg_constraint WHERE contype = 'f' AND confrelid = 'items'::regclass)",
+        )
+    };
+    assert_eq!(pending(), ["3 steps; tags_item_fkey not valid"]);
+    project.run(&["job", "run", &file]).ok();
+    assert_eq!(pending(), ["0 steps; tags_item_fkey valid"]);
+    // The materialized view was rebuilt on the new table.
+    assert_eq!(
+        project.db.column(
+            "SELECT count(*)::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+              WHERE r.ev_class = 'item_count'::regclass AND d.refobjid = 'items'::regclass"
+        ),
+        ["1"]
+    );
 }

@@ -31,6 +31,12 @@ CREATE TABLE IF NOT EXISTS switchyard.cutovers (
     writes_blocked_ms bigint NOT NULL,
     changes_drained   bigint NOT NULL
 );
+CREATE TABLE IF NOT EXISTS switchyard.after_cutover (
+    job        text NOT NULL,
+    step       int NOT NULL,
+    statements text[] NOT NULL,
+    PRIMARY KEY (job, step)
+);
 CREATE TABLE IF NOT EXISTS switchyard.ddl_steps (
     job            text NOT NULL,
     stage          text NOT NULL,
@@ -91,6 +97,7 @@ impl Checkpoints<'_> {
             "DELETE FROM switchyard.copy_progress WHERE job = $1",
             "DELETE FROM switchyard.catch_up_progress WHERE job = $1",
             "DELETE FROM switchyard.cutovers WHERE job = $1",
+            "DELETE FROM switchyard.after_cutover WHERE job = $1",
             steps,
         ] {
             self.side
@@ -198,6 +205,49 @@ impl Checkpoints<'_> {
             .await
             .map_err(self.side.failed("cannot read the cutover record"))?;
         Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Saves the steps to take once the switch committed, within its transaction, so
+    /// that a crash before they ran leaves them to the resumed cutover.
+    pub async fn save_after_cutover(&self, steps: &[Vec<String>]) -> Result<()> {
+        for (number, statements) in steps.iter().enumerate() {
+            self.side
+                .client
+                .execute(
+                    "INSERT INTO switchyard.after_cutover (job, step, statements) VALUES ($1, $2, $3)",
+                    &[&self.job, &(number as i32), statements],
+                )
+                .await
+                .map_err(self.side.failed("cannot save the steps after the cutover"))?;
+        }
+        Ok(())
+    }
+
+    /// The steps after the cutover not taken yet, in order: `(number, statements)`.
+    pub async fn after_cutover(&self) -> Result<Vec<(i32, Vec<String>)>> {
+        let rows = self
+            .side
+            .client
+            .query(
+                "SELECT step, statements FROM switchyard.after_cutover WHERE job = $1 ORDER BY step",
+                &[&self.job],
+            )
+            .await
+            .map_err(self.side.failed("cannot read the steps after the cutover"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Marks step `number` taken, within the transaction that took it.
+    pub async fn took_after_cutover(&self, number: i32) -> Result<()> {
+        self.side
+            .client
+            .execute(
+                "DELETE FROM switchyard.after_cutover WHERE job = $1 AND step = $2",
+                &[&self.job, &number],
+            )
+            .await
+            .map(drop)
+            .map_err(self.side.failed("cannot mark a step after the cutover"))
     }
 
     /// Records the cutover, within the caller's transaction (the one of the switch).

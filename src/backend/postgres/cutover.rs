@@ -119,16 +119,17 @@ impl PgSink {
             self.checkpoints()
                 .record_cutover(blocked.as_millis() as i64, drained as i64)
                 .await?;
+            self.checkpoints().save_after_cutover(&carry.finish).await?;
             crate::crash_point!("cutover.after_record");
             self.side
                 .client
                 .batch_execute("COMMIT")
                 .await
                 .map_err(self.side.failed("cannot commit the cutover"))?;
-            Ok::<_, Error>((blocked, drained, end, carry.finish))
+            Ok::<_, Error>((blocked, drained, end))
         }
         .await;
-        let (writes_blocked, changes_drained, end, finish) = match result {
+        let (writes_blocked, changes_drained, end) = match result {
             Ok(done) => done,
             Err(error) => {
                 let _ = self.side.client.batch_execute("ROLLBACK").await;
@@ -136,7 +137,8 @@ impl PgSink {
             }
         };
         tracing::info!(job = %self.spec.name, blocked_ms = writes_blocked.as_millis() as u64, took_ms = started.elapsed().as_millis() as u64, "cut over");
-        self.finish_carry(&finish).await;
+        crate::crash_point!("cutover.after_switch");
+        self.finish_carry().await?;
         if let Some(end) = end {
             source.confirm(&end).await?;
         }
@@ -210,6 +212,7 @@ impl PgSink {
             }
         };
         tracing::info!(job = %self.spec.name, writes_failed_ms = writes_blocked.as_millis() as u64, "cut over onto another database");
+        crate::crash_point!("cutover.after_switch");
         if let Some(end) = end {
             source.confirm(&end).await?;
         }
@@ -237,18 +240,23 @@ impl PgSink {
         Ok(Some(Carrying { to }))
     }
 
-    /// After the cutover's commit: each group of statements in a transaction of its
-    /// own (validating the foreign keys re-pointed at the new table, swapping in
-    /// rebuilt materialized views), tried again when a lock is not had in time. The
-    /// cutover stands either way; what fails is logged with what to run by hand.
-    async fn finish_carry(&self, groups: &[Vec<String>]) {
-        for group in groups {
+    /// After the cutover's commit (or when a resumed cutover finds it committed): the
+    /// steps saved with it, each in a transaction of its own that also marks it taken
+    /// (validating the foreign keys re-pointed at the new table, swapping in rebuilt
+    /// materialized views), tried again when a lock is not had in time. The cutover
+    /// stands either way; a step that fails is logged with what to run by hand.
+    pub(super) async fn finish_carry(&self) -> Result<()> {
+        for (number, group) in self.checkpoints().after_cutover().await? {
             let mut attempt = 1;
             loop {
                 let ddl = self.ddl();
+                let checkpoints = self.checkpoints();
                 let done = self
                     .side
-                    .transaction("carrying the dependents", ddl.run(group, "cutover"))
+                    .transaction("carrying the dependents", async {
+                        ddl.run(&group, "cutover").await?;
+                        checkpoints.took_after_cutover(number).await
+                    })
                     .await;
                 match done {
                     Ok(()) => break,
@@ -262,6 +270,7 @@ impl PgSink {
                 }
             }
         }
+        Ok(())
     }
 
     /// `[cutover] command`, with the job and the target's URL in its environment.

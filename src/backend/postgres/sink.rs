@@ -670,6 +670,8 @@ impl Sink for PgSink {
     }
 
     async fn cutover(&mut self, source: &mut dyn Source) -> Result<CutoverReport> {
+        // A job expanded by an older version may lack a checkpoint table cutover uses.
+        self.checkpoints().create_schema().await?;
         if let Some(report) = self.completed_cutover().await? {
             return Ok(report);
         }
@@ -683,14 +685,15 @@ impl Sink for PgSink {
     }
 
     async fn completed_cutover(&mut self) -> Result<Option<CutoverReport>> {
-        Ok(self
-            .checkpoints()
-            .cutover()
-            .await?
-            .map(|(blocked_ms, drained)| CutoverReport {
-                writes_blocked: Duration::from_millis(blocked_ms as u64),
-                changes_drained: drained as u64,
-            }))
+        let Some((blocked_ms, drained)) = self.checkpoints().cutover().await? else {
+            return Ok(None);
+        };
+        // A crash may have come between the switch and the steps after it.
+        self.finish_carry().await?;
+        Ok(Some(CutoverReport {
+            writes_blocked: Duration::from_millis(blocked_ms as u64),
+            changes_drained: drained as u64,
+        }))
     }
 
     async fn abort(&mut self, _source: &mut dyn Source, created_target: bool) -> Result<()> {

@@ -180,7 +180,7 @@ pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<()> {
             // Jobs that wait (for cutover, contract, their window) stay visible too.
             if let Some(record) = &record {
                 metrics.progress(record);
-                if tick % SLOT_CHECK_TICKS == 0 {
+                if tick % SLOT_CHECK_TICKS == 0 && engine::holds_a_guarded_slot(&spec, record) {
                     if let Err(error) =
                         guard_slot(&config, &spec, record, store.as_ref(), &metrics).await
                     {

@@ -34,7 +34,7 @@ mod throttle;
 
 pub use pipeline::Pipeline;
 pub use record::{request, JobControl, JobRecord, Phase, Request};
-pub use run::{drop_overflowing_slot, run, JobObserver, RunEnd, RunOptions};
+pub use run::{drop_overflowing_slot, holds_a_guarded_slot, run, JobObserver, RunEnd, RunOptions};
 pub use sink::Sink;
 pub use source::Source;
 pub use throttle::Throttle;

@@ -156,6 +156,19 @@ pub async fn run(
     engine.drive().await
 }
 
+/// Whether the job has a forward slot that `catch_up.max_slot_wal` limits: from the
+/// copy (when the slot began to hold WAL) until the cutover drops it.
+pub fn holds_a_guarded_slot(spec: &JobSpec, record: &JobRecord) -> bool {
+    spec.kind == JobKind::Copy
+        && spec.catch_up.method != crate::job::CatchUpMethod::None
+        && spec.catch_up.max_slot_wal.as_u64() > 0
+        && record.cutover_at.is_none()
+        && matches!(
+            record.working_phase(),
+            Phase::Copy | Phase::CatchUp | Phase::Verify | Phase::ReadyToCutover
+        )
+}
+
 /// For a job standing still (paused, failed, waiting) with `record`: when its forward
 /// slot holds more WAL than `catch_up.max_slot_wal`, drops the slot and returns the
 /// error the job fails with, so that a forgotten job never fills the source's disk.
@@ -164,15 +177,7 @@ pub async fn drop_overflowing_slot(
     backend: &mut Pipeline,
     record: &JobRecord,
 ) -> Result<Option<Error>> {
-    let holds_a_slot = spec.kind == JobKind::Copy
-        && spec.catch_up.method != crate::job::CatchUpMethod::None
-        && spec.catch_up.max_slot_wal.as_u64() > 0
-        && record.cutover_at.is_none()
-        && matches!(
-            record.working_phase(),
-            Phase::Copy | Phase::CatchUp | Phase::Verify | Phase::ReadyToCutover
-        );
-    if !holds_a_slot {
+    if !holds_a_guarded_slot(spec, record) {
         return Ok(None);
     }
     let held = backend.lag().await?.bytes;

@@ -351,6 +351,24 @@ fn a_generated_column_computed_differently_fails_verify_on_both_paths() {
         refused.stderr,
         "error: jobs/fill.toml: field `transform.columns.doubled`: column `doubled` of public.things is generated: the database computes it\n"
     );
+    // Nor an identity whose values the database hands out.
+    project
+        .db
+        .client()
+        .batch_execute(
+            "ALTER TABLE things ADD COLUMN serial_no bigint GENERATED ALWAYS AS IDENTITY",
+        )
+        .unwrap();
+    let file = project.job_file(
+        "fill",
+        "name = \"fill\"\nkind = \"backfill\"\n[source]\ndatabase = \"postgresql\"\ntable = \"public.things\"\n\
+         [transform]\ncolumns = { serial_no = \"id\" }\n",
+    );
+    let refused = project.run(&["job", "run", &file]).expect_code(2);
+    assert_eq!(
+        refused.stderr,
+        "error: jobs/fill.toml: field `transform.columns.serial_no`: column `serial_no` of public.things is GENERATED ALWAYS AS IDENTITY: the database hands out its values\n"
+    );
 }
 
 #[test]

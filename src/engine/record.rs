@@ -109,7 +109,7 @@ pub struct JobRecord {
     #[serde(default)]
     pub waiting: Option<String>,
     /// The fields of the job file that shape the data ([`crate::job::JobSpec::shape`]),
-    /// as the job started with them.
+    /// as the job began writing data with them.
     #[serde(default)]
     pub shape: Option<std::collections::BTreeMap<String, String>>,
     /// The SHA-256 of the job file when the job failed under `serve`, which starts it

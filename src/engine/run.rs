@@ -189,13 +189,22 @@ pub async fn drop_overflowing_slot(
     Ok(Some(spec.catch_up.slot_overflow(&spec.name, held)))
 }
 
-/// Refuses to go on with a job whose file changed, since it started, in a field that
-/// shapes the data, naming each change; records the shape on the first run.
+/// Refuses to go on with a job whose file changed, since it began writing data, in a
+/// field that shapes the data, naming each change. Until then (a file being fixed
+/// after a refusal) the shape is only recorded.
 fn refuse_reshaping(spec: &JobSpec, record: &mut JobRecord) -> Result<()> {
     let now = spec.shape();
-    let Some(started) = &record.shape else {
-        record.shape = Some(now);
-        return Ok(());
+    let wrote_data = record.rows_copied > 0
+        || !matches!(
+            record.working_phase(),
+            Phase::Pending | Phase::Expand | Phase::Copy
+        );
+    let started = match &record.shape {
+        Some(started) if wrote_data => started,
+        _ => {
+            record.shape = Some(now);
+            return Ok(());
+        }
     };
     if record.phase.is_final() || *started == now {
         return Ok(());

@@ -340,7 +340,13 @@ impl PgSink {
                         "field `transform.columns.{column}`: a backfill cannot change the key"
                     )));
                 }
-                match table.unwritable(column) {
+                let why = table.unwritable(column).or_else(|| {
+                    table
+                        .column(column)
+                        .is_some_and(|c| c.always_identity)
+                        .then(|| format!("column `{column}` of {} is GENERATED ALWAYS AS IDENTITY: the database hands out its values", table.name))
+                });
+                match why {
                     Some(why) => Err(Error::Refused(format!(
                         "field `transform.columns.{column}`: {why}"
                     ))),

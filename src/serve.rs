@@ -200,11 +200,12 @@ pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<()> {
                 spec,
                 digest,
                 record,
+                control,
             ));
         }
         // Aborts first, then in the order the jobs became due, then by name.
         due.sort_by(|a, b| (a.0, a.1, &a.3.name).cmp(&(b.0, b.1, &b.3.name)));
-        for (_, _, file, spec, digest, record) in due {
+        for (_, _, file, spec, digest, record, control) in due {
             if running.len() >= config.serve.max_jobs {
                 let reason = format!(
                     "in line: {} jobs run (serve.max_jobs = {})",
@@ -215,7 +216,6 @@ pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<()> {
                 continue;
             }
             line.remove(&spec.name);
-            let control = JobControl::load(store.as_ref(), &spec.name).await?;
             if control.retry_requested {
                 JobControl::update(store.as_ref(), &spec.name, |c| c.retry_requested = false)
                     .await?;
@@ -365,16 +365,26 @@ fn job_files(config: &Config, reported: &mut HashSet<String>) -> Vec<(PathBuf, J
     files.sort();
     files
         .into_iter()
-        .filter_map(|file| match job::load(&file, config) {
-            Ok(spec) => {
-                let digest = file_digest(&std::fs::read(&file).unwrap_or_default());
-                Some((file, spec, digest))
-            }
-            Err(error) => {
-                if reported.insert(error.to_string()) {
-                    tracing::warn!(%error, "job file skipped");
+        .filter_map(|file| {
+            // One read gives the spec and the digest.
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                crate::error::Error::InvalidFiles(vec![crate::error::FileProblem {
+                    file: file.clone(),
+                    reason: format!("cannot read: {e}"),
+                }])
+            });
+            let spec = text.and_then(|text| {
+                let spec = job::load_text(&file, &text, config)?;
+                Ok((spec, file_digest(text.as_bytes())))
+            });
+            match spec {
+                Ok((spec, digest)) => Some((file, spec, digest)),
+                Err(error) => {
+                    if reported.insert(error.to_string()) {
+                        tracing::warn!(%error, "job file skipped");
+                    }
+                    None
                 }
-                None
             }
         })
         .collect()

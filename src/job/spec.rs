@@ -338,7 +338,18 @@ pub fn load(path: &Path, config: &Config) -> Result<JobSpec> {
         }])
     };
     let text = std::fs::read_to_string(path).map_err(|e| problem(format!("cannot read: {e}")))?;
-    let spec = parse(&text).map_err(problem)?;
+    load_text(path, &text, config)
+}
+
+/// [`load`] of a job file's text already read from `path`.
+pub fn load_text(path: &Path, text: &str, config: &Config) -> Result<JobSpec> {
+    let problem = |reason: String| {
+        Error::InvalidFiles(vec![FileProblem {
+            file: path.to_path_buf(),
+            reason,
+        }])
+    };
+    let spec = parse(text).map_err(problem)?;
     spec.validate(config).map_err(problem)?;
     Ok(spec)
 }

@@ -176,7 +176,8 @@ impl Carry {
         let rows = side
             .client
             .query(
-                "SELECT pg_get_triggerdef(t.oid), quote_ident(t.tgname), t.tgenabled::text
+                "SELECT pg_get_triggerdef(t.oid), quote_ident(t.tgname), t.tgenabled::text,
+                        t.tgrelid::regclass::text
                    FROM pg_trigger t
                   WHERE t.tgrelid = $1 AND NOT t.tgisinternal AND t.tgname NOT LIKE 'switchyard%'
                     AND NOT EXISTS (SELECT FROM pg_trigger n WHERE n.tgrelid = $2 AND n.tgname = t.tgname)
@@ -185,10 +186,9 @@ impl Carry {
             )
             .await
             .map_err(side.failed("cannot read the triggers of the source"))?;
-        let table = name_of(side, from).await?;
         for row in rows {
-            let (definition, name, enabled): (String, String, String) =
-                (row.get(0), row.get(1), row.get(2));
+            let (definition, name, enabled, table): (String, String, String, String) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
             self.attach.push(definition);
             let state = match enabled.as_str() {
                 "D" => "DISABLE TRIGGER",
@@ -344,14 +344,4 @@ impl Carry {
         }
         Ok(())
     }
-}
-
-/// The name of relation `oid`, as SQL.
-async fn name_of(side: &Side, oid: u32) -> Result<String> {
-    side.scalar(
-        "SELECT $1::oid::regclass::text",
-        &[&oid],
-        "cannot read a table's name",
-    )
-    .await
 }

@@ -1,0 +1,384 @@
+"""A MongoDB-wire test server: mockupdb takes connections, mongomock gives the semantics.
+
+No real mongod installs on the machines the tests run on (see the README, "MongoDB test
+server"). This is the most faithful stand-in the package registries allow: mongomock
+implements MongoDB's query, update (incl. pipeline updates) and aggregation semantics,
+and this front hands it each command the Rust driver sends. It is a *standalone* server:
+`hello` names no replica set, so there are no change streams and no transactions, and
+the tests that need them skip themselves, naming the reason. Validators are kept and
+listed, not enforced (mongomock does not). `scripts/mongo-fidelity` prints what holds.
+
+Usage: python mongo-standin.py PORT
+"""
+
+import itertools
+import sys
+import threading
+import traceback
+from collections import OrderedDict
+from datetime import datetime, timezone
+
+import bson
+import mockupdb
+import mongomock
+from mongomock import helpers
+from pymongo import errors as pymongo_errors
+
+BATCH = 101
+client = mongomock.MongoClient()
+lock = threading.RLock()
+cursors = {}
+cursor_ids = itertools.count(1)
+# Collection options mongomock cannot hold (validators), by (db, collection).
+options = {}
+
+
+class CommandError(Exception):
+    def __init__(self, code, message, name=None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.name = name
+
+
+def hello(_db, _cmd):
+    return {
+        "ismaster": True,
+        "isWritablePrimary": True,
+        "helloOk": True,
+        "maxBsonObjectSize": 16 * 1024 * 1024,
+        "maxMessageSizeBytes": 48000000,
+        "maxWriteBatchSize": 100000,
+        "localTime": datetime.now(timezone.utc),
+        "minWireVersion": 0,
+        "maxWireVersion": 17,
+        "readOnly": False,
+    }
+
+
+def build_info(_db, _cmd):
+    return {"version": "6.0.0-mongomock", "versionArray": [6, 0, 0, 0], "gitVersion": "mongomock"}
+
+
+def cursor_reply(db, name, documents, batch_size):
+    documents = list(documents)
+    size = BATCH if batch_size is None else batch_size
+    first, rest = documents[:size], documents[size:]
+    cursor_id = 0
+    if rest:
+        cursor_id = next(cursor_ids)
+        cursors[cursor_id] = (db, name, rest)
+    return {"cursor": {"id": bson.int64.Int64(cursor_id), "ns": f"{db}.{name}", "firstBatch": first}}
+
+
+def find(db, cmd):
+    name = cmd["find"]
+    collection = client[db][name]
+    cursor = collection.find(cmd.get("filter") or {}, projection=cmd.get("projection"))
+    if cmd.get("sort"):
+        cursor = cursor.sort(list(cmd["sort"].items()))
+    if cmd.get("skip"):
+        cursor = cursor.skip(cmd["skip"])
+    if cmd.get("limit"):
+        cursor = cursor.limit(abs(cmd["limit"]))
+    reply = cursor_reply(db, name, cursor, cmd.get("batchSize"))
+    if cmd.get("singleBatch"):
+        reply["cursor"]["id"] = bson.int64.Int64(0)
+    return reply
+
+
+def get_more(db, cmd):
+    cursor_id = int(cmd["getMore"])
+    if cursor_id not in cursors:
+        raise CommandError(43, f"cursor id {cursor_id} not found", "CursorNotFound")
+    cdb, name, rest = cursors.pop(cursor_id)
+    size = cmd.get("batchSize") or BATCH
+    batch, rest = rest[:size], rest[size:]
+    if rest:
+        cursors[cursor_id] = (cdb, name, rest)
+    else:
+        cursor_id = 0
+    return {"cursor": {"id": bson.int64.Int64(cursor_id), "ns": f"{cdb}.{name}", "nextBatch": batch}}
+
+
+def kill_cursors(_db, cmd):
+    for cursor_id in cmd.get("cursors", []):
+        cursors.pop(int(cursor_id), None)
+    return {"cursorsKilled": cmd.get("cursors", [])}
+
+
+def aggregate(db, cmd):
+    name = cmd["aggregate"]
+    pipeline = cmd.get("pipeline", [])
+    if pipeline and "$changeStream" in pipeline[0]:
+        # what a standalone mongod answers
+        raise CommandError(40573, "The $changeStream stage is only supported on replica sets", "Location40573")
+    if pipeline and "$out" in pipeline[-1]:
+        raise CommandError(115, "$out is not supported by the test server", "CommandNotSupported")
+    documents = client[db][name].aggregate(pipeline)
+    return cursor_reply(db, name, documents, (cmd.get("cursor") or {}).get("batchSize"))
+
+
+def count(db, cmd):
+    return {"n": client[db][cmd["count"]].count_documents(cmd.get("query") or {})}
+
+
+def write_error(index, err):
+    code = getattr(err, "code", None) or 2
+    return {"index": index, "code": code, "errmsg": str(err)}
+
+
+def insert(db, cmd):
+    collection = client[db][cmd["insert"]]
+    n, errors = 0, []
+    for index, document in enumerate(cmd.get("documents", [])):
+        try:
+            collection.insert_one(document)
+            n += 1
+        except pymongo_errors.PyMongoError as err:
+            errors.append(write_error(index, err))
+            if cmd.get("ordered", True):
+                break
+    reply = {"n": n}
+    if errors:
+        reply["writeErrors"] = errors
+    return reply
+
+
+def is_replacement(update):
+    return isinstance(update, dict) and not any(k.startswith("$") for k in update)
+
+
+def update(db, cmd):
+    collection = client[db][cmd["update"]]
+    n, modified, upserted, errors = 0, 0, [], []
+    for index, spec in enumerate(cmd.get("updates", [])):
+        query, change = spec.get("q") or {}, spec["u"]
+        upsert, multi = spec.get("upsert", False), spec.get("multi", False)
+        try:
+            if is_replacement(change):
+                result = collection.replace_one(query, change, upsert=upsert)
+            elif multi:
+                result = collection.update_many(query, change, upsert=upsert,
+                                                array_filters=spec.get("arrayFilters"))
+            else:
+                result = collection.update_one(query, change, upsert=upsert,
+                                               array_filters=spec.get("arrayFilters"))
+        except pymongo_errors.PyMongoError as err:
+            errors.append(write_error(index, err))
+            if cmd.get("ordered", True):
+                break
+            continue
+        if result.upserted_id is not None:
+            n += 1
+            upserted.append({"index": index, "_id": result.upserted_id})
+        else:
+            n += result.matched_count
+            modified += result.modified_count
+    reply = {"n": n, "nModified": modified}
+    if upserted:
+        reply["upserted"] = upserted
+    if errors:
+        reply["writeErrors"] = errors
+    return reply
+
+
+def delete(db, cmd):
+    collection = client[db][cmd["delete"]]
+    n = 0
+    for spec in cmd.get("deletes", []):
+        if spec.get("limit", 0) == 1:
+            n += collection.delete_one(spec.get("q") or {}).deleted_count
+        else:
+            n += collection.delete_many(spec.get("q") or {}).deleted_count
+    return {"n": n}
+
+
+def find_and_modify(db, cmd):
+    collection = client[db][cmd["findAndModify"]]
+    query = cmd.get("query") or {}
+    sort = list(cmd["sort"].items()) if cmd.get("sort") else None
+    new = cmd.get("new", False)
+    try:
+        if cmd.get("remove"):
+            value = collection.find_one_and_delete(query, sort=sort)
+        elif is_replacement(cmd["update"]):
+            value = collection.find_one_and_replace(query, cmd["update"], sort=sort,
+                                                    upsert=cmd.get("upsert", False),
+                                                    return_document=new)
+        else:
+            value = collection.find_one_and_update(query, cmd["update"], sort=sort,
+                                                   upsert=cmd.get("upsert", False),
+                                                   return_document=new)
+    except pymongo_errors.DuplicateKeyError as err:
+        raise CommandError(11000, str(err), "DuplicateKey") from err
+    return {"value": value, "lastErrorObject": {"n": 0 if value is None else 1}}
+
+
+def collection_names(db):
+    return client[db].list_collection_names()
+
+
+def create(db, cmd):
+    name = cmd["create"]
+    if name in collection_names(db):
+        raise CommandError(48, f"Collection {db}.{name} already exists.", "NamespaceExists")
+    client[db].create_collection(name)
+    kept = {k: v for k, v in cmd.items() if k not in ("create", "$db", "lsid", "$readPreference")}
+    options[(db, name)] = kept
+    return {}
+
+
+def coll_mod(db, cmd):
+    name = cmd["collMod"]
+    if name not in collection_names(db):
+        raise CommandError(26, f"ns does not exist: {db}.{name}", "NamespaceNotFound")
+    kept = options.setdefault((db, name), {})
+    for key in ("validator", "validationLevel", "validationAction"):
+        if key in cmd:
+            kept[key] = cmd[key]
+    return {}
+
+
+def list_collections(db, cmd):
+    wanted = (cmd.get("filter") or {}).get("name")
+    entries = []
+    for name in sorted(collection_names(db)):
+        if wanted is not None and name != wanted:
+            continue
+        entries.append({"name": name, "type": "collection",
+                        "options": options.get((db, name), {}), "info": {"readOnly": False}})
+    if cmd.get("nameOnly"):
+        entries = [{"name": e["name"], "type": "collection"} for e in entries]
+    return cursor_reply(db, "$cmd.listCollections", entries, None)
+
+
+def drop(db, cmd):
+    name = cmd["drop"]
+    if name not in collection_names(db):
+        raise CommandError(26, "ns not found", "NamespaceNotFound")
+    client[db].drop_collection(name)
+    options.pop((db, name), None)
+    return {"ns": f"{db}.{name}"}
+
+
+def drop_database(db, _cmd):
+    client.drop_database(db)
+    for key in [k for k in options if k[0] == db]:
+        options.pop(key)
+    return {"dropped": db}
+
+
+def list_databases(_db, cmd):
+    names = client.list_database_names()
+    if cmd.get("nameOnly"):
+        return {"databases": [{"name": n} for n in names]}
+    return {"databases": [{"name": n, "sizeOnDisk": 0, "empty": False} for n in names], "totalSize": 0}
+
+
+def create_indexes(db, cmd):
+    collection = client[db][cmd["createIndexes"]]
+    if cmd["createIndexes"] not in collection_names(db):
+        client[db].create_collection(cmd["createIndexes"])
+    before = len(list(collection.list_indexes()))
+    for spec in cmd.get("indexes", []):
+        kwargs = {k: v for k, v in spec.items() if k in ("name", "unique", "sparse", "expireAfterSeconds", "partialFilterExpression")}
+        existing = {i["name"]: i for i in collection.list_indexes()}
+        if spec["name"] in existing and dict(existing[spec["name"]]["key"]) != dict(spec["key"]):
+            raise CommandError(86, f"An index with name {spec['name']} already exists with a different key", "IndexKeySpecsConflict")
+        try:
+            collection.create_index(list(spec["key"].items()), **kwargs)
+        except pymongo_errors.DuplicateKeyError as err:
+            raise CommandError(11000, f"E11000 duplicate key error collection: {db}.{cmd['createIndexes']} index: {spec['name']}", "DuplicateKey") from err
+    return {"numIndexesBefore": before, "numIndexesAfter": len(list(collection.list_indexes())), "createdCollectionAutomatically": False}
+
+
+def list_indexes(db, cmd):
+    name = cmd["listIndexes"]
+    if name not in collection_names(db):
+        raise CommandError(26, f"ns does not exist: {db}.{name}", "NamespaceNotFound")
+    indexes = [dict(i, key=OrderedDict(i["key"])) for i in client[db][name].list_indexes()]
+    return cursor_reply(db, name, indexes, None)
+
+
+def drop_indexes(db, cmd):
+    collection = client[db][cmd["dropIndexes"]]
+    index = cmd["index"]
+    if index == "*":
+        collection.drop_indexes()
+        return {}
+    if not isinstance(index, str):
+        index = helpers.gen_index_name(list(index.items()))
+    if index not in {i["name"] for i in collection.list_indexes()}:
+        raise CommandError(27, f"index not found with name [{index}]", "IndexNotFound")
+    collection.drop_index(index)
+    return {}
+
+
+def rename_collection(_db, cmd):
+    source_db, source = cmd["renameCollection"].split(".", 1)
+    target_db, target = cmd["to"].split(".", 1)
+    if source_db != target_db:
+        raise CommandError(20, "renames across databases are not supported by the test server", "IllegalOperation")
+    if source not in collection_names(source_db):
+        raise CommandError(26, "source namespace does not exist", "NamespaceNotFound")
+    if target in collection_names(source_db):
+        if not cmd.get("dropTarget"):
+            raise CommandError(48, "target namespace exists", "NamespaceExists")
+        client[source_db].drop_collection(target)
+    client[source_db][source].rename(target)
+    if (source_db, source) in options:
+        options[(source_db, target)] = options.pop((source_db, source))
+    return {}
+
+
+def nothing(_db, _cmd):
+    return {}
+
+
+COMMANDS = {
+    "hello": hello, "ismaster": hello, "isMaster": hello, "buildinfo": build_info,
+    "buildInfo": build_info, "ping": nothing, "endSessions": nothing, "find": find,
+    "getMore": get_more, "killCursors": kill_cursors, "aggregate": aggregate,
+    "count": count, "insert": insert, "update": update, "delete": delete,
+    "findAndModify": find_and_modify, "findandmodify": find_and_modify, "create": create,
+    "collMod": coll_mod, "listCollections": list_collections, "drop": drop,
+    "dropDatabase": drop_database, "listDatabases": list_databases,
+    "createIndexes": create_indexes, "listIndexes": list_indexes,
+    "dropIndexes": drop_indexes, "deleteIndexes": drop_indexes,
+    "renameCollection": rename_collection,
+}
+
+
+def handle(request):
+    name = request.command_name
+    command = COMMANDS.get(name)
+    if command is None:
+        return request.command_err(59, f"no such command: '{name}' (the test server implements {len(COMMANDS)} commands)", codeName="CommandNotFound")
+    try:
+        with lock:
+            reply = command(request.namespace, request.doc)
+    except CommandError as err:
+        return request.command_err(err.code, err.message, codeName=err.name or "Error")
+    except NotImplementedError as err:
+        return request.command_err(115, f"not supported by the test server: {err}", codeName="CommandNotSupported")
+    except pymongo_errors.OperationFailure as err:
+        return request.command_err(err.code or 2, str(err), codeName="BadValue")
+    except Exception as err:  # a bug here must reach the client, not hang it
+        traceback.print_exc()
+        return request.command_err(1, f"test server error: {err!r}", codeName="InternalError")
+    return request.ok(reply)
+
+
+def main():
+    port = int(sys.argv[1])
+    server = mockupdb.MockupDB(port=port, request_timeout=int(1e6))
+    server._address = ("127.0.0.1", port)
+    server.autoresponds(handle)
+    server.run()
+    print(f"mongo stand-in listening on 127.0.0.1:{port}", flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -154,6 +154,9 @@ def update(db, cmd):
     n, modified, upserted, errors = 0, 0, [], []
     for index, spec in enumerate(cmd.get("updates", [])):
         query, change = spec.get("q") or {}, spec["u"]
+        if isinstance(query.get("_id"), dict):
+            # mongomock's shortcut for a top-level `_id` condition fails on `$in`
+            query = {"$and": [query]}
         upsert, multi = spec.get("upsert", False), spec.get("multi", False)
         try:
             if is_replacement(change):

@@ -51,6 +51,18 @@ pub enum Error {
         source: tokio_postgres::Error,
     },
 
+    /// A store other than PostgreSQL (MongoDB, Elasticsearch) could not be reached or
+    /// answered with an error.
+    #[error("database `{database}`: {context}: {message}")]
+    Store {
+        database: String,
+        context: String,
+        message: String,
+        /// Whether trying again can succeed (a lost connection, no server selectable, an
+        /// error the server labels retryable).
+        transient: bool,
+    },
+
     /// A job's replication stream could not start, or broke.
     #[error("database `{database}`: {message}")]
     Replication {
@@ -120,6 +132,7 @@ impl Error {
             | Error::InvalidFiles(_)
             | Error::Refused(_) => 2,
             Error::Database { .. }
+            | Error::Store { .. }
             | Error::Replication { .. }
             | Error::Tls { .. }
             | Error::Exhausted { .. }
@@ -137,7 +150,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::LockTimeout { .. } => true,
-            Error::Replication { transient, .. } => *transient,
+            Error::Replication { transient, .. } | Error::Store { transient, .. } => *transient,
             Error::Database { source, .. } => match source.code() {
                 // No answer from the server: transient if the connection broke.
                 None => {
@@ -196,6 +209,7 @@ impl Error {
             Error::InvalidFiles(_) => "invalid_file",
             Error::Refused(_) => "refused",
             Error::Database { .. }
+            | Error::Store { .. }
             | Error::Replication { .. }
             | Error::Tls { .. }
             | Error::Exhausted { .. } => "database",

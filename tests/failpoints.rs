@@ -301,9 +301,65 @@ fn every_crash_point_is_tested() {
     assert!(named.len() >= 15, "found only {named:?}");
     for point in named {
         assert!(
-            COPY_JOB_POINTS.iter().any(|(p, _)| *p == point),
+            COPY_JOB_POINTS.iter().any(|(p, _)| *p == point)
+                || MIGRATION_POINTS.contains(&point.as_str()),
             "crash point {point} is not tested"
         );
+    }
+}
+
+/// The crash points of migrations (tested by `a_mongodb_migration_killed_mid_operation_resumes`).
+const MIGRATION_POINTS: &[&str] = &["migration.after_batch"];
+
+/// A MongoDB migration killed between two batches of a data operation resumes where it
+/// stopped: each document's `$inc` applied exactly once, every field added or removed.
+#[test]
+fn a_mongodb_migration_killed_mid_operation_resumes() {
+    use common::mongo::MongoDb;
+    use mongodb::bson::doc;
+    // 2,500 documents: three batches per operation; the 3rd hit is in `add_field`, the
+    // 5th in `update_documents`.
+    for action in ["2*off->return", "4*off->return"] {
+        let mongo = MongoDb::new();
+        let project = Project::with_config(&mongo.config());
+        std::fs::create_dir_all(project.path("migrations/mongodb")).unwrap();
+        mongo.insert(
+            "users",
+            (0..2500_i64)
+                .map(|i| doc! {"_id": i, "legacy": i})
+                .collect(),
+        );
+        std::fs::write(
+            project.path("migrations/mongodb/001_counts.json"),
+            r#"{"version": "1", "name": "counts", "operations": [
+                  {"type": "add_field", "collection": "users", "field": "visits", "value": 0},
+                  {"type": "update_documents", "collection": "users", "filter": {}, "update": {"$inc": {"visits": 1}}},
+                  {"type": "remove_field", "collection": "users", "field": "legacy"}
+                ]}"#,
+        )
+        .unwrap();
+        let crashed = project
+            .command(&["migrate"])
+            .env("FAILPOINTS", format!("migration.after_batch={action}"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            crashed.status.code(),
+            Some(CRASH_EXIT_CODE),
+            "{action}: {}",
+            String::from_utf8_lossy(&crashed.stderr)
+        );
+        assert!(mongo.history().is_empty(), "{action}: not recorded yet");
+
+        project.run(&["migrate"]).ok();
+        assert_eq!(mongo.history(), ["1 COMPLETED"]);
+        assert_eq!(
+            mongo.count("users", doc! {"visits": 1}),
+            2500,
+            "{action}: each $inc once"
+        );
+        assert_eq!(mongo.count("users", doc! {"legacy": {"$exists": true}}), 0);
+        assert_eq!(mongo.count("switchyard_migration_progress", doc! {}), 0);
     }
 }
 

@@ -2,6 +2,7 @@
 //! define (for migrations: [`crate::migrate::MigrationTarget`]); callers dispatch on the
 //! configured [`crate::config::DatabaseKind`].
 
+pub mod mongodb;
 pub mod postgres;
 
 use crate::config::{Config, DatabaseKind};

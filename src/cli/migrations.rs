@@ -382,7 +382,7 @@ pub async fn validate(config: &Config, offline: bool) -> Result<()> {
     let mut checked_against = Vec::new();
     if !offline {
         for database in databases.iter().filter(|d| {
-            d.kind == DatabaseKind::Postgresql && config.databases.contains_key(&d.name)
+            d.kind != DatabaseKind::Elasticsearch && config.databases.contains_key(&d.name)
         }) {
             let mut target = open_target(config, &database.name).await?;
             let history = target.history().await?;

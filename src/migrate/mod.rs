@@ -16,7 +16,7 @@ mod version;
 
 pub use files::{load_folder, Body, Migration, SqlScript, NO_TRANSACTION_MARKER};
 pub use history::{HistoryRow, Status};
-pub use operations::{ElasticOperation, MongoOperation};
+pub use operations::{index_name, ElasticOperation, IndexKey, MongoOperation};
 pub use plan::{check_applied_unchanged, status_rows, StatusRow};
 pub use runner::{Event, Runner};
 pub use target::{MigrationTarget, Step};
@@ -24,6 +24,7 @@ pub use version::{Version, VersionStyle};
 
 use std::path::{Path, PathBuf};
 
+use crate::backend::mongodb::MongoMigrations;
 use crate::backend::postgres::PostgresMigrations;
 use crate::config::{Config, DatabaseKind};
 use crate::error::{Error, FileProblem, Result};
@@ -133,8 +134,11 @@ pub async fn open_target(config: &Config, name: &str) -> Result<Box<dyn Migratio
         DatabaseKind::Postgresql => Ok(Box::new(
             PostgresMigrations::connect(name, &database.url, config.migrations.lock_timeout).await?,
         )),
-        kind @ (DatabaseKind::Mongodb | DatabaseKind::Elasticsearch) => Err(Error::Usage(format!(
-            "database `{name}`: running {kind} migrations is not available in this version (their files are validated; PostgreSQL migrations run)"
+        DatabaseKind::Mongodb => Ok(Box::new(
+            MongoMigrations::connect(name, &database.url, &format!("{} pid {}", crate::state::actor(), std::process::id())).await?,
+        )),
+        kind @ DatabaseKind::Elasticsearch => Err(Error::Usage(format!(
+            "database `{name}`: running {kind} migrations is not available in this version (their files are validated; PostgreSQL and MongoDB migrations run)"
         ))),
     }
 }

@@ -1,10 +1,71 @@
 //! The operations of MongoDB and Elasticsearch migration files (seed 003), parsed and
 //! checked here so that `validate` catches a misspelt field before anything runs. Each
-//! backend applies them; an operation's inverse (for rollback without a rollback file)
-//! is defined next to it.
+//! backend applies them; an operation's inverse (for rollback without a rollback file,
+//! and for undoing a migration that failed midway) is defined next to it.
 
-use serde::Deserialize;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
+
+/// One key of an index: `["field", 1]`, `["field", -1]` or `["field", "text"]` (also
+/// `2dsphere`, `2d`, `hashed`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct IndexKey {
+    pub field: String,
+    /// `1`, `-1`, or the index type's name, as the server takes it.
+    pub direction: Value,
+}
+
+const INDEX_EXPECTED: &str = "`index` is a list of keys, each [\"field\", 1], [\"field\", -1] or [\"field\", \"text\" | \"2dsphere\" | \"2d\" | \"hashed\"]";
+
+/// Reads `index`, saying what it must look like when it does not (serde's own message
+/// would not name the field, inside a tagged operation).
+fn index_keys<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IndexKey>, D::Error> {
+    let invalid =
+        |found: &Value| serde::de::Error::custom(format!("{INDEX_EXPECTED}, not {found}"));
+    let value = Value::deserialize(deserializer)?;
+    let Value::Array(keys) = &value else {
+        return Err(invalid(&value));
+    };
+    if keys.is_empty() {
+        return Err(invalid(&value));
+    }
+    keys.iter()
+        .map(|key| match key.as_array().map(Vec::as_slice) {
+            Some([Value::String(field), direction])
+                if !field.is_empty() && valid_direction(direction) =>
+            {
+                Ok(IndexKey {
+                    field: field.clone(),
+                    direction: direction.clone(),
+                })
+            }
+            _ => Err(invalid(key)),
+        })
+        .collect()
+}
+
+fn valid_direction(direction: &Value) -> bool {
+    match direction {
+        Value::Number(n) => n.as_i64().is_some_and(|d| d == 1 || d == -1),
+        Value::String(kind) => matches!(kind.as_str(), "text" | "2dsphere" | "2d" | "hashed"),
+        _ => false,
+    }
+}
+
+impl IndexKey {
+    /// The name the server gives an index of these keys when none is given (`a_1_b_-1`).
+    pub fn default_name(keys: &[IndexKey]) -> String {
+        keys.iter()
+            .map(|k| match &k.direction {
+                Value::String(kind) => format!("{}_{kind}", k.field),
+                other => format!("{}_{other}", k.field),
+            })
+            .collect::<Vec<_>>()
+            .join("_")
+    }
+}
 
 /// A MongoDB migration operation, tagged by its `type` field.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -15,10 +76,15 @@ pub enum MongoOperation {
         #[serde(default)]
         options: Option<Value>,
     },
+    /// Not in seed 003's list: what a rollback file says to undo `create_collection`.
+    DropCollection {
+        collection: String,
+    },
     CreateIndex {
         collection: String,
         /// `[["field", 1], ["other", -1]]`
-        index: Vec<(String, Value)>,
+        #[serde(deserialize_with = "index_keys")]
+        index: Vec<IndexKey>,
         #[serde(default)]
         options: Option<Value>,
     },
@@ -47,6 +113,128 @@ pub enum MongoOperation {
         filter: Value,
         update: Value,
     },
+}
+
+impl MongoOperation {
+    pub fn collection(&self) -> &str {
+        match self {
+            MongoOperation::CreateCollection { collection, .. }
+            | MongoOperation::DropCollection { collection }
+            | MongoOperation::CreateIndex { collection, .. }
+            | MongoOperation::DropIndex { collection, .. }
+            | MongoOperation::AddField { collection, .. }
+            | MongoOperation::RemoveField { collection, .. }
+            | MongoOperation::RenameField { collection, .. }
+            | MongoOperation::UpdateDocuments { collection, .. } => collection,
+        }
+    }
+
+    /// Whether it changes documents (in batches) rather than the schema (one command).
+    pub fn is_data_operation(&self) -> bool {
+        matches!(
+            self,
+            MongoOperation::AddField { .. }
+                | MongoOperation::RemoveField { .. }
+                | MongoOperation::RenameField { .. }
+                | MongoOperation::UpdateDocuments { .. }
+        )
+    }
+
+    /// The operation that undoes this one, where the file alone says what it is:
+    /// create ↔ drop (collection, index), `add_field` ↔ removing the field where it still
+    /// holds the added value, `rename_field` ↔ renaming back. Dropping an index or a
+    /// collection, removing a field and `update_documents` lose what they replace:
+    /// they have none (a `_rollback.json` says how to undo them).
+    pub fn inverse(&self) -> Option<MongoOperation> {
+        match self {
+            MongoOperation::CreateCollection { collection, .. } => {
+                Some(MongoOperation::DropCollection {
+                    collection: collection.clone(),
+                })
+            }
+            MongoOperation::CreateIndex {
+                collection,
+                index,
+                options,
+            } => Some(MongoOperation::DropIndex {
+                collection: collection.clone(),
+                name: index_name(index, options.as_ref()),
+            }),
+            MongoOperation::AddField {
+                collection,
+                field,
+                value,
+                filter,
+            } => {
+                let mut holds_it = serde_json::Map::new();
+                holds_it.insert(field.clone(), serde_json::json!({ "$eq": value }));
+                let filter = match filter {
+                    Some(filter) => serde_json::json!({ "$and": [filter, holds_it] }),
+                    None => Value::Object(holds_it),
+                };
+                Some(MongoOperation::UpdateDocuments {
+                    collection: collection.clone(),
+                    filter,
+                    update: serde_json::json!({ "$unset": { field.as_str(): "" } }),
+                })
+            }
+            MongoOperation::RenameField {
+                collection,
+                from,
+                to,
+            } => Some(MongoOperation::RenameField {
+                collection: collection.clone(),
+                from: to.clone(),
+                to: from.clone(),
+            }),
+            MongoOperation::DropCollection { .. }
+            | MongoOperation::DropIndex { .. }
+            | MongoOperation::RemoveField { .. }
+            | MongoOperation::UpdateDocuments { .. } => None,
+        }
+    }
+}
+
+/// The name an index is created under: `options.name`, else the server's default.
+pub fn index_name(keys: &[IndexKey], options: Option<&Value>) -> String {
+    options
+        .and_then(|o| o.get("name"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| IndexKey::default_name(keys))
+}
+
+impl fmt::Display for MongoOperation {
+    /// `add_field `status` on `users``: for progress lines and errors.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let collection = self.collection();
+        match self {
+            MongoOperation::CreateCollection { .. } => {
+                write!(f, "create_collection `{collection}`")
+            }
+            MongoOperation::DropCollection { .. } => write!(f, "drop_collection `{collection}`"),
+            MongoOperation::CreateIndex { index, options, .. } => write!(
+                f,
+                "create_index `{}` on `{collection}`",
+                index_name(index, options.as_ref())
+            ),
+            MongoOperation::DropIndex { name, .. } => {
+                write!(f, "drop_index `{name}` on `{collection}`")
+            }
+            MongoOperation::AddField { field, .. } => {
+                write!(f, "add_field `{field}` on `{collection}`")
+            }
+            MongoOperation::RemoveField { field, .. } => {
+                write!(f, "remove_field `{field}` on `{collection}`")
+            }
+            MongoOperation::RenameField { from, to, .. } => {
+                write!(f, "rename_field `{from}` → `{to}` on `{collection}`")
+            }
+            MongoOperation::UpdateDocuments { .. } => {
+                write!(f, "update_documents on `{collection}`")
+            }
+        }
+    }
 }
 
 /// An Elasticsearch migration operation, tagged by its `type` field.

@@ -124,7 +124,9 @@ pub fn to_revert<'m>(
 fn has_rollback(migration: &Migration) -> bool {
     match &migration.body {
         Body::Sql { down, .. } => down.is_some(),
-        Body::Mongo { down, .. } => down.is_some(),
+        Body::Mongo { up, down } => {
+            down.is_some() || up.iter().all(|operation| operation.inverse().is_some())
+        }
         Body::Elastic { down, .. } => down.is_some(),
     }
 }
@@ -140,7 +142,18 @@ fn rollback_hint(migration: &Migration) -> String {
     } else {
         "json"
     };
-    format!("add {stem}_rollback.{extension} beside it")
+    let without_inverse = match &migration.body {
+        Body::Mongo { up, .. } => up
+            .iter()
+            .enumerate()
+            .find(|(_, operation)| operation.inverse().is_none())
+            .map(|(i, operation)| format!("operation {} ({operation}) has no inverse; ", i + 1)),
+        _ => None,
+    };
+    format!(
+        "{}add {stem}_rollback.{extension} beside it",
+        without_inverse.unwrap_or_default()
+    )
 }
 
 /// One line of `status`.

@@ -1,0 +1,149 @@
+//! MongoDB: connections, errors as users read them, and the migration target with its
+//! history collection, lease lock and operations. One file per concern:
+//!
+//! - [`migrations`]: the [`crate::migrate::MigrationTarget`] (history, checksums, undo of
+//!   a migration that failed midway)
+//! - [`lease`]: the migration lock, a lease document with an expiry kept alive by a
+//!   heartbeat
+//! - [`operations`]: seed 003's operations applied, data operations in resumable
+//!   `_id`-range batches
+//!
+//! The database a URL names (`mongodb://host/app`) is the one acted on; the driver's own
+//! URL options (`tls=true`, `tlsCAFile=…`, `replicaSet=…`) are honoured as they are.
+
+mod lease;
+mod migrations;
+mod operations;
+
+pub use migrations::MongoMigrations;
+
+use std::time::Duration;
+
+use mongodb::bson::{Bson, Document};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Database};
+
+use crate::error::{Error, Result};
+use crate::secret::SecretUrl;
+
+/// How long the driver looks for a server before an operation fails, unless the URL's
+/// `serverSelectionTimeoutMS` says otherwise (the driver's own default is 30 s).
+const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to the database the URL names. `database` is the configured name, for
+/// messages. The driver connects lazily: the first command shows whether it answers.
+pub async fn connect(database: &str, url: &SecretUrl) -> Result<Database> {
+    let mut options = ClientOptions::parse(url.expose())
+        .await
+        .map_err(|e| store_error(database, url, "invalid MongoDB URL", e))?;
+    if options.app_name.is_none() {
+        options.app_name = Some(crate::backend::postgres::APPLICATION_NAME.to_string());
+    }
+    if options.server_selection_timeout.is_none() {
+        options.server_selection_timeout = Some(SERVER_SELECTION_TIMEOUT);
+    }
+    let Some(name) = options.default_database.clone() else {
+        return Err(Error::Usage(format!(
+            "database `{database}`: the URL {} names no database: add it as its path (mongodb://host:27017/app)",
+            url.redacted()
+        )));
+    };
+    let client = Client::with_options(options)
+        .map_err(|e| store_error(database, url, "cannot create a MongoDB client", e))?;
+    Ok(client.database(&name))
+}
+
+/// A driver error as a user needs to read it, naming the database; never showing the
+/// URL's password.
+pub fn store_error(
+    database: &str,
+    url: &SecretUrl,
+    context: impl Into<String>,
+    error: mongodb::error::Error,
+) -> Error {
+    let mut message = describe(&error);
+    if let Some(password) = url.password() {
+        message = message.replace(&password, "***");
+    }
+    Error::Store {
+        database: database.to_string(),
+        context: context.into(),
+        message,
+        transient: is_transient(&error),
+    }
+}
+
+/// The server's code of a command or write error, if it gave one.
+pub fn error_code(error: &mongodb::error::Error) -> Option<i32> {
+    match &*error.kind {
+        ErrorKind::Command(command) => Some(command.code),
+        ErrorKind::Write(WriteFailure::WriteError(write)) => Some(write.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(concern)) => Some(concern.code),
+        ErrorKind::InsertMany(many) => many
+            .write_errors
+            .as_ref()
+            .and_then(|errors| errors.first())
+            .map(|e| e.code),
+        _ => None,
+    }
+}
+
+pub(super) fn describe(error: &mongodb::error::Error) -> String {
+    match &*error.kind {
+        ErrorKind::Command(command) => {
+            format!(
+                "{} ({} {})",
+                command.message, command.code_name, command.code
+            )
+        }
+        ErrorKind::Write(WriteFailure::WriteError(write)) => {
+            format!("{} (code {})", write.message, write.code)
+        }
+        ErrorKind::Write(WriteFailure::WriteConcernError(concern)) => {
+            format!("write concern: {} (code {})", concern.message, concern.code)
+        }
+        ErrorKind::InsertMany(many) => match many.write_errors.as_ref().and_then(|e| e.first()) {
+            Some(first) => format!(
+                "{} (code {}; {} of the batch's documents refused)",
+                first.message,
+                first.code,
+                many.write_errors.as_ref().map_or(0, Vec::len)
+            ),
+            None => error.to_string(),
+        },
+        ErrorKind::ServerSelection { message, .. } => {
+            format!("no server answered: {message}")
+        }
+        ErrorKind::Io(io) => format!("connection failed: {io}"),
+        _ => error.to_string(),
+    }
+}
+
+fn is_transient(error: &mongodb::error::Error) -> bool {
+    const RETRYABLE_CODES: [i32; 9] = [6, 7, 89, 91, 189, 262, 9001, 10107, 11600];
+    error.contains_label("RetryableWriteError")
+        || error.contains_label("TransientTransactionError")
+        || matches!(
+            &*error.kind,
+            ErrorKind::Io(_)
+                | ErrorKind::ServerSelection { .. }
+                | ErrorKind::ConnectionPoolCleared { .. }
+        )
+        || error_code(error).is_some_and(|code| RETRYABLE_CODES.contains(&code))
+}
+
+/// A JSON value from a migration or job file as BSON. Extended JSON is honoured
+/// (`{"$date": "…"}`, `{"$oid": "…"}`, `{"$numberLong": "…"}`), so a file can say what
+/// `mongosh` would.
+pub fn to_bson(value: &serde_json::Value) -> std::result::Result<Bson, String> {
+    Bson::try_from(value.clone()).map_err(|e| format!("not valid (extended) JSON for MongoDB: {e}"))
+}
+
+/// [`to_bson`] for a value that must be a document.
+pub fn to_document(value: &serde_json::Value) -> std::result::Result<Document, String> {
+    match to_bson(value)? {
+        Bson::Document(document) => Ok(document),
+        other => Err(format!("expected a document, found {other}")),
+    }
+}

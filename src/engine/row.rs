@@ -22,16 +22,22 @@ pub enum Value {
     Text(String),
     Bytes(Vec<u8>),
     Json(serde_json::Value),
-    /// Not sent by the source because it did not change (a TOASTed PostgreSQL value, a
-    /// field a MongoDB update left alone): the sink keeps what it has.
+    /// Not sent by the source because it did not change (a TOASTed PostgreSQL value), or
+    /// sent only in a form the sink cannot apply: the sink keeps what it has, or reads
+    /// the row from the source ([`crate::engine::Sink::apply`] may).
     Unchanged,
+    /// A partial change of a document value, as the store that changed it says it (a
+    /// MongoDB update: `[{"$set": …, "$unset": …}, …]` in canonical extended JSON). A
+    /// sink of the same store applies it to the value it holds; any other reads the row
+    /// from the source.
+    Patch(serde_json::Value),
 }
 
 impl Value {
     /// The value in PostgreSQL's text input form; `None` for SQL NULL.
     pub fn to_sql_text(&self) -> Option<String> {
         match self {
-            Value::Null | Value::Unchanged => None,
+            Value::Null | Value::Unchanged | Value::Patch(_) => None,
             Value::Bool(b) => Some(b.to_string()),
             Value::Int(i) => Some(i.to_string()),
             Value::Float(f) => Some(f.to_string()),

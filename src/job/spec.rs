@@ -82,6 +82,13 @@ pub struct Endpoint {
     pub key: Option<KeyColumns>,
 }
 
+impl Endpoint {
+    /// The key columns the file names, if it names any.
+    pub fn key_columns_named(&self) -> Option<Vec<String>> {
+        self.key.as_ref().map(KeyColumns::columns)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum KeyColumns {
@@ -104,6 +111,10 @@ pub struct Expand {
     /// Statements run before copying; they must be idempotent (`IF NOT EXISTS`).
     #[serde(default)]
     pub sql: Vec<String>,
+    /// MongoDB: seed-003 operations run on the target's database before copying (each
+    /// once: one that finds its work done, such as an existing index, is skipped).
+    #[serde(default)]
+    pub operations: Vec<crate::migrate::MongoOperation>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -112,6 +123,71 @@ pub struct Transform {
     /// Target column = SQL expression over the source row's columns.
     #[serde(default)]
     pub columns: BTreeMap<String, String>,
+    /// MongoDB copy: aggregation stages applied to each document on the source.
+    #[serde(default)]
+    pub pipeline: Stages,
+    /// MongoDB backfill: the update pipeline applied to each document in place.
+    #[serde(default)]
+    pub update: Stages,
+}
+
+/// MongoDB aggregation stages, written as TOML tables or as one string of JSON (for
+/// stages whose keys are easier to write so): `[{ "$set" = { total = 1 } }]` or
+/// `'[{"$set": {"total": 1}}]'`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stages(pub Vec<serde_json::Value>);
+
+impl<'de> Deserialize<'de> for Stages {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Json(String),
+            Tables(Vec<serde_json::Value>),
+        }
+        let stages = match Written::deserialize(deserializer)? {
+            Written::Tables(stages) => stages,
+            Written::Json(text) => serde_json::from_str(&text).map_err(|e| {
+                serde::de::Error::custom(format!("not a JSON array of stages: {e}"))
+            })?,
+        };
+        for stage in &stages {
+            let name = stage
+                .as_object()
+                .filter(|o| o.len() == 1)
+                .and_then(|o| o.keys().next())
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "a stage is one `{{\"$stage\": …}}`, not {stage}"
+                    ))
+                })?;
+            if !Self::ALLOWED.contains(&name.as_str()) {
+                return Err(serde::de::Error::custom(format!(
+                    "`{name}` cannot be used here: stages reshape each document and keep its `_id` ({})",
+                    Self::ALLOWED.join(", ")
+                )));
+            }
+        }
+        Ok(Stages(stages))
+    }
+}
+
+impl Stages {
+    /// The stages that reshape one document into one document.
+    pub const ALLOWED: [&'static str; 6] = [
+        "$set",
+        "$unset",
+        "$addFields",
+        "$project",
+        "$replaceWith",
+        "$replaceRoot",
+    ];
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -161,7 +237,12 @@ pub enum CatchUpMethod {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatchUp {
-    #[serde(default)]
+    /// As written; [`load_text`] resolves an absent one into `method`.
+    #[serde(default, rename = "method")]
+    requested: Option<CatchUpMethod>,
+    /// The method: as written, else the source's own (PostgreSQL: logical replication,
+    /// MongoDB: change streams).
+    #[serde(skip)]
     pub method: CatchUpMethod,
     /// The most WAL the job's slot may hold while the job catches up or stands still
     /// (paused, failed, waiting): past it the slot is dropped and the job fails, so a
@@ -178,6 +259,7 @@ fn default_max_slot_wal() -> bytesize::ByteSize {
 impl Default for CatchUp {
     fn default() -> Self {
         CatchUp {
+            requested: None,
             method: CatchUpMethod::default(),
             max_slot_wal: default_max_slot_wal(),
         }
@@ -349,8 +431,14 @@ pub fn load_text(path: &Path, text: &str, config: &Config) -> Result<JobSpec> {
             reason,
         }])
     };
-    let spec = parse(text).map_err(problem)?;
+    let mut spec = parse(text).map_err(problem)?;
     spec.validate(config).map_err(problem)?;
+    spec.catch_up.method = spec.catch_up.requested.unwrap_or(
+        match config.databases[&spec.source.database].kind {
+            DatabaseKind::Mongodb => CatchUpMethod::ChangeStream,
+            _ => CatchUpMethod::LogicalReplication,
+        },
+    );
     Ok(spec)
 }
 
@@ -358,8 +446,10 @@ pub fn load_text(path: &Path, text: &str, config: &Config) -> Result<JobSpec> {
 pub fn parse(text: &str) -> std::result::Result<JobSpec, String> {
     let deserializer =
         toml::Deserializer::parse(text).map_err(|e| format!("invalid TOML: {}", e.message()))?;
-    serde_path_to_error::deserialize(deserializer)
-        .map_err(|e| at_field("", e.path(), e.inner().message()))
+    let mut spec: JobSpec = serde_path_to_error::deserialize(deserializer)
+        .map_err(|e| at_field("", e.path(), e.inner().message()))?;
+    spec.catch_up.method = spec.catch_up.requested.unwrap_or_default();
+    Ok(spec)
 }
 
 impl JobSpec {
@@ -404,66 +494,106 @@ impl JobSpec {
             parse_window(window).map_err(|reason| field("window", reason))?;
         }
         let source_kind = self.endpoint_kind("source", &self.source, config)?;
-        if source_kind != DatabaseKind::Postgresql {
-            return Err(field(
-                "source.database",
-                format!(
-                    "{source_kind} jobs are not available in this version (PostgreSQL jobs are)"
-                ),
-            ));
-        }
-        match self.kind {
-            JobKind::Copy => {
-                let target = self.target.as_ref().ok_or_else(|| {
-                    "missing section `[target]`: a copy needs a target table".to_string()
-                })?;
-                let target_kind = self.endpoint_kind("target", target, config)?;
-                if target_kind != DatabaseKind::Postgresql {
-                    return Err(field(
-                        "target.database",
-                        format!(
-                            "`{}` is {target_kind}: there is no path from {source_kind} to {target_kind} in this version (PostgreSQL copies into PostgreSQL, on the same or another server)",
-                            target.database
-                        ),
-                    ));
-                }
-                if target.database == self.source.database && target.table == self.source.table {
-                    return Err(field(
-                        "target.table",
-                        "the target must be another table than the source".into(),
-                    ));
-                }
-                if self.cutover.method != CutoverMethod::Rename {
-                    return Err(field(
-                        "cutover.method",
-                        "PostgreSQL cuts over by `rename`".into(),
-                    ));
-                }
-            }
-            JobKind::Backfill => {
-                if self.target.is_some() {
-                    return Err("section `[target]`: a backfill changes its source in place; remove [target]".into());
-                }
-                if self.transform.columns.is_empty() {
-                    return Err(field(
-                        "transform.columns",
-                        "a backfill needs at least one column = expression to fill".into(),
-                    ));
-                }
-            }
-            JobKind::Reindex => {
+        let target_kind = match &self.target {
+            Some(target) => Some(self.endpoint_kind("target", target, config)?),
+            None => None,
+        };
+        match source_kind {
+            DatabaseKind::Postgresql => self.validate_postgres(target_kind)?,
+            DatabaseKind::Mongodb => self.validate_mongo(target_kind)?,
+            DatabaseKind::Elasticsearch => {
                 return Err(field(
-                    "kind",
-                    "`reindex` is for Elasticsearch, which this version does not run yet".into(),
+                    "source.database",
+                    "elasticsearch jobs are not available in this version (PostgreSQL and MongoDB jobs are)".into(),
                 ))
             }
         }
-        if self.catch_up.method == CatchUpMethod::ChangeStream {
-            return Err(field(
-                "catch_up.method",
-                "`change_stream` is for MongoDB; PostgreSQL uses `logical_replication` or `none`"
+        Ok(())
+    }
+
+    /// The checks every kind of job shares, for `store`'s names of things.
+    fn validate_kind(&self, store: &str, thing: &str) -> std::result::Result<(), String> {
+        match self.kind {
+            JobKind::Copy => {
+                let target = self.target.as_ref().ok_or_else(|| {
+                    format!("missing section `[target]`: a copy needs a target {thing}")
+                })?;
+                if target.database == self.source.database
+                    && (&target.table, &target.collection)
+                        == (&self.source.table, &self.source.collection)
+                {
+                    return Err(format!(
+                        "field `target.{thing}`: the target must be another {thing} than the source"
+                    ));
+                }
+                if self.cutover.method != CutoverMethod::Rename {
+                    return Err(format!("field `cutover.method`: {store} cuts over by `rename`"));
+                }
+                Ok(())
+            }
+            JobKind::Backfill if self.target.is_some() => Err(
+                "section `[target]`: a backfill changes its source in place; remove [target]"
                     .into(),
+            ),
+            JobKind::Backfill => Ok(()),
+            JobKind::Reindex => Err(
+                "field `kind`: `reindex` is for Elasticsearch, which this version does not run yet"
+                    .into(),
+            ),
+        }
+    }
+
+    fn validate_postgres(&self, target_kind: Option<DatabaseKind>) -> std::result::Result<(), String> {
+        self.validate_kind("PostgreSQL", "table")?;
+        if let Some(kind) = target_kind.filter(|k| *k != DatabaseKind::Postgresql) {
+            return Err(format!(
+                "field `target.database`: `{}` is {kind}: there is no path from postgresql to {kind} in this version (PostgreSQL copies into PostgreSQL, on the same or another server)",
+                self.target.as_ref().map_or("", |t| t.database.as_str())
             ));
+        }
+        if self.kind == JobKind::Backfill && self.transform.columns.is_empty() {
+            return Err("field `transform.columns`: a backfill needs at least one column = expression to fill".into());
+        }
+        if !self.transform.pipeline.is_empty() || !self.transform.update.is_empty() {
+            return Err("field `transform`: `pipeline` and `update` are for MongoDB; PostgreSQL uses `columns`".into());
+        }
+        if !self.expand.operations.is_empty() {
+            return Err("field `expand.operations`: for MongoDB; PostgreSQL uses `sql`".into());
+        }
+        if self.catch_up.requested == Some(CatchUpMethod::ChangeStream) {
+            return Err("field `catch_up.method`: `change_stream` is for MongoDB; PostgreSQL uses `logical_replication` or `none`".into());
+        }
+        Ok(())
+    }
+
+    fn validate_mongo(&self, target_kind: Option<DatabaseKind>) -> std::result::Result<(), String> {
+        self.validate_kind("MongoDB", "collection")?;
+        if let Some(kind) = target_kind.filter(|k| *k != DatabaseKind::Mongodb) {
+            return Err(format!(
+                "field `target.database`: `{}` is {kind}: there is no path from mongodb to {kind} in this version (MongoDB copies into MongoDB, in the same or another cluster)",
+                self.target.as_ref().map_or("", |t| t.database.as_str())
+            ));
+        }
+        if self.source.key_columns_named().is_some_and(|key| key != ["_id"]) {
+            return Err("field `source.key`: MongoDB jobs go by `_id`".into());
+        }
+        if self.kind == JobKind::Backfill && self.transform.update.is_empty() {
+            return Err("field `transform.update`: a backfill needs the update pipeline that fills each document ([{ \"$set\" = { … } }])".into());
+        }
+        if self.kind == JobKind::Copy && !self.transform.update.is_empty() {
+            return Err("field `transform.update`: for a backfill; a copy reshapes documents with `pipeline`".into());
+        }
+        if self.kind == JobKind::Backfill && !self.transform.pipeline.is_empty() {
+            return Err("field `transform.pipeline`: for a copy; a backfill fills documents with `update`".into());
+        }
+        if !self.transform.columns.is_empty() {
+            return Err("field `transform.columns`: for PostgreSQL; MongoDB uses `pipeline` (copy) or `update` (backfill)".into());
+        }
+        if !self.expand.sql.is_empty() || !self.contract.sql.is_empty() {
+            return Err("field `expand.sql`/`contract.sql`: for PostgreSQL; MongoDB's expand takes `operations`".into());
+        }
+        if self.catch_up.requested == Some(CatchUpMethod::LogicalReplication) {
+            return Err("field `catch_up.method`: `logical_replication` is for PostgreSQL; MongoDB uses `change_stream` or `none`".into());
         }
         Ok(())
     }
@@ -494,6 +624,17 @@ impl JobSpec {
             }
             if endpoint.collection.is_some() || endpoint.index.is_some() {
                 return Err(format!("field `{section}`: `collection` and `index` are for MongoDB and Elasticsearch; use `table`"));
+            }
+        }
+        if database.kind == DatabaseKind::Mongodb {
+            let collection = endpoint.collection.as_deref().unwrap_or_default();
+            if collection.is_empty() || collection.contains('$') || collection.starts_with("system.") {
+                return Err(format!(
+                    "field `{section}.collection`: a collection name is required for a MongoDB database (not empty, no `$`, not `system.`)"
+                ));
+            }
+            if endpoint.table.is_some() || endpoint.index.is_some() {
+                return Err(format!("field `{section}`: a MongoDB database takes `collection`, not `table` or `index`"));
             }
         }
         Ok(database.kind)
@@ -536,6 +677,11 @@ impl JobSpec {
             put(&format!("transform.columns.{column}"), expression.clone());
         }
         put("expand.sql", self.expand.sql.join("; "));
+        for (field, stages) in [("transform.pipeline", &self.transform.pipeline), ("transform.update", &self.transform.update)] {
+            if !stages.is_empty() {
+                put(field, serde_json::Value::Array(stages.0.clone()).to_string());
+            }
+        }
         put(
             "catch_up.method",
             format!("{:?}", self.catch_up.method).to_lowercase(),

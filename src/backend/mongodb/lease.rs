@@ -33,7 +33,7 @@ const DUPLICATE_KEY: i32 = 11000;
 
 pub struct Lease {
     locks: Collection<Document>,
-    id: &'static str,
+    id: String,
     /// Unique to this run.
     owner: String,
     /// `user@host pid N`, shown to a run that waits.
@@ -43,10 +43,10 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub fn new(database: &Database, id: &'static str, holder: String) -> Self {
+    pub fn new(database: &Database, id: &str, holder: String) -> Self {
         Lease {
             locks: database.collection(COLLECTION),
-            id,
+            id: id.to_string(),
             owner: format!("{holder} {}", DateTime::now().timestamp_millis()),
             holder,
             heartbeat: None,
@@ -79,7 +79,7 @@ impl Lease {
         let taken = self
             .locks
             .find_one_and_update(
-                doc! {"_id": self.id, "$or": [{"expires_at": {"$lt": now}}, {"owner": &self.owner}]},
+                doc! {"_id": &self.id, "$or": [{"expires_at": {"$lt": now}}, {"owner": &self.owner}]},
                 doc! {"$set": {"owner": &self.owner, "holder": &self.holder, "taken_at": now, "expires_at": expires}},
             )
             .upsert(true)
@@ -93,7 +93,7 @@ impl Lease {
     }
 
     async fn describe_holder(&self) -> String {
-        match self.locks.find_one(doc! {"_id": self.id}).await {
+        match self.locks.find_one(doc! {"_id": &self.id}).await {
             Ok(Some(lease)) => {
                 let holder = lease.get_str("holder").unwrap_or("another run");
                 let until = lease
@@ -114,7 +114,7 @@ impl Lease {
         }
         self.lost.store(false, Ordering::SeqCst);
         let locks = self.locks.clone();
-        let (id, owner, lost) = (self.id, self.owner.clone(), self.lost.clone());
+        let (id, owner, lost) = (self.id.clone(), self.owner.clone(), self.lost.clone());
         self.heartbeat = Some(tokio::spawn(async move {
             let mut renewed = Instant::now();
             loop {
@@ -124,7 +124,7 @@ impl Lease {
                 );
                 match locks
                     .update_one(
-                        doc! {"_id": id, "owner": &owner},
+                        doc! {"_id": &id, "owner": &owner},
                         doc! {"$set": {"expires_at": expires}},
                     )
                     .await
@@ -149,7 +149,7 @@ impl Lease {
             heartbeat.abort();
         }
         self.locks
-            .delete_one(doc! {"_id": self.id, "owner": &self.owner})
+            .delete_one(doc! {"_id": &self.id, "owner": &self.owner})
             .await
             .map(drop)
     }

@@ -7,13 +7,16 @@
 //!   heartbeat
 //! - [`operations`]: seed 003's operations applied, data operations in resumable
 //!   `_id`-range batches
+//! - [`order`]: the order of `_id`s across types, and keys as text
 //!
 //! The database a URL names (`mongodb://host/app`) is the one acted on; the driver's own
 //! URL options (`tls=true`, `tlsCAFile=…`, `replicaSet=…`) are honoured as they are.
 
+mod capture;
 mod lease;
 mod migrations;
 mod operations;
+mod order;
 
 pub use migrations::MongoMigrations;
 

@@ -19,6 +19,7 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::UpdateModifications;
 use mongodb::{Collection, Database};
 
+use super::order::{after, of_batch};
 use super::{error_code, to_bson, to_document};
 use crate::migrate::{IndexKey, MongoOperation};
 
@@ -236,63 +237,6 @@ async fn in_id_order(
     }
     bar.finish_and_clear();
     Ok(())
-}
-
-/// The documents whose `_id` sorts after `last` in MongoDB's order, which sorts values
-/// by type first: a comparison only matches values of `last`'s type bracket, so the
-/// brackets that sort after it are added by type.
-fn after(last: &Bson) -> Document {
-    let mut either = vec![doc! {"_id": {"$gt": last.clone()}}];
-    either.extend(
-        BRACKETS[bracket(last) + 1..]
-            .iter()
-            .flat_map(|b| b.iter())
-            .map(|alias| doc! {"_id": {"$type": *alias}}),
-    );
-    doc! {"$or": either}
-}
-
-/// The type brackets of MongoDB's sort order, by `$type` alias, for the types an `_id`
-/// takes in practice (never an array, a regex or undefined; MinKey, MaxKey, timestamps
-/// and symbols are left out, and such `_id`s are not resumed past).
-const BRACKETS: [&[&str]; 8] = [
-    &["null"],
-    &["int", "long", "double", "decimal"],
-    &["string"],
-    &["object"],
-    &["binData"],
-    &["objectId"],
-    &["bool"],
-    &["date"],
-];
-
-/// The position in [`BRACKETS`] of `value`'s type.
-fn bracket(value: &Bson) -> usize {
-    let alias = match value {
-        Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_) => "int",
-        Bson::String(_) => "string",
-        Bson::Document(_) => "object",
-        Bson::Binary(_) => "binData",
-        Bson::ObjectId(_) => "objectId",
-        Bson::Boolean(_) => "bool",
-        Bson::DateTime(_) => "date",
-        _ => "null",
-    };
-    BRACKETS
-        .iter()
-        .position(|b| b.contains(&alias))
-        .unwrap_or(0)
-}
-
-/// The documents of a batch (ids in `_id` order): a range when its ids are of one type
-/// bracket (within the batch's filter, the range holds just them), else the list.
-fn of_batch(ids: Vec<Bson>) -> Document {
-    let (first, last) = (&ids[0], &ids[ids.len() - 1]);
-    if bracket(first) == bracket(last) {
-        doc! {"_id": {"$gte": first.clone(), "$lte": last.clone()}}
-    } else {
-        doc! {"_id": {"$in": ids}}
-    }
 }
 
 /// The `_id`s of the next batch matching `filter`, in order.

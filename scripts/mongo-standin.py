@@ -22,6 +22,7 @@ import bson
 import mockupdb
 import mongomock
 from mongomock import helpers
+from mongomock.aggregate import process_pipeline
 from pymongo import errors as pymongo_errors
 
 BATCH = 101
@@ -115,8 +116,41 @@ def aggregate(db, cmd):
         raise CommandError(40573, "The $changeStream stage is only supported on replica sets", "Location40573")
     if pipeline and "$out" in pipeline[-1]:
         raise CommandError(115, "$out is not supported by the test server", "CommandNotSupported")
-    documents = client[db][name].aggregate(pipeline)
+    # Leading $match/$sort/$skip/$limit run as a find (the same semantics, without
+    # mongomock's copy of the whole collection per aggregation); the rest as a pipeline.
+    query, sort, skip, limit, rest = {}, None, 0, 0, list(pipeline)
+    while rest and next(iter(rest[0])) in ("$match", "$sort", "$skip", "$limit"):
+        stage, value = next(iter(rest[0].items()))
+        if stage == "$match" and (sort or skip or limit or query):
+            break
+        rest.pop(0)
+        if stage == "$match":
+            query = value
+        elif stage == "$sort":
+            sort = list(value.items())
+        elif stage == "$skip":
+            skip = value
+        else:
+            limit = value if not limit else min(limit, value)
+    cursor = client[db][name].find(query)
+    if sort:
+        cursor = cursor.sort(sort)
+    if skip:
+        cursor = cursor.skip(skip)
+    if limit:
+        cursor = cursor.limit(limit)
+    rest = [unset_as_project(stage) for stage in rest]
+    documents = process_pipeline(list(cursor), client[db], rest, None) if rest else cursor
     return cursor_reply(db, name, documents, (cmd.get("cursor") or {}).get("batchSize"))
+
+
+def unset_as_project(stage):
+    """`{$unset: f}` is `{$project: {f: 0}}` (mongomock has no `$unset` stage)."""
+    if "$unset" not in stage:
+        return stage
+    fields = stage["$unset"]
+    fields = [fields] if isinstance(fields, str) else fields
+    return {"$project": {field: 0 for field in fields}}
 
 
 def count(db, cmd):
@@ -359,8 +393,11 @@ def handle(request):
     if command is None:
         return request.command_err(59, f"no such command: '{name}' (the test server implements {len(COMMANDS)} commands)", codeName="CommandNotFound")
     try:
-        with lock:
-            reply = command(request.namespace, request.doc)
+        if command in (hello, build_info, nothing):
+            reply = command(request.namespace, request.doc)  # never behind a long command
+        else:
+            with lock:
+                reply = command(request.namespace, request.doc)
     except CommandError as err:
         return request.command_err(err.code, err.message, codeName=err.name or "Error")
     except NotImplementedError as err:

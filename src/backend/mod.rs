@@ -19,6 +19,7 @@ pub async fn open_job(config: &Config, spec: &JobSpec, store: &dyn StateStore) -
         .is_some_and(|record| record.source_may_be_gone());
     match config.database(&spec.source.database)?.kind {
         DatabaseKind::Postgresql => postgres::open_job(config, spec, source_may_be_gone).await,
+        DatabaseKind::Mongodb => mongodb::open_job(config, spec).await,
         kind => Err(no_jobs(kind)),
     }
 }

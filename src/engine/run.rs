@@ -780,7 +780,7 @@ impl Engine<'_> {
         let job = self.spec.name.clone();
         let Some(reverse) = self.backend.reverse().await? else {
             return Err(Error::Refused(format!(
-                "job `{job}` cut over without change capture (`catch_up.method = \"none\"`), so the writes made to the new table since cannot be carried back; nothing was changed"
+                "job `{job}` has no way back: the writes made to the new table or collection since its cutover cannot be carried to the old one (it cut over without change capture, `catch_up.method = \"none\"`, or its store does not capture them back yet); nothing was changed. The old data is kept until contract"
             )));
         };
         if reverse.completed_cutover().await?.is_none() {

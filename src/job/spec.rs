@@ -433,12 +433,13 @@ pub fn load_text(path: &Path, text: &str, config: &Config) -> Result<JobSpec> {
     };
     let mut spec = parse(text).map_err(problem)?;
     spec.validate(config).map_err(problem)?;
-    spec.catch_up.method = spec.catch_up.requested.unwrap_or(
-        match config.databases[&spec.source.database].kind {
-            DatabaseKind::Mongodb => CatchUpMethod::ChangeStream,
-            _ => CatchUpMethod::LogicalReplication,
-        },
-    );
+    spec.catch_up.method =
+        spec.catch_up
+            .requested
+            .unwrap_or(match config.databases[&spec.source.database].kind {
+                DatabaseKind::Mongodb => CatchUpMethod::ChangeStream,
+                _ => CatchUpMethod::LogicalReplication,
+            });
     Ok(spec)
 }
 
@@ -527,7 +528,9 @@ impl JobSpec {
                     ));
                 }
                 if self.cutover.method != CutoverMethod::Rename {
-                    return Err(format!("field `cutover.method`: {store} cuts over by `rename`"));
+                    return Err(format!(
+                        "field `cutover.method`: {store} cuts over by `rename`"
+                    ));
                 }
                 Ok(())
             }
@@ -543,7 +546,10 @@ impl JobSpec {
         }
     }
 
-    fn validate_postgres(&self, target_kind: Option<DatabaseKind>) -> std::result::Result<(), String> {
+    fn validate_postgres(
+        &self,
+        target_kind: Option<DatabaseKind>,
+    ) -> std::result::Result<(), String> {
         self.validate_kind("PostgreSQL", "table")?;
         if let Some(kind) = target_kind.filter(|k| *k != DatabaseKind::Postgresql) {
             return Err(format!(
@@ -574,7 +580,11 @@ impl JobSpec {
                 self.target.as_ref().map_or("", |t| t.database.as_str())
             ));
         }
-        if self.source.key_columns_named().is_some_and(|key| key != ["_id"]) {
+        if self
+            .source
+            .key_columns_named()
+            .is_some_and(|key| key != ["_id"])
+        {
             return Err("field `source.key`: MongoDB jobs go by `_id`".into());
         }
         if self.kind == JobKind::Backfill && self.transform.update.is_empty() {
@@ -584,7 +594,10 @@ impl JobSpec {
             return Err("field `transform.update`: for a backfill; a copy reshapes documents with `pipeline`".into());
         }
         if self.kind == JobKind::Backfill && !self.transform.pipeline.is_empty() {
-            return Err("field `transform.pipeline`: for a copy; a backfill fills documents with `update`".into());
+            return Err(
+                "field `transform.pipeline`: for a copy; a backfill fills documents with `update`"
+                    .into(),
+            );
         }
         if !self.transform.columns.is_empty() {
             return Err("field `transform.columns`: for PostgreSQL; MongoDB uses `pipeline` (copy) or `update` (backfill)".into());
@@ -628,7 +641,10 @@ impl JobSpec {
         }
         if database.kind == DatabaseKind::Mongodb {
             let collection = endpoint.collection.as_deref().unwrap_or_default();
-            if collection.is_empty() || collection.contains('$') || collection.starts_with("system.") {
+            if collection.is_empty()
+                || collection.contains('$')
+                || collection.starts_with("system.")
+            {
                 return Err(format!(
                     "field `{section}.collection`: a collection name is required for a MongoDB database (not empty, no `$`, not `system.`)"
                 ));
@@ -677,9 +693,15 @@ impl JobSpec {
             put(&format!("transform.columns.{column}"), expression.clone());
         }
         put("expand.sql", self.expand.sql.join("; "));
-        for (field, stages) in [("transform.pipeline", &self.transform.pipeline), ("transform.update", &self.transform.update)] {
+        for (field, stages) in [
+            ("transform.pipeline", &self.transform.pipeline),
+            ("transform.update", &self.transform.update),
+        ] {
             if !stages.is_empty() {
-                put(field, serde_json::Value::Array(stages.0.clone()).to_string());
+                put(
+                    field,
+                    serde_json::Value::Array(stages.0.clone()).to_string(),
+                );
             }
         }
         put(

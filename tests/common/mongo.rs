@@ -99,10 +99,14 @@ impl MongoDb {
         .expect("find")
     }
 
+    /// The collections a user sees: all but switchyard's own (`switchyard_*`).
     pub fn collections(&self) -> Vec<String> {
-        let mut names = self
+        let mut names: Vec<String> = self
             .block(self.database().list_collection_names())
-            .expect("listCollections");
+            .expect("listCollections")
+            .into_iter()
+            .filter(|name| !name.starts_with("switchyard_"))
+            .collect();
         names.sort();
         names
     }

@@ -63,9 +63,8 @@ impl EventReader {
             if self.transformed {
                 return Ok(Value::Unchanged);
             }
-            let document = document.ok_or_else(|| {
-                Error::State(format!("a {operation} event without fullDocument"))
-            })?;
+            let document = document
+                .ok_or_else(|| Error::State(format!("a {operation} event without fullDocument")))?;
             let mut bytes = Vec::new();
             document
                 .to_writer(&mut bytes)
@@ -167,7 +166,9 @@ pub fn patch(description: Option<&Document>) -> Value {
     if !change.is_empty() {
         updates.push(change);
     }
-    Value::Patch(Bson::Array(updates.into_iter().map(Bson::Document).collect()).into_canonical_extjson())
+    Value::Patch(
+        Bson::Array(updates.into_iter().map(Bson::Document).collect()).into_canonical_extjson(),
+    )
 }
 
 /// The updates of a [`Value::Patch`], as BSON again.
@@ -177,7 +178,9 @@ pub fn updates_of(patch: &serde_json::Value) -> Result<Vec<Document>> {
             .into_iter()
             .map(|u| match u {
                 Bson::Document(update) => Ok(update),
-                other => Err(Error::State(format!("a patch holds {other}, not an update"))),
+                other => Err(Error::State(format!(
+                    "a patch holds {other}, not an update"
+                ))),
             })
             .collect(),
         _ => Err(Error::State(format!("`{patch}` is not a MongoDB patch"))),
@@ -186,7 +189,11 @@ pub fn updates_of(patch: &serde_json::Value) -> Result<Vec<Document>> {
 
 /// A resume token as a position, and back.
 pub fn position_of(token: &Document) -> Position {
-    Position(Bson::Document(token.clone()).into_canonical_extjson().to_string())
+    Position(
+        Bson::Document(token.clone())
+            .into_canonical_extjson()
+            .to_string(),
+    )
 }
 
 pub fn token_of(position: &Position) -> Result<Document> {
@@ -235,7 +242,8 @@ mod tests {
                     };
                     match &row.0[1] {
                         Value::Bytes(bytes) => {
-                            self.0.insert(key, Document::from_reader(&mut bytes.as_slice()).unwrap());
+                            self.0
+                                .insert(key, Document::from_reader(&mut bytes.as_slice()).unwrap());
                         }
                         Value::Patch(patch) => {
                             let held = self.0.get_mut(&key).expect("an update of a held document");
@@ -260,7 +268,9 @@ mod tests {
                 apply_at(&mut root, &parts, operator, value);
             }
         }
-        let Bson::Document(done) = root else { unreachable!() };
+        let Bson::Document(done) = root else {
+            unreachable!()
+        };
         *held = done;
     }
 
@@ -321,14 +331,30 @@ mod tests {
     fn insert_update_replace_and_delete_apply_in_order() {
         let mut held = Held::default();
         let events = [
-            event("insert", 1, doc! {"fullDocument": {"_id": 1_i64, "status": "new", "items": [1, 2, 3, 4], "ship": {"city": "Lyon", "zip": "69001"}}}),
-            event("insert", 2, doc! {"fullDocument": {"_id": 2_i64, "status": "new"}}),
-            event("update", 1, doc! {"updateDescription": {
-                "updatedFields": {"status": "paid", "ship.city": "Paris", "items.1": 20},
-                "removedFields": ["ship.zip"],
-                "truncatedArrays": [{"field": "items", "newSize": 2}],
-            }}),
-            event("replace", 2, doc! {"fullDocument": {"_id": 2_i64, "status": "void"}}),
+            event(
+                "insert",
+                1,
+                doc! {"fullDocument": {"_id": 1_i64, "status": "new", "items": [1, 2, 3, 4], "ship": {"city": "Lyon", "zip": "69001"}}},
+            ),
+            event(
+                "insert",
+                2,
+                doc! {"fullDocument": {"_id": 2_i64, "status": "new"}},
+            ),
+            event(
+                "update",
+                1,
+                doc! {"updateDescription": {
+                    "updatedFields": {"status": "paid", "ship.city": "Paris", "items.1": 20},
+                    "removedFields": ["ship.zip"],
+                    "truncatedArrays": [{"field": "items", "newSize": 2}],
+                }},
+            ),
+            event(
+                "replace",
+                2,
+                doc! {"fullDocument": {"_id": 2_i64, "status": "void"}},
+            ),
             event("delete", 2, doc! {}),
         ];
         for e in &events {
@@ -346,11 +372,26 @@ mod tests {
     #[test]
     fn replaying_from_an_earlier_position_converges() {
         let events = [
-            event("insert", 7, doc! {"fullDocument": {"_id": 7_i64, "n": 1, "tags": ["a", "b", "c"]}}),
-            event("update", 7, doc! {"updateDescription": {"updatedFields": {"n": 2}, "removedFields": [], "truncatedArrays": [{"field": "tags", "newSize": 1}]}}),
-            event("update", 7, doc! {"updateDescription": {"updatedFields": {"n": 3, "tags.1": "z"}, "removedFields": []}}),
+            event(
+                "insert",
+                7,
+                doc! {"fullDocument": {"_id": 7_i64, "n": 1, "tags": ["a", "b", "c"]}},
+            ),
+            event(
+                "update",
+                7,
+                doc! {"updateDescription": {"updatedFields": {"n": 2}, "removedFields": [], "truncatedArrays": [{"field": "tags", "newSize": 1}]}},
+            ),
+            event(
+                "update",
+                7,
+                doc! {"updateDescription": {"updatedFields": {"n": 3, "tags.1": "z"}, "removedFields": []}},
+            ),
         ];
-        let changes: Vec<Change> = events.iter().map(|e| reader(false).change(e).unwrap().unwrap()).collect();
+        let changes: Vec<Change> = events
+            .iter()
+            .map(|e| reader(false).change(e).unwrap().unwrap())
+            .collect();
         let mut once = Held::default();
         changes.iter().cloned().for_each(|c| once.apply(c));
         // A crash after all three were applied but before the position was saved: the
@@ -359,7 +400,10 @@ mod tests {
         changes.iter().cloned().for_each(|c| again.apply(c));
         changes.iter().cloned().for_each(|c| again.apply(c));
         assert_eq!(once.0, again.0);
-        assert_eq!(once.0[&key(7)], doc! {"_id": 7_i64, "n": 3, "tags": ["a", "z"]});
+        assert_eq!(
+            once.0[&key(7)],
+            doc! {"_id": 7_i64, "n": 3, "tags": ["a", "z"]}
+        );
     }
 
     #[test]
@@ -371,7 +415,10 @@ mod tests {
                 .unwrap();
             assert_eq!(
                 change,
-                Change::Upsert { old_key: None, row: Row(vec![Value::Text(key(3)), Value::Unchanged]) },
+                Change::Upsert {
+                    old_key: None,
+                    row: Row(vec![Value::Text(key(3)), Value::Unchanged])
+                },
                 "{operation}"
             );
         }
@@ -380,11 +427,15 @@ mod tests {
     #[test]
     fn ambiguous_paths_are_read_from_the_source() {
         let change = reader(false)
-            .change(&event("update", 4, doc! {"updateDescription": {
-                "updatedFields": {"a.0": 1},
-                "removedFields": [],
-                "disambiguatedPaths": {"a.0": ["a", "0"]},
-            }}))
+            .change(&event(
+                "update",
+                4,
+                doc! {"updateDescription": {
+                    "updatedFields": {"a.0": 1},
+                    "removedFields": [],
+                    "disambiguatedPaths": {"a.0": ["a", "0"]},
+                }},
+            ))
             .unwrap()
             .unwrap();
         assert!(matches!(change, Change::Upsert { row, .. } if row.0[1] == Value::Unchanged));
@@ -393,13 +444,23 @@ mod tests {
     #[test]
     fn drop_rename_and_invalidate_fail_the_job() {
         let cases = [
-            ("drop", doc! {}, "the source collection `orders` was dropped while"),
-            ("rename", doc! {"to": {"db": "shop", "coll": "orders_x"}}, "was renamed to `orders_x` while"),
+            (
+                "drop",
+                doc! {},
+                "the source collection `orders` was dropped while",
+            ),
+            (
+                "rename",
+                doc! {"to": {"db": "shop", "coll": "orders_x"}},
+                "was renamed to `orders_x` while",
+            ),
             ("dropDatabase", doc! {}, "was dropped with its database"),
             ("invalidate", doc! {}, "stopped being watchable"),
         ];
         for (operation, extra, expected) in cases {
-            let error = reader(false).change(&event(operation, 0, extra)).unwrap_err();
+            let error = reader(false)
+                .change(&event(operation, 0, extra))
+                .unwrap_err();
             assert!(error.to_string().contains(expected), "{operation}: {error}");
             assert_eq!(error.exit_code(), 2);
         }
@@ -407,7 +468,12 @@ mod tests {
 
     #[test]
     fn other_events_change_nothing() {
-        assert_eq!(reader(false).change(&event("createIndexes", 0, doc! {})).unwrap(), None);
+        assert_eq!(
+            reader(false)
+                .change(&event("createIndexes", 0, doc! {}))
+                .unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! - while held, a heartbeat pushes the expiry forward every third of the lease; if a
 //!   renewal finds the lease owned by someone else (it expired and was taken over), the
 //!   lease is marked lost and the run stops before its next operation;
-//! - a crashed run stops renewing, and its lease can be taken once it has expired.
+//! - a crashed run stops renewing, and its lease can be taken once it has expired, or at
+//!   once from the same machine when the process that holds it is gone (the lease names
+//!   its host and process id), so a run killed and started again does not wait.
 //!
 //! Expiry compares the clocks of the machines running switchyard: keep them in sync to
 //! within a fraction of the lease.
@@ -80,15 +82,51 @@ impl Lease {
             .locks
             .find_one_and_update(
                 doc! {"_id": &self.id, "$or": [{"expires_at": {"$lt": now}}, {"owner": &self.owner}]},
-                doc! {"$set": {"owner": &self.owner, "holder": &self.holder, "taken_at": now, "expires_at": expires}},
+                doc! {"$set": self.fields(now, expires)},
             )
             .upsert(true)
             .return_document(ReturnDocument::After)
             .await;
         match taken {
             Ok(_) => Ok(true),
-            Err(e) if error_code(&e) == Some(DUPLICATE_KEY) => Ok(false),
+            Err(e) if error_code(&e) == Some(DUPLICATE_KEY) => self.take_from_the_dead().await,
             Err(e) => Err(e),
+        }
+    }
+
+    /// Takes a live lease whose holder ran on this machine and is gone.
+    async fn take_from_the_dead(&self) -> mongodb::error::Result<bool> {
+        let Some(lease) = self.locks.find_one(doc! {"_id": &self.id}).await? else {
+            return Ok(false);
+        };
+        let host = whoami::hostname().unwrap_or_default();
+        let pid = lease.get_i64("pid").ok();
+        let dead = lease.get_str("host") == Ok(host.as_str())
+            && pid.is_some_and(|pid| !process_alive(pid));
+        if !dead {
+            return Ok(false);
+        }
+        let previous = lease.get_str("owner").unwrap_or_default();
+        let now = DateTime::now();
+        let expires = DateTime::from_millis(now.timestamp_millis() + LEASE.as_millis() as i64);
+        let taken = self
+            .locks
+            .update_one(
+                doc! {"_id": &self.id, "owner": previous},
+                doc! {"$set": self.fields(now, expires)},
+            )
+            .await?;
+        Ok(taken.modified_count == 1)
+    }
+
+    fn fields(&self, now: DateTime, expires: DateTime) -> Document {
+        doc! {
+            "owner": &self.owner,
+            "holder": &self.holder,
+            "host": whoami::hostname().unwrap_or_default(),
+            "pid": i64::from(std::process::id()),
+            "taken_at": now,
+            "expires_at": expires,
         }
     }
 
@@ -153,6 +191,16 @@ impl Lease {
             .await
             .map(drop)
     }
+}
+
+/// Whether a process of this machine is alive.
+fn process_alive(pid: i64) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+    let answer = unsafe { libc::kill(pid, 0) };
+    answer == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 impl Drop for Lease {

@@ -172,7 +172,7 @@ impl MongoMigrations {
                     left.join(", ")
                 );
             };
-            let mut no_checkpoint = Progress::detached();
+            let mut no_checkpoint = operations::NoCheckpoint::default();
             if let Err(why) =
                 operations::apply(&self.database, &inverse, true, &mut no_checkpoint).await
             {
@@ -344,7 +344,7 @@ impl MongoMigrations {
 
 /// A run's place in its migration, kept in `switchyard_migration_progress`.
 struct Progress {
-    collection: Option<Collection<Document>>,
+    collection: Collection<Document>,
     version: String,
     completed: usize,
     last_id: Option<Bson>,
@@ -363,7 +363,7 @@ impl Progress {
         let direction = direction(step);
         let saved = collection.find_one(doc! {"_id": &version}).await?;
         let mut progress = Progress {
-            collection: Some(collection),
+            collection,
             version,
             completed: 0,
             last_id: None,
@@ -382,22 +382,8 @@ impl Progress {
         Ok(progress)
     }
 
-    /// For an undo, which keeps no progress.
-    fn detached() -> Progress {
-        Progress {
-            collection: None,
-            version: String::new(),
-            completed: 0,
-            last_id: None,
-            resumed: false,
-        }
-    }
-
     async fn persist(&self, fields: Document) -> mongodb::error::Result<()> {
-        let Some(collection) = &self.collection else {
-            return Ok(());
-        };
-        collection
+        self.collection
             .update_one(doc! {"_id": &self.version}, doc! {"$set": fields})
             .upsert(true)
             .await
@@ -418,13 +404,10 @@ impl Progress {
     }
 
     async fn clear(&self) -> mongodb::error::Result<()> {
-        match &self.collection {
-            Some(collection) => collection
-                .delete_one(doc! {"_id": &self.version})
-                .await
-                .map(drop),
-            None => Ok(()),
-        }
+        self.collection
+            .delete_one(doc! {"_id": &self.version})
+            .await
+            .map(drop)
     }
 }
 

@@ -8,6 +8,8 @@
 //! - [`operations`]: seed 003's operations applied, data operations in resumable
 //!   `_id`-range batches
 //! - [`order`]: the order of `_id`s across types, and keys as text
+//! - [`source`]: a collection as a job's source; [`capture`] its change stream
+//! - [`sink`]: a collection as a job's sink (a copy's target, a backfill's collection)
 //!
 //! The database a URL names (`mongodb://host/app`) is the one acted on; the driver's own
 //! URL options (`tls=true`, `tlsCAFile=…`, `replicaSet=…`) are honoured as they are.
@@ -17,8 +19,14 @@ mod lease;
 mod migrations;
 mod operations;
 mod order;
+mod sink;
+mod source;
 
 pub use migrations::MongoMigrations;
+
+use crate::config::Config;
+use crate::engine::Pipeline;
+use crate::job::{CatchUpMethod, JobKind, JobSpec};
 
 use std::time::Duration;
 
@@ -55,6 +63,69 @@ pub async fn connect(database: &str, url: &SecretUrl) -> Result<Database> {
     let client = Client::with_options(options)
         .map_err(|e| store_error(database, url, "cannot create a MongoDB client", e))?;
     Ok(client.database(&name))
+}
+
+/// A MongoDB job's source and sink, joined for the engine. A copy catching up from a
+/// change stream needs a replica set: a standalone server is refused before anything
+/// changes.
+pub async fn open_job(config: &Config, spec: &JobSpec) -> Result<Pipeline> {
+    let source_config = config.database(&spec.source.database)?;
+    let source = source::MongoSource::open(spec, &spec.source.database, &source_config.url).await?;
+    let source_database = connect(&spec.source.database, &source_config.url).await?;
+    let source_collection = spec.source.collection.clone().unwrap_or_default();
+    let (target_name, collection) = match &spec.target {
+        Some(target) => (
+            target.database.clone(),
+            target.collection.clone().unwrap_or_default(),
+        ),
+        None => (spec.source.database.clone(), source_collection.clone()),
+    };
+    let target_config = config.database(&target_name)?;
+    let database = connect(&target_name, &target_config.url).await?;
+    if spec.catch_up.method == CatchUpMethod::ChangeStream && spec.kind == JobKind::Copy {
+        require_replica_set(&spec.source.database, &source_config.url, &source_database).await?;
+    }
+    let fill = match spec.kind {
+        JobKind::Backfill => Some(
+            spec.transform
+                .update
+                .0
+                .iter()
+                .map(to_document)
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| Error::Usage(format!("job `{}`: transform.update: {e}", spec.name)))?,
+        ),
+        _ => None,
+    };
+    let sink = sink::MongoSink::new(
+        &spec.name,
+        sink::Placement {
+            name: target_name.clone(),
+            url: target_config.url.clone(),
+            database,
+            collection,
+            source_database,
+            source_collection,
+            same_database: target_name == spec.source.database,
+            fill,
+            expand: spec.expand.operations.clone(),
+        },
+    );
+    Ok(Pipeline::new(Box::new(source), Box::new(sink)))
+}
+
+/// Refuses a standalone server, on which change streams cannot open.
+async fn require_replica_set(name: &str, url: &SecretUrl, database: &Database) -> Result<()> {
+    let hello = database
+        .run_command(mongodb::bson::doc! {"hello": 1})
+        .await
+        .map_err(|e| store_error(name, url, "cannot reach the server", e))?;
+    if hello.contains_key("setName") || hello.get_str("msg") == Ok("isdbgrid") {
+        return Ok(());
+    }
+    Err(Error::Refused(format!(
+        "database `{name}`: change streams need a replica set, and this server is standalone: start it as a (single-node) replica set (mongod --replSet rs0, then rs.initiate()), or copy without catching up (`[catch_up] method = \"none\"`, with writes to the source stopped)"
+    )))
 }
 
 /// A driver error as a user needs to read it, naming the database; never showing the

@@ -39,6 +39,24 @@ pub trait Checkpoint: Send {
     fn save(&mut self, last_id: Bson) -> futures::future::BoxFuture<'_, Result<(), Failure>>;
 }
 
+/// A checkpoint that keeps nothing: for operations that are not resumed (an undo, a
+/// job's expand, whose operations are each idempotent).
+#[derive(Default)]
+pub struct NoCheckpoint {
+    last_id: Option<Bson>,
+}
+
+impl Checkpoint for NoCheckpoint {
+    fn last_id(&self) -> Option<&Bson> {
+        self.last_id.as_ref()
+    }
+
+    fn save(&mut self, last_id: Bson) -> futures::future::BoxFuture<'_, Result<(), Failure>> {
+        self.last_id = Some(last_id);
+        Box::pin(async { Ok(()) })
+    }
+}
+
 /// Applies one operation to `database`.
 pub async fn apply(
     database: &Database,

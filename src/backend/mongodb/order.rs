@@ -23,9 +23,18 @@ pub fn after(last: &Bson) -> Document {
         BRACKETS[bracket(last) + 1..]
             .iter()
             .flat_map(|b| b.iter())
-            .map(|alias| doc! {"_id": {"$type": *alias}}),
+            .map(|alias| of_type(alias)),
     );
     doc! {"$or": either}
+}
+
+/// The documents whose `_id` has the type `alias` (null as an equality, which servers
+/// of every kind answer alike).
+fn of_type(alias: &str) -> Document {
+    match alias {
+        "null" => doc! {"_id": Bson::Null},
+        alias => doc! {"_id": {"$type": alias}},
+    }
 }
 
 /// The type brackets of MongoDB's sort order, by `$type` alias, for the types an `_id`
@@ -78,7 +87,7 @@ pub fn up_to(last: &Bson) -> Document {
         BRACKETS[..bracket(last)]
             .iter()
             .flat_map(|b| b.iter())
-            .map(|alias| doc! {"_id": {"$type": *alias}}),
+            .map(|alias| of_type(alias)),
     );
     doc! {"$or": either}
 }
@@ -113,7 +122,12 @@ mod tests {
 
     #[test]
     fn keys_keep_their_type() {
-        for id in [Bson::Int64(7), Bson::Int32(7), Bson::String("7".into()), Bson::ObjectId(mongodb::bson::oid::ObjectId::new())] {
+        for id in [
+            Bson::Int64(7),
+            Bson::Int32(7),
+            Bson::String("7".into()),
+            Bson::ObjectId(mongodb::bson::oid::ObjectId::new()),
+        ] {
             assert_eq!(id_of(&key_of(&id)).unwrap(), id);
         }
     }
@@ -126,7 +140,7 @@ mod tests {
         );
         assert_eq!(
             up_to(&Bson::Int32(5)),
-            doc! {"$or": [{"_id": {"$lte": 5}}, {"_id": {"$type": "null"}}]}
+            doc! {"$or": [{"_id": {"$lte": 5}}, {"_id": null}]}
         );
     }
 }

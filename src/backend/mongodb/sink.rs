@@ -1,0 +1,683 @@
+//! A collection as the sink of a job: a copy's target, or a backfill's collection
+//! filled in place.
+//!
+//! Invariants:
+//! - The job's checkpoints live in the target's database, collection
+//!   `switchyard_checkpoints`: `<job>:state` (capture start, position applied, the
+//!   cutover) and `<job>:range:<n>` per key range. A standalone server has no
+//!   transactions, so each batch is written idempotently by `_id` (inserted, and
+//!   replaced where it already is) and its checkpoint saved after it: a batch a crash
+//!   cut short is redone with the same result.
+//! - Changes are applied idempotently by `_id` and their end position saved after them:
+//!   a replay from an earlier position converges on the same documents.
+//! - The job is claimed with a lease ([`Lease`], `job:<name>` in `switchyard_locks`)
+//!   kept alive while the process lives.
+//! - Cutover: the source is fenced (every write refused), its last changes drained, then
+//!   it is renamed `<name>_old` and the target renamed `<name>`. Each step checks what is
+//!   already done, so a cutover a crash interrupted is finished by the next run; it is
+//!   recorded once the target has the name. Documents an application wrote under
+//!   `<name>` between the two renames (MongoDB creates a collection on first insert) are
+//!   moved into the target before it takes the name.
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
+use mongodb::options::UpdateModifications;
+use mongodb::{Collection, Database};
+
+use super::capture::updates_of;
+use super::lease::Lease;
+use super::order::{between, id_of, of_batch};
+use super::source::{digest_of, regex_escape, CHECKPOINTS};
+use super::{error_code, store_error};
+use crate::engine::progress::{CutoverReport, KeyRange, RangeProgress};
+use crate::engine::row::{Change, Key, Position, Value};
+use crate::engine::sink::{BatchWriter, CopyWorker, PairedWorker};
+use crate::engine::source::{Batch, ChangeBatch, RowFormat, Rows};
+use crate::engine::{Sink, Source};
+use crate::error::{Error, Result};
+use crate::migrate::MongoOperation;
+
+const DUPLICATE_KEY: i32 = 11000;
+const NAMESPACE_NOT_FOUND: i32 = 26;
+const NAMESPACE_EXISTS: i32 = 48;
+
+/// Where a sink's collections are, and what the job does with them.
+pub struct Placement {
+    pub name: String,
+    pub url: crate::secret::SecretUrl,
+    pub database: Database,
+    /// The collection written: the copy's target, or the backfill's source.
+    pub collection: String,
+    /// The source's database and collection (renamed at cutover).
+    pub source_database: Database,
+    pub source_collection: String,
+    /// The target is in the source's database (one configured database).
+    pub same_database: bool,
+    /// Backfill: the update pipeline that fills each document.
+    pub fill: Option<Vec<Document>>,
+    pub expand: Vec<MongoOperation>,
+}
+
+pub struct MongoSink {
+    at: Placement,
+    job: String,
+    lease: Lease,
+}
+
+impl MongoSink {
+    pub fn new(job: &str, at: Placement) -> MongoSink {
+        let lease = Lease::new(
+            &at.database,
+            &format!("job:{job}"),
+            format!("{} pid {}", crate::state::actor(), std::process::id()),
+        );
+        MongoSink {
+            at,
+            job: job.to_string(),
+            lease,
+        }
+    }
+
+    fn error(&self, context: &str, e: mongodb::error::Error) -> Error {
+        store_error(&self.at.name, &self.at.url, context, e)
+    }
+
+    fn target(&self) -> Collection<Document> {
+        self.at.database.collection(&self.at.collection)
+    }
+
+    fn checkpoints(&self) -> Collection<Document> {
+        self.at.database.collection(CHECKPOINTS)
+    }
+
+    fn state_id(&self) -> String {
+        format!("{}:state", self.job)
+    }
+
+    async fn state(&self) -> Result<Document> {
+        Ok(self
+            .checkpoints()
+            .find_one(doc! {"_id": self.state_id()})
+            .await
+            .map_err(|e| self.error("cannot read the job's checkpoints", e))?
+            .unwrap_or_default())
+    }
+
+    async fn set_state(&self, fields: Document) -> Result<()> {
+        self.checkpoints()
+            .update_one(doc! {"_id": self.state_id()}, doc! {"$set": fields})
+            .upsert(true)
+            .await
+            .map(drop)
+            .map_err(|e| self.error("cannot save the job's checkpoint", e))
+    }
+
+    async fn exists(&self, database: &Database, collection: &str) -> Result<bool> {
+        database
+            .list_collection_names()
+            .filter(doc! {"name": collection})
+            .await
+            .map(|names| !names.is_empty())
+            .map_err(|e| self.error("cannot list collections", e))
+    }
+
+    /// Renames `from` to `to` in `database` unless that is done already.
+    async fn rename(&self, database: &Database, from: &str, to: &str) -> Result<()> {
+        if !self.exists(database, from).await? {
+            return Ok(());
+        }
+        for _ in 0..3 {
+            let command = doc! {"renameCollection": format!("{}.{from}", database.name()), "to": format!("{}.{to}", database.name())};
+            match database
+                .client()
+                .database("admin")
+                .run_command(command)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if error_code(&e) == Some(NAMESPACE_EXISTS) => {
+                    self.move_stray_writes(database, to, from).await?;
+                }
+                Err(e) => return Err(self.error(&format!("cannot rename `{from}` to `{to}`"), e)),
+            }
+        }
+        Err(Error::Refused(format!(
+            "database `{}`: `{to}` keeps being created by writes while the job renames `{from}` to it; stop the writers that create it and run the cutover again",
+            self.at.name
+        )))
+    }
+
+    /// Documents written under `name` after the source left it go into `into`.
+    async fn move_stray_writes(&self, database: &Database, name: &str, into: &str) -> Result<()> {
+        let strays: Vec<Document> = async {
+            database
+                .collection::<Document>(name)
+                .find(doc! {})
+                .await?
+                .try_collect()
+                .await
+        }
+        .await
+        .map_err(|e| self.error("cannot read writes made during the cutover", e))?;
+        let target = database.collection::<Document>(into);
+        for document in strays {
+            let id = document.get("_id").cloned().unwrap_or(Bson::Null);
+            target
+                .replace_one(doc! {"_id": id}, document)
+                .upsert(true)
+                .await
+                .map_err(|e| self.error("cannot move writes made during the cutover", e))?;
+        }
+        database
+            .collection::<Document>(name)
+            .drop()
+            .await
+            .map_err(|e| self.error("cannot move writes made during the cutover", e))
+    }
+
+    /// Writes whole documents by `_id`: inserted, or replacing what is there.
+    async fn put(&self, documents: Vec<RawDocumentBuf>) -> Result<()> {
+        let target = self
+            .at
+            .database
+            .collection::<RawDocumentBuf>(&self.at.collection);
+        let duplicates: Vec<usize> = match target.insert_many(&documents).ordered(false).await {
+            Ok(_) => return Ok(()),
+            Err(e) => match &*e.kind {
+                mongodb::error::ErrorKind::InsertMany(many)
+                    if many.write_concern_error.is_none()
+                        && many.write_errors.as_ref().is_some_and(|errors| {
+                            errors.iter().all(|w| w.code == DUPLICATE_KEY)
+                        }) =>
+                {
+                    many.write_errors
+                        .iter()
+                        .flatten()
+                        .map(|w| w.index)
+                        .collect()
+                }
+                _ => return Err(self.error("cannot write a batch", e)),
+            },
+        };
+        for index in duplicates {
+            let document = &documents[index];
+            let id = document
+                .get("_id")
+                .ok()
+                .flatten()
+                .and_then(|id| Bson::try_from(id).ok())
+                .unwrap_or(Bson::Null);
+            target
+                .replace_one(doc! {"_id": id}, document)
+                .upsert(true)
+                .await
+                .map_err(|e| self.error("cannot write a batch", e))?;
+        }
+        Ok(())
+    }
+
+    async fn apply_one(&self, change: &Change, source: &mut dyn Source) -> Result<()> {
+        match change {
+            Change::Delete { key } => {
+                self.target()
+                    .delete_one(doc! {"_id": id_of(key)?})
+                    .await
+                    .map_err(|e| self.error("cannot apply a delete", e))?;
+            }
+            Change::Upsert { row, .. } => {
+                let key: Key = vec![row.0[0].to_sql_text().unwrap_or_default()];
+                match &row.0[1] {
+                    Value::Bytes(bytes) => self.put(vec![raw(bytes)?]).await?,
+                    Value::Patch(patch) => {
+                        for update in updates_of(patch)? {
+                            let applied = self
+                                .target()
+                                .update_one(doc! {"_id": id_of(&key)?}, update)
+                                .await;
+                            if applied.is_err() {
+                                // Replayed over a later state it no longer fits: the
+                                // document as it is now is right.
+                                return self.refetch(&key, source).await;
+                            }
+                        }
+                    }
+                    _ => return self.refetch(&key, source).await,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn refetch(&self, key: &Key, source: &mut dyn Source) -> Result<()> {
+        match source.fetch(key).await? {
+            Some(row) => match &row.0[1] {
+                Value::Bytes(bytes) => self.put(vec![raw(bytes)?]).await,
+                other => Err(Error::State(format!("a document read as {other:?}"))),
+            },
+            None => self
+                .target()
+                .delete_one(doc! {"_id": id_of(key)?})
+                .await
+                .map(drop)
+                .map_err(|e| self.error("cannot apply a delete", e)),
+        }
+    }
+
+    async fn target_digest(
+        &self,
+        chunk: &KeyRange,
+        checksum: bool,
+    ) -> Result<crate::engine::row::Digest> {
+        let lower = chunk.lower.as_ref().map(id_of).transpose()?;
+        let upper = chunk.upper.as_ref().map(id_of).transpose()?;
+        let read = async {
+            let cursor = self
+                .at
+                .database
+                .collection::<RawDocumentBuf>(&self.at.collection)
+                .find(between(lower.as_ref(), upper.as_ref()))
+                .sort(doc! {"_id": 1})
+                .batch_size(5000)
+                .await?;
+            digest_of(cursor, checksum).await
+        };
+        read.await
+            .map_err(|e| self.error("cannot read the target to verify", e))
+    }
+
+    /// Backfill: the documents of `chunk` that the fill would still change.
+    async fn unfilled(&self, chunk: &KeyRange, fill: &[Document]) -> Result<u64> {
+        let lower = chunk.lower.as_ref().map(id_of).transpose()?;
+        let upper = chunk.upper.as_ref().map(id_of).transpose()?;
+        let range = between(lower.as_ref(), upper.as_ref());
+        let mut stages = vec![doc! {"$match": range.clone()}, doc! {"$sort": {"_id": 1}}];
+        stages.extend(fill.iter().cloned());
+        let read = async {
+            let mut filled = self.target().aggregate(stages).await?;
+            let mut held = self.target().find(range).sort(doc! {"_id": 1}).await?;
+            let mut differ = 0_u64;
+            while let Some(should) = filled.try_next().await? {
+                let is = held.try_next().await?;
+                if is.as_ref() != Some(&should) {
+                    differ += 1;
+                }
+            }
+            Ok::<u64, mongodb::error::Error>(differ)
+        };
+        read.await
+            .map_err(|e| self.error("cannot check the backfill", e))
+    }
+}
+
+fn raw(bytes: &[u8]) -> Result<RawDocumentBuf> {
+    RawDocumentBuf::from_bytes(bytes.to_vec())
+        .map_err(|e| Error::State(format!("a document that is not BSON: {e}")))
+}
+
+/// A range's checkpoint document.
+fn range_document(job: &str, progress: &RangeProgress) -> Document {
+    doc! {
+        "_id": format!("{job}:range:{}", progress.range.number),
+        "number": progress.range.number,
+        "lower": progress.range.lower.as_ref().map(|k| k[0].clone()),
+        "upper": progress.range.upper.as_ref().map(|k| k[0].clone()),
+        "last_key": progress.last_key.as_ref().map(|k| k[0].clone()),
+        "rows": progress.rows as i64,
+        "done": progress.done,
+    }
+}
+
+fn range_progress(document: &Document) -> RangeProgress {
+    let key = |field: &str| document.get_str(field).ok().map(|k| vec![k.to_string()]);
+    RangeProgress {
+        range: KeyRange {
+            number: document.get_i32("number").unwrap_or_default(),
+            lower: key("lower"),
+            upper: key("upper"),
+        },
+        last_key: key("last_key"),
+        rows: document.get_i64("rows").unwrap_or_default() as u64,
+        done: document.get_bool("done").unwrap_or_default(),
+    }
+}
+
+/// Writes copy batches, then their range's checkpoint.
+struct MongoWriter {
+    sink: MongoSink,
+}
+
+#[async_trait]
+impl BatchWriter for MongoWriter {
+    async fn write(&mut self, batch: Batch, progress: &mut RangeProgress) -> Result<u64> {
+        let Rows::Values(rows) = batch.rows else {
+            return Err(Error::Usage("a MongoDB target takes documents only".into()));
+        };
+        let count = rows.len() as u64;
+        let documents = rows
+            .iter()
+            .map(|row| match &row.0[1] {
+                Value::Bytes(bytes) => raw(bytes),
+                other => Err(Error::State(format!("a document read as {other:?}"))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if !documents.is_empty() {
+            self.sink.put(documents).await?;
+        }
+        let mut next = progress.clone();
+        if batch.last_key.is_some() {
+            next.last_key = batch.last_key;
+        }
+        next.rows += count;
+        next.done = batch.done;
+        self.sink.save_range(&next).await?;
+        *progress = next;
+        Ok(count)
+    }
+}
+
+/// Fills a backfill's batches in place, then saves their range's checkpoint.
+struct FillWorker {
+    sink: MongoSink,
+    fill: Vec<Document>,
+}
+
+#[async_trait]
+impl CopyWorker for FillWorker {
+    async fn copy_batch(&mut self, progress: &mut RangeProgress, limit: usize) -> Result<u64> {
+        let lower = progress.after().map(id_of).transpose()?;
+        let upper = progress.range.upper.as_ref().map(id_of).transpose()?;
+        let target = self.sink.target();
+        let ids: Vec<Bson> = async {
+            target
+                .find(between(lower.as_ref(), upper.as_ref()))
+                .sort(doc! {"_id": 1})
+                .projection(doc! {"_id": 1})
+                .limit(limit as i64)
+                .await?
+                .try_collect::<Vec<Document>>()
+                .await
+        }
+        .await
+        .map_err(|e| self.sink.error("cannot read a batch", e))?
+        .into_iter()
+        .filter_map(|mut d| d.remove("_id"))
+        .collect();
+        let count = ids.len() as u64;
+        let mut next = progress.clone();
+        if let Some(last) = ids.last() {
+            next.last_key = Some(super::order::key_of(last));
+            target
+                .update_many(
+                    of_batch(ids),
+                    UpdateModifications::Pipeline(self.fill.clone()),
+                )
+                .await
+                .map_err(|e| self.sink.error("cannot fill a batch", e))?;
+        }
+        next.rows += count;
+        next.done = count < limit as u64;
+        self.sink.save_range(&next).await?;
+        *progress = next;
+        Ok(count)
+    }
+}
+
+impl MongoSink {
+    async fn save_range(&self, progress: &RangeProgress) -> Result<()> {
+        let document = range_document(&self.job, progress);
+        self.checkpoints()
+            .replace_one(
+                doc! {"_id": document.get_str("_id").unwrap_or_default()},
+                document,
+            )
+            .upsert(true)
+            .await
+            .map(drop)
+            .map_err(|e| self.error("cannot save a range's checkpoint", e))
+    }
+
+    /// Another handle on the same collections, for a worker.
+    fn worker(&self) -> MongoSink {
+        MongoSink {
+            at: Placement {
+                name: self.at.name.clone(),
+                url: self.at.url.clone(),
+                database: self.at.database.clone(),
+                collection: self.at.collection.clone(),
+                source_database: self.at.source_database.clone(),
+                source_collection: self.at.source_collection.clone(),
+                same_database: self.at.same_database,
+                fill: self.at.fill.clone(),
+                expand: Vec::new(),
+            },
+            job: self.job.clone(),
+            lease: Lease::new(&self.at.database, "worker", String::new()),
+        }
+    }
+
+    fn old_name(&self) -> String {
+        format!("{}_old", self.at.source_collection)
+    }
+}
+
+#[async_trait]
+impl Sink for MongoSink {
+    async fn try_claim(&mut self) -> Result<bool> {
+        match self.lease.acquire(std::time::Duration::ZERO).await {
+            Ok(taken) => Ok(taken.is_ok()),
+            Err(e) => Err(self.error("cannot claim the job", e)),
+        }
+    }
+
+    async fn reconnect(&mut self) -> Result<bool> {
+        self.try_claim().await
+    }
+
+    async fn start_fresh(&mut self) -> Result<()> {
+        self.checkpoints()
+            .delete_many(doc! {"_id": {"$regex": format!("^{}:", regex_escape(&self.job))}})
+            .await
+            .map(drop)
+            .map_err(|e| self.error("cannot remove the job's checkpoints", e))
+    }
+
+    async fn expand(&mut self, _source: &dyn Source) -> Result<bool> {
+        if self.at.fill.is_some() {
+            return Ok(false);
+        }
+        let state = self.state().await?;
+        if let Ok(created) = state.get_bool("created_target") {
+            return Ok(created);
+        }
+        let existed = self.exists(&self.at.database, &self.at.collection).await?;
+        for operation in &self.at.expand {
+            let mut none = super::operations::NoCheckpoint::default();
+            super::operations::apply(&self.at.database, operation, true, &mut none)
+                .await
+                .map_err(|why| {
+                    Error::Refused(format!("job `{}`: expand: {operation}: {why}", self.job))
+                })?;
+        }
+        if !self.exists(&self.at.database, &self.at.collection).await? {
+            match self
+                .at
+                .database
+                .create_collection(&self.at.collection)
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if error_code(&e) == Some(NAMESPACE_EXISTS) => {}
+                Err(e) => return Err(self.error("cannot create the target collection", e)),
+            }
+        }
+        self.set_state(doc! {"created_target": !existed}).await?;
+        Ok(!existed)
+    }
+
+    async fn save_start(&mut self, start: &Position) -> Result<()> {
+        let state = self.state().await?;
+        if state.get_str("position").is_err() {
+            self.set_state(doc! {"start": &start.0, "position": &start.0})
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn position(&mut self) -> Result<Option<Position>> {
+        Ok(self
+            .state()
+            .await?
+            .get_str("position")
+            .ok()
+            .map(|p| Position(p.to_string())))
+    }
+
+    async fn saved_ranges(&mut self) -> Result<Vec<RangeProgress>> {
+        let prefix = format!("^{}:range:", regex_escape(&self.job));
+        let documents: Vec<Document> = async {
+            self.checkpoints()
+                .find(doc! {"_id": {"$regex": prefix}})
+                .await?
+                .try_collect()
+                .await
+        }
+        .await
+        .map_err(|e| self.error("cannot read the job's ranges", e))?;
+        let mut ranges: Vec<RangeProgress> = documents.iter().map(range_progress).collect();
+        ranges.sort_by_key(|r| r.range.number);
+        Ok(ranges)
+    }
+
+    async fn save_ranges(&mut self, ranges: &[KeyRange]) -> Result<()> {
+        for range in ranges {
+            self.save_range(&RangeProgress {
+                range: range.clone(),
+                last_key: None,
+                rows: 0,
+                done: false,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn copy_worker(&mut self, source: &dyn Source) -> Result<Box<dyn CopyWorker>> {
+        if let Some(fill) = &self.at.fill {
+            return Ok(Box::new(FillWorker {
+                sink: self.worker(),
+                fill: fill.clone(),
+            }));
+        }
+        Ok(Box::new(PairedWorker {
+            reader: source.reader(&Vec::new(), RowFormat::Values).await?,
+            writer: Box::new(MongoWriter {
+                sink: self.worker(),
+            }),
+        }))
+    }
+
+    async fn apply(&mut self, changes: &ChangeBatch, source: &mut dyn Source) -> Result<u64> {
+        for change in &changes.changes {
+            self.apply_one(change, source).await?;
+        }
+        crate::crash_point!("catch_up.after_write");
+        if let Some(end) = &changes.end {
+            self.set_state(doc! {"position": &end.0}).await?;
+        }
+        Ok(changes.changes.len() as u64)
+    }
+
+    async fn compare(
+        &mut self,
+        source: &mut dyn Source,
+        chunk: &KeyRange,
+        checksum: bool,
+    ) -> Result<Option<String>> {
+        if let Some(fill) = self.at.fill.clone() {
+            let unfilled = self.unfilled(chunk, &fill).await?;
+            return Ok((unfilled > 0).then(|| {
+                format!("{unfilled} documents are not as the update pipeline makes them")
+            }));
+        }
+        let expected = source.digest(chunk, &Vec::new(), checksum).await?;
+        let found = self.target_digest(chunk, checksum).await?;
+        Ok(crate::engine::row::Digest::difference(&expected, &found)
+            .map(|d| d.replace("rows", "documents")))
+    }
+
+    async fn cutover(&mut self, source: &mut dyn Source) -> Result<CutoverReport> {
+        let started = Instant::now();
+        source.fence().await?;
+        crate::crash_point!("cutover.after_lock");
+        let mut drained = 0;
+        if let Some(mut position) = self.position().await? {
+            loop {
+                let batch = source.read_changes(&position, None).await?;
+                drained += self.apply(&batch, source).await?;
+                if let Some(end) = batch.end {
+                    position = end;
+                }
+                if batch.drained {
+                    break;
+                }
+            }
+        }
+        crate::crash_point!("cutover.after_drain");
+        let source_name = self.at.source_collection.clone();
+        self.rename(&self.at.source_database, &source_name, &self.old_name())
+            .await?;
+        crate::crash_point!("cutover.after_swap");
+        if !(self.at.same_database && self.at.collection == source_name) {
+            self.rename(&self.at.database, &self.at.collection.clone(), &source_name)
+                .await?;
+        }
+        let blocked = started.elapsed();
+        self.set_state(doc! {"cutover": {"writes_blocked_ms": blocked.as_millis() as i64, "changes": drained as i64}})
+            .await?;
+        crate::crash_point!("cutover.after_record");
+        Ok(CutoverReport {
+            writes_blocked: blocked,
+            changes_drained: drained,
+        })
+    }
+
+    async fn completed_cutover(&mut self) -> Result<Option<CutoverReport>> {
+        let state = self.state().await?;
+        Ok(state.get_document("cutover").ok().map(|c| CutoverReport {
+            writes_blocked: std::time::Duration::from_millis(
+                c.get_i64("writes_blocked_ms").unwrap_or_default() as u64,
+            ),
+            changes_drained: c.get_i64("changes").unwrap_or_default() as u64,
+        }))
+    }
+
+    async fn abort(&mut self, source: &mut dyn Source, created_target: bool) -> Result<()> {
+        if created_target && self.at.fill.is_none() {
+            match self.target().drop().await {
+                Ok(()) => {}
+                Err(e) if error_code(&e) == Some(NAMESPACE_NOT_FOUND) => {}
+                Err(e) => return Err(self.error("cannot drop the target", e)),
+            }
+        }
+        source.unfence().await?;
+        self.start_fresh().await
+    }
+
+    async fn contract(&mut self) -> Result<()> {
+        if self.at.fill.is_none() {
+            let old = self
+                .at
+                .source_database
+                .collection::<Document>(&self.old_name());
+            match old.drop().await {
+                Ok(()) => {}
+                Err(e) if error_code(&e) == Some(NAMESPACE_NOT_FOUND) => {}
+                Err(e) => return Err(self.error("cannot drop the old collection", e)),
+            }
+        }
+        self.start_fresh().await
+    }
+}

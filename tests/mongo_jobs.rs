@@ -1,0 +1,279 @@
+//! MongoDB online jobs through the real binary, on the server named by
+//! `SWITCHYARD_TEST_MONGODB_URL`: a copy with a transform pipeline through cutover and
+//! contract, equal by count and content; a backfill; abort; the refusals a user sees.
+//! Catching up from a change stream needs a replica set: those tests say they are
+//! skipped, and why, on a standalone server (the stand-in of `scripts/services`).
+
+mod common;
+
+use common::mongo::{skip, MongoDb};
+use common::Project;
+use mongodb::bson::{doc, Bson, Document};
+
+fn project() -> (Project, MongoDb) {
+    let mongo = MongoDb::new();
+    let project = Project::with_config(&mongo.config());
+    (project, mongo)
+}
+
+fn orders(count: i64) -> Vec<Document> {
+    (0..count)
+        .map(|i| doc! {"_id": i, "customer": format!("c{}", i % 100), "cents": i * 3, "items": [i, i + 1]})
+        .collect()
+}
+
+/// What the copy's pipeline makes of an order.
+fn transformed(order: &Document) -> Document {
+    let mut out = order.clone();
+    out.remove("items");
+    let cents = order.get_i64("cents").unwrap();
+    out.insert("euros", Bson::Double(cents as f64 / 100.0));
+    out
+}
+
+const COPY_JOB: &str = r#"
+name = "orders_v2"
+kind = "copy"
+
+[source]
+database = "mongodb"
+collection = "orders"
+
+[target]
+database = "mongodb"
+collection = "orders_v2"
+
+[expand]
+operations = [
+  { type = "create_index", collection = "orders_v2", index = [["customer", 1]] },
+]
+
+[transform]
+pipeline = '[{"$set": {"euros": {"$divide": ["$cents", 100]}}}, {"$unset": "items"}]'
+
+[copy]
+batch_size = 5000
+
+[catch_up]
+method = "none"
+
+[cutover]
+mode = "auto"
+
+[contract]
+after = "manual"
+"#;
+
+#[test]
+fn a_copy_with_a_pipeline_cuts_over_equal_and_contracts() {
+    let (project, mongo) = project();
+    let count = 50_000;
+    mongo.insert("orders", orders(count));
+    let job = project.job_file("orders_v2", COPY_JOB);
+
+    let run = project.run(&["job", "run", &job]).ok();
+    assert!(
+        run.stdout
+            .starts_with("job orders_v2: waiting for contract"),
+        "the run stops before the manual contract:\n{}",
+        run.stdout
+    );
+    let status = project.job_status("orders_v2");
+    assert_eq!(status["phase"], "cutover", "{status}");
+    assert_eq!(status["rows_copied"], count);
+
+    // The target took the name; the source is kept aside until contract.
+    assert_eq!(mongo.collections(), ["orders", "orders_old"]);
+    let source = mongo.documents("orders_old");
+    let target = mongo.documents("orders");
+    assert_eq!(target.len(), count as usize);
+    assert_eq!(
+        target,
+        source.iter().map(transformed).collect::<Vec<_>>(),
+        "every document, transformed"
+    );
+    assert_eq!(mongo.index_keys("orders"), ["_id_1", "customer_1"]);
+
+    project.run(&["job", "contract", "orders_v2"]).ok();
+    project.run(&["job", "run", &job]).ok();
+    assert_eq!(project.job_status("orders_v2")["phase"], "done");
+    assert_eq!(mongo.collections(), ["orders"]);
+    assert_eq!(mongo.count("switchyard_checkpoints", doc! {}), 0);
+}
+
+#[test]
+fn a_copy_resumes_after_a_kill_and_abort_leaves_the_source_as_it_was() {
+    let (project, mongo) = project();
+    mongo.insert("orders", orders(12_000));
+    let before = mongo.documents("orders");
+    let job = project.job_file(
+        "orders_v2",
+        &COPY_JOB
+            .replace(
+                "batch_size = 5000",
+                "batch_size = 1000\nrows_per_second = 4000",
+            )
+            .replace("mode = \"auto\"", "mode = \"manual\""),
+    );
+    let running = common::Running::spawn(&mut project.command(&["job", "run", &job]));
+    project.wait_for_job("orders_v2", "copying", |s| {
+        s["phase"] == "copy" && s["rows_copied"].as_u64().unwrap_or(0) >= 2000
+    });
+    drop(running); // killed
+
+    project.run(&["job", "run", &job]).ok();
+    let status = project.job_status("orders_v2");
+    assert_eq!(status["phase"], "ready_to_cutover", "{status}");
+    assert_eq!(
+        mongo.count("orders_v2", doc! {}),
+        12_000,
+        "nothing lost or doubled"
+    );
+
+    project.run(&["job", "abort", "orders_v2"]).ok();
+    assert_eq!(
+        mongo.collections(),
+        ["orders"],
+        "the target it created is gone"
+    );
+    assert_eq!(mongo.documents("orders"), before);
+    assert_eq!(mongo.count("switchyard_checkpoints", doc! {}), 0);
+}
+
+#[test]
+fn a_backfill_fills_every_document_in_place() {
+    let (project, mongo) = project();
+    mongo.insert("orders", orders(8_000));
+    let job = project.job_file(
+        "fill_euros",
+        r#"
+name = "fill_euros"
+kind = "backfill"
+
+[source]
+database = "mongodb"
+collection = "orders"
+
+[transform]
+update = [ { "$set" = { euros = { "$divide" = ["$cents", 100] }, size = { "$size" = "$items" } } } ]
+
+[copy]
+batch_size = 1500
+
+[catch_up]
+method = "none"
+
+[contract]
+after = "0s"
+"#,
+    );
+    project.run(&["job", "run", &job]).ok();
+    assert_eq!(project.job_status("fill_euros")["phase"], "done");
+    assert_eq!(mongo.count("orders", doc! {"size": 2}), 8_000);
+    let seventh = &mongo.documents("orders")[7];
+    assert_eq!(seventh.get_f64("euros").unwrap(), 0.21);
+}
+
+#[test]
+fn bad_job_files_and_a_standalone_server_are_refused() {
+    let (project, mongo) = project();
+    mongo.insert("orders", orders(10));
+    let cases = [
+        (
+            COPY_JOB.replace(
+                "collection = \"orders\"\n\n[target]",
+                "table = \"orders\"\n\n[target]",
+            ),
+            "field `source.collection`: a collection name is required for a MongoDB database",
+        ),
+        (
+            COPY_JOB.replace(r#"{"$unset": "items"}"#, r#"{"$match": {"a": 1}}"#),
+            "`$match` cannot be used here: stages reshape each document and keep its `_id`",
+        ),
+        (
+            COPY_JOB.replace("method = \"none\"", "method = \"logical_replication\""),
+            "`logical_replication` is for PostgreSQL; MongoDB uses `change_stream` or `none`",
+        ),
+    ];
+    for (text, expected) in cases {
+        let job = project.job_file("orders_v2", &text);
+        let run = project.run(&["job", "run", &job]).expect_code(2);
+        assert!(
+            run.stderr.contains(expected),
+            "expected `{expected}` in:\n{}",
+            run.stderr
+        );
+    }
+    if mongo.replica_set().is_ok() {
+        return skip(
+            "bad_job_files_and_a_standalone_server_are_refused (standalone part)",
+            "the server is a replica set, so change streams open",
+        );
+    }
+    let job = project.job_file(
+        "orders_v2",
+        &COPY_JOB.replace("[catch_up]\nmethod = \"none\"\n", ""),
+    );
+    let run = project.run(&["job", "run", &job]).expect_code(2);
+    assert!(
+        run.stderr.contains(
+            "database `mongodb`: change streams need a replica set, and this server is standalone"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(mongo.collections(), ["orders"], "nothing was created");
+}
+
+#[test]
+fn a_copy_catches_up_from_the_change_stream_through_cutover() {
+    let (project, mongo) = project();
+    if let Err(why) = mongo.replica_set() {
+        return skip(
+            "a_copy_catches_up_from_the_change_stream_through_cutover",
+            &why,
+        );
+    }
+    mongo.insert("orders", orders(20_000));
+    let job = project.job_file(
+        "orders_v2",
+        &COPY_JOB
+            .replace("[catch_up]\nmethod = \"none\"\n", "")
+            .replace(
+                "batch_size = 5000",
+                "batch_size = 2000\nrows_per_second = 20000",
+            ),
+    );
+    let running = common::Running::spawn(&mut project.command(&["job", "run", &job]));
+    // Writes of every kind while the job copies and catches up.
+    let orders = mongo.collection("orders");
+    for i in 0..500_i64 {
+        mongo
+            .block(orders.update_one(
+                doc! {"_id": i * 7},
+                doc! {"$set": {"cents": -i}, "$push": {"items": 99}},
+            ))
+            .unwrap();
+        mongo
+            .block(orders.delete_one(doc! {"_id": i * 11 + 3}))
+            .unwrap();
+        mongo
+            .block(
+                orders.insert_one(
+                    doc! {"_id": 100_000 + i, "customer": "late", "cents": i, "items": []},
+                ),
+            )
+            .unwrap();
+        mongo
+            .block(orders.replace_one(
+                doc! {"_id": i * 13 + 5},
+                doc! {"customer": "replaced", "cents": 1, "items": [1]},
+            ))
+            .unwrap();
+    }
+    let run = running.wait();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let source = mongo.documents("orders_old");
+    let target = mongo.documents("orders");
+    assert_eq!(target, source.iter().map(transformed).collect::<Vec<_>>());
+}

@@ -42,9 +42,14 @@ impl MongoDb {
             .enable_all()
             .build()
             .unwrap();
-        let client = runtime
-            .block_on(Client::with_uri_str(&url))
+        let mut options = runtime
+            .block_on(mongodb::options::ClientOptions::parse(&url))
             .expect("SWITCHYARD_TEST_MONGODB_URL is a MongoDB URL");
+        // Reading back a whole large collection takes the stand-in many seconds, during
+        // which its answers to the driver's heartbeats are slow too.
+        options.connect_timeout = Some(std::time::Duration::from_secs(120));
+        options.server_selection_timeout = Some(std::time::Duration::from_secs(120));
+        let client = Client::with_options(options).expect("a MongoDB client");
         MongoDb {
             name,
             url,

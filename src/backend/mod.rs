@@ -28,6 +28,9 @@ pub async fn open_job(config: &Config, spec: &JobSpec, store: &dyn StateStore) -
 pub async fn plan_job(config: &Config, spec: &JobSpec) -> Result<postgres::JobPlan> {
     match config.database(&spec.source.database)?.kind {
         DatabaseKind::Postgresql => postgres::plan_job(config, spec).await,
+        DatabaseKind::Mongodb => Err(Error::Refused(
+            "`job plan` does not describe MongoDB jobs yet; `job run` runs them (see the README, \"MongoDB jobs\")".into(),
+        )),
         kind => Err(no_jobs(kind)),
     }
 }

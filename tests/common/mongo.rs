@@ -43,7 +43,7 @@ impl MongoDb {
             .build()
             .unwrap();
         let mut options = runtime
-            .block_on(mongodb::options::ClientOptions::parse(&url))
+            .block_on(mongodb::options::ClientOptions::parse(&url).into_future())
             .expect("SWITCHYARD_TEST_MONGODB_URL is a MongoDB URL");
         // Reading back a whole large collection takes the stand-in many seconds, during
         // which its answers to the driver's heartbeats are slow too.

@@ -495,8 +495,9 @@ impl JobSpec {
             parse_window(window).map_err(|reason| field("window", reason))?;
         }
         let source_kind = self.endpoint_kind("source", &self.source, config)?;
+        // The path first (a PostgreSQL table into MongoDB has none), then the target's form.
         let target_kind = match &self.target {
-            Some(target) => Some(self.endpoint_kind("target", target, config)?),
+            Some(target) => Some(database_kind("target", target, config)?),
             None => None,
         };
         match source_kind {
@@ -508,6 +509,9 @@ impl JobSpec {
                     "elasticsearch jobs are not available in this version (PostgreSQL and MongoDB jobs are)".into(),
                 ))
             }
+        }
+        if let Some(target) = &self.target {
+            self.endpoint_kind("target", target, config)?;
         }
         Ok(())
     }
@@ -617,13 +621,8 @@ impl JobSpec {
         endpoint: &Endpoint,
         config: &Config,
     ) -> std::result::Result<DatabaseKind, String> {
-        let database = config.databases.get(&endpoint.database).ok_or_else(|| {
-            format!(
-                "field `{section}.database`: no database named `{}` in the configuration",
-                endpoint.database
-            )
-        })?;
-        if database.kind == DatabaseKind::Postgresql {
+        let kind = database_kind(section, endpoint, config)?;
+        if kind == DatabaseKind::Postgresql {
             let table = endpoint.table.as_deref().unwrap_or_default();
             if table.is_empty() {
                 return Err(format!(
@@ -639,7 +638,7 @@ impl JobSpec {
                 return Err(format!("field `{section}`: `collection` and `index` are for MongoDB and Elasticsearch; use `table`"));
             }
         }
-        if database.kind == DatabaseKind::Mongodb {
+        if kind == DatabaseKind::Mongodb {
             let collection = endpoint.collection.as_deref().unwrap_or_default();
             if collection.is_empty()
                 || collection.contains('$')
@@ -653,7 +652,7 @@ impl JobSpec {
                 return Err(format!("field `{section}`: a MongoDB database takes `collection`, not `table` or `index`"));
             }
         }
-        Ok(database.kind)
+        Ok(kind)
     }
 
     /// The key columns: as given, or the table's primary key when not given.
@@ -713,6 +712,24 @@ impl JobSpec {
 }
 
 /// `01:00-05:00` → minutes after midnight (start, end); the window may wrap midnight.
+/// The kind of the configured database `endpoint` names.
+fn database_kind(
+    section: &str,
+    endpoint: &Endpoint,
+    config: &Config,
+) -> std::result::Result<DatabaseKind, String> {
+    config
+        .databases
+        .get(&endpoint.database)
+        .map(|database| database.kind)
+        .ok_or_else(|| {
+            format!(
+                "field `{section}.database`: no database named `{}` in the configuration",
+                endpoint.database
+            )
+        })
+}
+
 pub fn parse_window(text: &str) -> std::result::Result<(u32, u32), String> {
     let minutes = |part: &str| -> Option<u32> {
         let (h, m) = part.trim().split_once(':')?;

@@ -49,7 +49,10 @@ impl MongoDb {
         // which its answers to the driver's heartbeats are slow too.
         options.connect_timeout = Some(std::time::Duration::from_secs(120));
         options.server_selection_timeout = Some(std::time::Duration::from_secs(120));
-        let client = Client::with_options(options).expect("a MongoDB client");
+        // (the driver spawns its tasks on the runtime it is created in)
+        let client = runtime
+            .block_on(async { Client::with_options(options) })
+            .expect("a MongoDB client");
         MongoDb {
             name,
             url,

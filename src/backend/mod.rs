@@ -2,6 +2,11 @@
 //! define (for migrations: [`crate::migrate::MigrationTarget`]); callers dispatch on the
 //! configured [`crate::config::DatabaseKind`].
 
+/// The name switchyard's connections give themselves (PostgreSQL's `application_name`,
+/// MongoDB's `appName`), so that operators can find them in the server's session lists
+/// (and see who holds a lock).
+pub const APPLICATION_NAME: &str = "switchyard";
+
 pub mod mongodb;
 pub mod postgres;
 

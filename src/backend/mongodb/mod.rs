@@ -49,7 +49,7 @@ pub async fn connect(database: &str, url: &SecretUrl) -> Result<Database> {
         .await
         .map_err(|e| store_error(database, url, "invalid MongoDB URL", e))?;
     if options.app_name.is_none() {
-        options.app_name = Some(crate::backend::postgres::APPLICATION_NAME.to_string());
+        options.app_name = Some(crate::backend::APPLICATION_NAME.to_string());
     }
     if options.server_selection_timeout.is_none() {
         options.server_selection_timeout = Some(SERVER_SELECTION_TIMEOUT);

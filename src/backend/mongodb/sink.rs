@@ -64,7 +64,8 @@ pub struct Placement {
 pub struct MongoSink {
     at: Placement,
     job: String,
-    lease: Lease,
+    /// The job's claim; `None` in a copy worker's handle, which claims nothing.
+    lease: Option<Lease>,
 }
 
 impl MongoSink {
@@ -77,7 +78,7 @@ impl MongoSink {
         MongoSink {
             at,
             job: job.to_string(),
-            lease,
+            lease: Some(lease),
         }
     }
 
@@ -454,7 +455,7 @@ impl MongoSink {
                 expand: Vec::new(),
             },
             job: self.job.clone(),
-            lease: Lease::new(&self.at.database, "worker", String::new()),
+            lease: None,
         }
     }
 
@@ -466,7 +467,12 @@ impl MongoSink {
 #[async_trait]
 impl Sink for MongoSink {
     async fn try_claim(&mut self) -> Result<bool> {
-        match self.lease.acquire(std::time::Duration::ZERO).await {
+        let Some(lease) = self.lease.as_mut() else {
+            return Err(Error::State(
+                "a copy worker's handle cannot claim the job".into(),
+            ));
+        };
+        match lease.acquire(std::time::Duration::ZERO).await {
             Ok(taken) => Ok(taken.is_ok()),
             Err(e) => Err(self.error("cannot claim the job", e)),
         }

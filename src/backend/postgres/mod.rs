@@ -48,9 +48,7 @@ use crate::job::{CatchUpMethod, Endpoint, JobKind, JobSpec};
 use crate::secret::SecretUrl;
 use table::TableName;
 
-/// The `application_name` switchyard's sessions carry, so that operators can find them
-/// in `pg_stat_activity` (and see who holds a lock).
-pub const APPLICATION_NAME: &str = "switchyard";
+pub use super::APPLICATION_NAME;
 
 /// Opens a connection; the connection task runs until the client is dropped.
 /// `database` is the configured name, used in error messages.

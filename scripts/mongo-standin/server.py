@@ -3,12 +3,14 @@
 No real mongod installs on the machines the tests run on (see the README, "MongoDB test
 server"). This is the most faithful stand-in the package registries allow: mongomock
 implements MongoDB's query, update (incl. pipeline updates) and aggregation semantics,
-and this front hands it each command the Rust driver sends. It is a *standalone* server:
-`hello` names no replica set, so there are no change streams and no transactions, and
-the tests that need them skip themselves, naming the reason. Validators are kept and
-listed, not enforced (mongomock does not). `scripts/mongo-fidelity` prints what holds.
+and this front hands it each command the Rust driver sends. What mongomock lacks, the
+front adds: change streams over an oplog that every write appends to (changes.py), and
+validators enforced on every write (validation.py). It answers `hello` as the primary of
+a one-member replica set, since change streams are what a replica set gives; it has no
+transactions (`startTransaction` is refused, and `hello` offers no sessions), and the tests that need them skip
+themselves, naming the reason. `scripts/mongo-fidelity` prints what holds.
 
-Usage: python mongo-standin.py PORT
+Usage: python server.py PORT
 """
 
 import itertools
@@ -25,27 +27,35 @@ from mongomock import helpers
 from mongomock.aggregate import process_pipeline
 from pymongo import errors as pymongo_errors
 
+import validation
+from changes import Oplog, Stream
+from errors import DOCUMENT_VALIDATION_FAILURE, CommandError
+
 BATCH = 101
+REPLICA_SET = "standin"
 client = mongomock.MongoClient()
 lock = threading.RLock()
 cursors = {}
+# Change stream cursors, by the same ids as `cursors`.
+streams = {}
 cursor_ids = itertools.count(1)
+oplog = Oplog(threading.Condition(lock))
 # Collection options mongomock cannot hold (validators), by (db, collection).
 options = {}
-
-
-class CommandError(Exception):
-    def __init__(self, code, message, name=None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.name = name
+# host:port, set by main.
+address = None
 
 
 def hello(_db, _cmd):
     return {
         "ismaster": True,
         "isWritablePrimary": True,
+        "secondary": False,
+        "setName": REPLICA_SET,
+        "setVersion": 1,
+        "hosts": [address],
+        "primary": address,
+        "me": address,
         "helloOk": True,
         "maxBsonObjectSize": 16 * 1024 * 1024,
         "maxMessageSizeBytes": 48000000,
@@ -90,6 +100,8 @@ def find(db, cmd):
 
 def get_more(db, cmd):
     cursor_id = int(cmd["getMore"])
+    if cursor_id in streams:
+        return stream_get_more(cursor_id, cmd)
     if cursor_id not in cursors:
         raise CommandError(43, f"cursor id {cursor_id} not found", "CursorNotFound")
     cdb, name, rest = cursors.pop(cursor_id)
@@ -105,6 +117,7 @@ def get_more(db, cmd):
 def kill_cursors(_db, cmd):
     for cursor_id in cmd.get("cursors", []):
         cursors.pop(int(cursor_id), None)
+        streams.pop(int(cursor_id), None)
     return {"cursorsKilled": cmd.get("cursors", [])}
 
 
@@ -112,8 +125,7 @@ def aggregate(db, cmd):
     name = cmd["aggregate"]
     pipeline = cmd.get("pipeline", [])
     if pipeline and "$changeStream" in pipeline[0]:
-        # what a standalone mongod answers
-        raise CommandError(40573, "The $changeStream stage is only supported on replica sets", "Location40573")
+        return watch(db, cmd)
     if pipeline and "$out" in pipeline[-1]:
         raise CommandError(115, "$out is not supported by the test server", "CommandNotSupported")
     # Leading $match/$sort/$skip/$limit run as a find (the same semantics, without
@@ -144,6 +156,39 @@ def aggregate(db, cmd):
     return cursor_reply(db, name, documents, (cmd.get("cursor") or {}).get("batchSize"))
 
 
+def lookup(ns, key):
+    return client[ns["db"]][ns["coll"]].find_one({"_id": key})
+
+
+def watch(db, cmd):
+    """An aggregate whose first stage is `$changeStream`: a tailable cursor over the
+    oplog (changes.py), on a collection, a database (`aggregate: 1`) or, from `admin`
+    with `allChangesForCluster`, every database."""
+    stage, *rest = cmd["pipeline"]
+    settings = stage["$changeStream"] or {}
+    if db == "admin" and settings.get("allChangesForCluster"):
+        where = (None, None)
+    else:
+        where = (db, None if cmd["aggregate"] == 1 else cmd["aggregate"])
+    stream = Stream(oplog, lookup, *where, settings, rest)
+    size = (cmd.get("cursor") or {}).get("batchSize")
+    batch = stream.collect(BATCH if size is None else size)
+    cursor_id = 0 if stream.closed else next(cursor_ids)
+    if cursor_id:
+        streams[cursor_id] = stream
+    return {"cursor": {"id": bson.int64.Int64(cursor_id), "ns": stream.namespace(), "firstBatch": batch, "postBatchResumeToken": stream.resume_token}}
+
+
+def stream_get_more(cursor_id, cmd):
+    stream = streams[cursor_id]
+    wait = cmd.get("maxTimeMS", 1000) / 1000
+    batch = stream.next_batch(cmd.get("batchSize") or BATCH, wait)
+    if stream.closed:
+        streams.pop(cursor_id, None)
+    reply_id = 0 if stream.closed else cursor_id
+    return {"cursor": {"id": bson.int64.Int64(reply_id), "ns": stream.namespace(), "nextBatch": batch, "postBatchResumeToken": stream.resume_token}}
+
+
 def unset_as_project(stage):
     """`{$unset: f}` is `{$project: {f: 0}}` (mongomock has no `$unset` stage)."""
     if "$unset" not in stage:
@@ -162,14 +207,22 @@ def write_error(index, err):
     return {"index": index, "code": code, "errmsg": str(err)}
 
 
+def validation_error(db, name):
+    return CommandError(DOCUMENT_VALIDATION_FAILURE, f"Document failed validation (collection {db}.{name})", "DocumentValidationFailure")
+
+
 def insert(db, cmd):
-    collection = client[db][cmd["insert"]]
+    name = cmd["insert"]
+    collection = client[db][name]
     n, errors = 0, []
     for index, document in enumerate(cmd.get("documents", [])):
         try:
+            if validation.refuses(options.get((db, name)), None, document):
+                raise validation_error(db, name)
             collection.insert_one(document)
+            oplog.write(db, name, None, document)
             n += 1
-        except pymongo_errors.PyMongoError as err:
+        except (pymongo_errors.PyMongoError, CommandError) as err:
             errors.append(write_error(index, err))
             if cmd.get("ordered", True):
                 break
@@ -183,25 +236,56 @@ def is_replacement(update):
     return isinstance(update, dict) and not any(k.startswith("$") for k in update)
 
 
+def by_id(collection, document):
+    return collection.find_one({"_id": document["_id"]})
+
+
+def record_writes(db, name, writes, replaced):
+    """Checks each (before, after) of one write against the collection's validator; all
+    of them refused when one is (the documents put back), else each made an event."""
+    collection = client[db][name]
+    if any(after is not None and validation.refuses(options.get((db, name)), before, after) for before, after in writes):
+        for before, after in writes:
+            if before is None:
+                collection.delete_one({"_id": after["_id"]})
+            else:
+                collection.replace_one({"_id": before["_id"]}, before)
+        raise validation_error(db, name)
+    for before, after in writes:
+        oplog.write(db, name, before, after, replaced=replaced)
+
+
+def update_one_spec(db, name, spec):
+    """Applies one statement of an update command; returns its result."""
+    collection = client[db][name]
+    query, change = spec.get("q") or {}, spec["u"]
+    if isinstance(query.get("_id"), dict):
+        # mongomock's shortcut for a top-level `_id` condition fails on `$in`
+        query = {"$and": [query]}
+    upsert, multi = spec.get("upsert", False), spec.get("multi", False)
+    replaced = is_replacement(change)
+    matched = collection.find(query)
+    before = list(matched if multi and not replaced else matched.limit(1))
+    if replaced:
+        result = collection.replace_one(query, change, upsert=upsert)
+    elif multi:
+        result = collection.update_many(query, change, upsert=upsert, array_filters=spec.get("arrayFilters"))
+    else:
+        result = collection.update_one(query, change, upsert=upsert, array_filters=spec.get("arrayFilters"))
+    writes = [(document, by_id(collection, document)) for document in before]
+    if result.upserted_id is not None:
+        writes.append((None, collection.find_one({"_id": result.upserted_id})))
+    record_writes(db, name, writes, replaced)
+    return result
+
+
 def update(db, cmd):
-    collection = client[db][cmd["update"]]
+    name = cmd["update"]
     n, modified, upserted, errors = 0, 0, [], []
     for index, spec in enumerate(cmd.get("updates", [])):
-        query, change = spec.get("q") or {}, spec["u"]
-        if isinstance(query.get("_id"), dict):
-            # mongomock's shortcut for a top-level `_id` condition fails on `$in`
-            query = {"$and": [query]}
-        upsert, multi = spec.get("upsert", False), spec.get("multi", False)
         try:
-            if is_replacement(change):
-                result = collection.replace_one(query, change, upsert=upsert)
-            elif multi:
-                result = collection.update_many(query, change, upsert=upsert,
-                                                array_filters=spec.get("arrayFilters"))
-            else:
-                result = collection.update_one(query, change, upsert=upsert,
-                                               array_filters=spec.get("arrayFilters"))
-        except pymongo_errors.PyMongoError as err:
+            result = update_one_spec(db, name, spec)
+        except (pymongo_errors.PyMongoError, CommandError) as err:
             errors.append(write_error(index, err))
             if cmd.get("ordered", True):
                 break
@@ -221,35 +305,39 @@ def update(db, cmd):
 
 
 def delete(db, cmd):
-    collection = client[db][cmd["delete"]]
+    name = cmd["delete"]
+    collection = client[db][name]
     n = 0
     for spec in cmd.get("deletes", []):
-        if spec.get("limit", 0) == 1:
-            n += collection.delete_one(spec.get("q") or {}).deleted_count
-        else:
-            n += collection.delete_many(spec.get("q") or {}).deleted_count
+        matched = collection.find(spec.get("q") or {}, projection={"_id": 1})
+        for document in list(matched.limit(1) if spec.get("limit", 0) == 1 else matched):
+            n += collection.delete_one({"_id": document["_id"]}).deleted_count
+            oplog.write(db, name, document, None)
     return {"n": n}
 
 
 def find_and_modify(db, cmd):
-    collection = client[db][cmd["findAndModify"]]
+    name = cmd["findAndModify"]
+    collection = client[db][name]
     query = cmd.get("query") or {}
     sort = list(cmd["sort"].items()) if cmd.get("sort") else None
-    new = cmd.get("new", False)
+    before = collection.find_one(query, sort=sort)
+    replaced = False
     try:
         if cmd.get("remove"):
-            value = collection.find_one_and_delete(query, sort=sort)
-        elif is_replacement(cmd["update"]):
-            value = collection.find_one_and_replace(query, cmd["update"], sort=sort,
-                                                    upsert=cmd.get("upsert", False),
-                                                    return_document=new)
+            after = None
+            if before is not None:
+                collection.delete_one({"_id": before["_id"]})
         else:
-            value = collection.find_one_and_update(query, cmd["update"], sort=sort,
-                                                   upsert=cmd.get("upsert", False),
-                                                   return_document=new)
+            replaced = is_replacement(cmd["update"])
+            modify = collection.find_one_and_replace if replaced else collection.find_one_and_update
+            after = modify(query, cmd["update"], sort=sort, upsert=cmd.get("upsert", False), return_document=True)
     except pymongo_errors.DuplicateKeyError as err:
         raise CommandError(11000, str(err), "DuplicateKey") from err
-    return {"value": value, "lastErrorObject": {"n": 0 if value is None else 1}}
+    if before is not None or after is not None:
+        record_writes(db, name, [(before, after)], replaced)
+    value = after if cmd.get("new", False) else before
+    return {"value": value, "lastErrorObject": {"n": 0 if before is None and after is None else 1}}
 
 
 def collection_names(db):
@@ -263,6 +351,7 @@ def create(db, cmd):
     client[db].create_collection(name)
     kept = {k: v for k, v in cmd.items() if k not in ("create", "$db", "lsid", "$readPreference")}
     options[(db, name)] = kept
+    oplog.append(db, name, "create", operationDescription=kept)
     return {}
 
 
@@ -274,6 +363,7 @@ def coll_mod(db, cmd):
     for key in ("validator", "validationLevel", "validationAction"):
         if key in cmd:
             kept[key] = cmd[key]
+    oplog.append(db, name, "modify", operationDescription={k: v for k, v in kept.items()})
     return {}
 
 
@@ -296,13 +386,18 @@ def drop(db, cmd):
         raise CommandError(26, "ns not found", "NamespaceNotFound")
     client[db].drop_collection(name)
     options.pop((db, name), None)
+    oplog.append(db, name, "drop")
     return {"ns": f"{db}.{name}"}
 
 
 def drop_database(db, _cmd):
+    names = collection_names(db)
     client.drop_database(db)
     for key in [k for k in options if k[0] == db]:
         options.pop(key)
+    for name in names:
+        oplog.append(db, name, "drop")
+    oplog.append(db, None, "dropDatabase")
     return {"dropped": db}
 
 
@@ -327,6 +422,7 @@ def create_indexes(db, cmd):
             collection.create_index(list(spec["key"].items()), **kwargs)
         except pymongo_errors.DuplicateKeyError as err:
             raise CommandError(11000, f"E11000 duplicate key error collection: {db}.{cmd['createIndexes']} index: {spec['name']}", "DuplicateKey") from err
+        oplog.append(db, cmd["createIndexes"], "createIndexes", operationDescription={"indexes": [spec]})
     return {"numIndexesBefore": before, "numIndexesAfter": len(list(collection.list_indexes())), "createdCollectionAutomatically": False}
 
 
@@ -343,12 +439,14 @@ def drop_indexes(db, cmd):
     index = cmd["index"]
     if index == "*":
         collection.drop_indexes()
+        oplog.append(db, cmd["dropIndexes"], "dropIndexes", operationDescription={"indexes": "*"})
         return {}
     if not isinstance(index, str):
         index = helpers.gen_index_name(list(index.items()))
     if index not in {i["name"] for i in collection.list_indexes()}:
         raise CommandError(27, f"index not found with name [{index}]", "IndexNotFound")
     collection.drop_index(index)
+    oplog.append(db, cmd["dropIndexes"], "dropIndexes", operationDescription={"indexes": [index]})
     return {}
 
 
@@ -366,6 +464,7 @@ def rename_collection(_db, cmd):
     client[source_db][source].rename(target)
     if (source_db, source) in options:
         options[(source_db, target)] = options.pop((source_db, source))
+    oplog.append(source_db, source, "rename", to={"db": target_db, "coll": target})
     return {}
 
 
@@ -389,6 +488,8 @@ COMMANDS = {
 
 def handle(request):
     name = request.command_name
+    if request.doc.get("startTransaction"):
+        return request.command_err(20, "the test server has no transactions", codeName="IllegalOperation")
     command = COMMANDS.get(name)
     if command is None:
         return request.command_err(59, f"no such command: '{name}' (the test server implements {len(COMMANDS)} commands)", codeName="CommandNotFound")
@@ -414,6 +515,8 @@ def main():
     port = int(sys.argv[1])
     server = mockupdb.MockupDB(port=port, request_timeout=int(1e6))
     server._address = ("127.0.0.1", port)
+    global address
+    address = f"127.0.0.1:{port}"
     server.autoresponds(handle)
     server.run()
     print(f"mongo stand-in listening on 127.0.0.1:{port}", flush=True)

@@ -267,7 +267,7 @@ fn a_copy_catches_up_from_the_change_stream_through_cutover() {
         mongo
             .block(orders.replace_one(
                 doc! {"_id": i * 13 + 5},
-                doc! {"customer": "replaced", "cents": 1, "items": [1]},
+                doc! {"customer": "replaced", "cents": 1_i64, "items": [1]},
             ))
             .unwrap();
     }

@@ -27,6 +27,7 @@ from mongomock import helpers
 from mongomock.aggregate import process_pipeline
 from pymongo import errors as pymongo_errors
 
+import lookups
 import validation
 from changes import Oplog, Stream
 from errors import DOCUMENT_VALIDATION_FAILURE, CommandError
@@ -512,6 +513,7 @@ def handle(request):
 
 
 def main():
+    lookups.install()
     port = int(sys.argv[1])
     server = mockupdb.MockupDB(port=port, request_timeout=int(1e6))
     server._address = ("127.0.0.1", port)

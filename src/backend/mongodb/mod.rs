@@ -9,7 +9,8 @@
 //!   `_id`-range batches
 //! - [`order`]: the order of `_id`s across types, and keys as text
 //! - [`source`]: a collection as a job's source; [`capture`] its change stream
-//! - [`sink`]: a collection as a job's sink (a copy's target, a backfill's collection)
+//! - [`sink`]: a collection as a job's sink (a copy's target, a backfill's collection);
+//!   [`verify`] its comparison with the source while writes go on
 //!
 //! The database a URL names (`mongodb://host/app`) is the one acted on; the driver's own
 //! URL options (`tls=true`, `tlsCAFile=…`, `replicaSet=…`) are honoured as they are.
@@ -21,6 +22,7 @@ mod operations;
 mod order;
 mod sink;
 mod source;
+mod verify;
 
 pub use migrations::MongoMigrations;
 

@@ -82,12 +82,36 @@ impl MongoSink {
         }
     }
 
-    fn error(&self, context: &str, e: mongodb::error::Error) -> Error {
+    pub(super) fn error(&self, context: &str, e: mongodb::error::Error) -> Error {
         store_error(&self.at.name, &self.at.url, context, e)
     }
 
     fn target(&self) -> Collection<Document> {
         self.at.database.collection(&self.at.collection)
+    }
+
+    /// The target, read as the bytes it holds.
+    pub(super) fn raw_target(&self) -> Collection<RawDocumentBuf> {
+        self.at.database.collection(&self.at.collection)
+    }
+
+    /// Applies every change the source has, from the saved position on; returns how
+    /// many.
+    pub(super) async fn drain(&mut self, source: &mut dyn Source) -> Result<u64> {
+        let Some(mut position) = self.position().await? else {
+            return Ok(0);
+        };
+        let mut drained = 0;
+        loop {
+            let batch = source.read_changes(&position, None).await?;
+            drained += self.apply(&batch, source).await?;
+            if let Some(end) = batch.end {
+                position = end;
+            }
+            if batch.drained {
+                return Ok(drained);
+            }
+        }
     }
 
     fn checkpoints(&self) -> Collection<Document> {
@@ -181,10 +205,7 @@ impl MongoSink {
 
     /// Writes whole documents by `_id`: inserted, or replacing what is there.
     async fn put(&self, documents: Vec<RawDocumentBuf>) -> Result<()> {
-        let target = self
-            .at
-            .database
-            .collection::<RawDocumentBuf>(&self.at.collection);
+        let target = self.raw_target();
         let duplicates: Vec<usize> = match target.insert_many(&documents).ordered(false).await {
             Ok(_) => return Ok(()),
             Err(e) => match &*e.kind {
@@ -276,9 +297,7 @@ impl MongoSink {
         let upper = chunk.upper.as_ref().map(id_of).transpose()?;
         let read = async {
             let cursor = self
-                .at
-                .database
-                .collection::<RawDocumentBuf>(&self.at.collection)
+                .raw_target()
                 .find(between(lower.as_ref(), upper.as_ref()))
                 .sort(doc! {"_id": 1})
                 .batch_size(5000)
@@ -610,27 +629,20 @@ impl Sink for MongoSink {
         }
         let expected = source.digest(chunk, &Vec::new(), checksum).await?;
         let found = self.target_digest(chunk, checksum).await?;
-        Ok(crate::engine::row::Digest::difference(&expected, &found)
-            .map(|d| d.replace("rows", "documents")))
+        match crate::engine::row::Digest::difference(&expected, &found) {
+            None => Ok(None),
+            Some(difference) => {
+                let difference = difference.replace("rows", "documents");
+                self.settle_difference(source, chunk, difference).await
+            }
+        }
     }
 
     async fn cutover(&mut self, source: &mut dyn Source) -> Result<CutoverReport> {
         let started = Instant::now();
         source.fence().await?;
         crate::crash_point!("cutover.after_lock");
-        let mut drained = 0;
-        if let Some(mut position) = self.position().await? {
-            loop {
-                let batch = source.read_changes(&position, None).await?;
-                drained += self.apply(&batch, source).await?;
-                if let Some(end) = batch.end {
-                    position = end;
-                }
-                if batch.drained {
-                    break;
-                }
-            }
-        }
+        let drained = self.drain(source).await?;
         crate::crash_point!("cutover.after_drain");
         let source_name = self.at.source_collection.clone();
         self.rename(&self.at.source_database, &source_name, &self.old_name())

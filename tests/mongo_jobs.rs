@@ -277,3 +277,78 @@ fn a_copy_catches_up_from_the_change_stream_through_cutover() {
     let target = mongo.documents("orders");
     assert_eq!(target, source.iter().map(transformed).collect::<Vec<_>>());
 }
+
+/// A copy catching up from the change stream, without a transform (updates travel as
+/// patches of the fields they changed), cut over and contracted on request.
+fn plain_copy_job() -> String {
+    COPY_JOB
+        .replace(
+            "[transform]\npipeline = '[{\"$set\": {\"euros\": {\"$divide\": [\"$cents\", 100]}}}, {\"$unset\": \"items\"}]'\n",
+            "",
+        )
+        .replace("[catch_up]\nmethod = \"none\"\n", "")
+        .replace(
+            "batch_size = 5000",
+            "batch_size = 1000\nrows_per_second = 4000",
+        )
+        .replace("mode = \"auto\"", "mode = \"manual\"")
+}
+
+#[test]
+fn abort_after_cutover_carries_the_new_collections_writes_back() {
+    let (project, mongo) = project();
+    if let Err(why) = mongo.replica_set() {
+        return skip(
+            "abort_after_cutover_carries_the_new_collections_writes_back",
+            &why,
+        );
+    }
+    mongo.insert("orders", orders(6_000));
+    let job = project.job_file("orders_v2", &plain_copy_job());
+    let running = common::Running::spawn(&mut project.command(&["job", "run", &job]));
+    common::mongo::spawn_writer(&mongo.url, "orders", 1, 300)
+        .join()
+        .unwrap();
+    let run = running.wait();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    project.run(&["job", "cutover", "orders_v2"]).ok();
+    project.run(&["job", "run", &job]).ok();
+    assert_eq!(project.job_status("orders_v2")["phase"], "cutover");
+    assert_eq!(
+        mongo.documents("orders"),
+        mongo.documents("orders_old"),
+        "the copy equals the source as the writer left it"
+    );
+
+    // The application now writes to the new collection, under the source's name.
+    common::mongo::spawn_writer(&mongo.url, "orders", 2, 200)
+        .join()
+        .unwrap();
+    let orders = mongo.collection("orders");
+    mongo
+        .block(orders.update_many(doc! {"customer": "late"}, doc! {"$set": {"after": true}}))
+        .unwrap();
+    let written = mongo.documents("orders");
+    assert_ne!(written, mongo.documents("orders_old"));
+
+    project.run(&["job", "abort", "orders_v2"]).ok();
+    assert_eq!(project.job_status("orders_v2")["phase"], "aborted");
+    assert_eq!(mongo.collections(), ["orders", "orders_v2"]);
+    assert_eq!(
+        mongo.documents("orders"),
+        written,
+        "the old collection, back under its name, holds every write made to the new one"
+    );
+    assert_eq!(
+        mongo.documents("orders_v2"),
+        written,
+        "the new one is set aside"
+    );
+    assert_eq!(mongo.count("switchyard_checkpoints", doc! {}), 0);
+    // Neither is left fenced.
+    for name in ["orders", "orders_v2"] {
+        mongo
+            .block(mongo.collection(name).insert_one(doc! {"_id": -1}))
+            .unwrap_or_else(|e| panic!("{name} refuses writes after the abort: {e}"));
+    }
+}

@@ -19,12 +19,14 @@ import threading
 import traceback
 from collections import OrderedDict
 from datetime import datetime, timezone
+from uuid import uuid4
 
 import bson
 import mockupdb
 import mongomock
 from mongomock import helpers
 from mongomock.aggregate import process_pipeline
+from mongomock.filtering import filter_applies
 from pymongo import errors as pymongo_errors
 
 import lookups
@@ -43,6 +45,8 @@ cursor_ids = itertools.count(1)
 oplog = Oplog(threading.Condition(lock))
 # Collection options mongomock cannot hold (validators), by (db, collection).
 options = {}
+# Each collection's UUID (listCollections' `info.uuid`), kept through renames.
+uuids = {}
 # host:port, set by main.
 address = None
 
@@ -369,13 +373,13 @@ def coll_mod(db, cmd):
 
 
 def list_collections(db, cmd):
-    wanted = (cmd.get("filter") or {}).get("name")
+    wanted = cmd.get("filter") or {}
     entries = []
     for name in sorted(collection_names(db)):
-        if wanted is not None and name != wanted:
-            continue
+        uuid = uuids.setdefault((db, name), bson.Binary(uuid4().bytes, 4))
         entries.append({"name": name, "type": "collection",
-                        "options": options.get((db, name), {}), "info": {"readOnly": False}})
+                        "options": options.get((db, name), {}), "info": {"readOnly": False, "uuid": uuid}})
+    entries = [entry for entry in entries if filter_applies(wanted, entry)]
     if cmd.get("nameOnly"):
         entries = [{"name": e["name"], "type": "collection"} for e in entries]
     return cursor_reply(db, "$cmd.listCollections", entries, None)
@@ -387,6 +391,7 @@ def drop(db, cmd):
         raise CommandError(26, "ns not found", "NamespaceNotFound")
     client[db].drop_collection(name)
     options.pop((db, name), None)
+    uuids.pop((db, name), None)
     oplog.append(db, name, "drop")
     return {"ns": f"{db}.{name}"}
 
@@ -394,8 +399,9 @@ def drop(db, cmd):
 def drop_database(db, _cmd):
     names = collection_names(db)
     client.drop_database(db)
-    for key in [k for k in options if k[0] == db]:
-        options.pop(key)
+    for kept in (options, uuids):
+        for key in [k for k in kept if k[0] == db]:
+            kept.pop(key)
     for name in names:
         oplog.append(db, name, "drop")
     oplog.append(db, None, "dropDatabase")
@@ -462,9 +468,12 @@ def rename_collection(_db, cmd):
         if not cmd.get("dropTarget"):
             raise CommandError(48, "target namespace exists", "NamespaceExists")
         client[source_db].drop_collection(target)
+        options.pop((source_db, target), None)
+        uuids.pop((source_db, target), None)
     client[source_db][source].rename(target)
-    if (source_db, source) in options:
-        options[(source_db, target)] = options.pop((source_db, source))
+    for kept in (options, uuids):
+        if (source_db, source) in kept:
+            kept[(source_db, target)] = kept.pop((source_db, source))
     oplog.append(source_db, source, "rename", to={"db": target_db, "coll": target})
     return {}
 

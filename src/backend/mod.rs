@@ -10,6 +10,12 @@ pub const APPLICATION_NAME: &str = "switchyard";
 pub mod mongodb;
 pub mod postgres;
 
+/// The name of a job's way back, the job that carries the new table's or collection's
+/// writes back to the old one after cutover (its slot, sessions and checkpoints carry it).
+pub(crate) fn back_name(job: &str) -> String {
+    format!("{job}_back")
+}
+
 use crate::config::{Config, DatabaseKind};
 use crate::engine::{JobRecord, Pipeline};
 use crate::error::{Error, Result};

@@ -202,3 +202,54 @@ pub fn skip(test: &str, why: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
+
+/// Writes of every kind to `collection` of the database at `url`, from a thread of its
+/// own: for each `i` below `count`, an update (a field set, an embedded field set, an
+/// element pushed) of `_id` `i * 7`, a delete of `i * 11 + 3`, an insert of
+/// `100_000 * round + i` and, every tenth, an array popped and a document replaced. The
+/// documents are `orders` of the tests (ids from 0); each round inserts other ids.
+pub fn spawn_writer(
+    url: &str,
+    collection: &str,
+    round: i64,
+    count: i64,
+) -> std::thread::JoinHandle<()> {
+    let (url, collection) = (url.to_string(), collection.to_string());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let client = Client::with_uri_str(&url).await.unwrap();
+            let orders = client
+                .default_database()
+                .expect("a URL naming its database")
+                .collection::<Document>(&collection);
+            for i in 0..count {
+                orders
+                    .update_one(
+                        doc! {"_id": i * 7},
+                        doc! {"$set": {"cents": -i, "note.by": "writer"}, "$push": {"items": i}},
+                    )
+                    .await
+                    .unwrap();
+                orders.delete_one(doc! {"_id": i * 11 + 3}).await.unwrap();
+                orders
+                    .insert_one(doc! {"_id": 100_000 * round + i, "customer": "late", "cents": i, "items": []})
+                    .await
+                    .unwrap();
+                if i % 10 == 0 {
+                    orders
+                        .update_one(doc! {"_id": i * 7 + 1}, doc! {"$pop": {"items": 1}})
+                        .await
+                        .unwrap();
+                    orders
+                        .replace_one(doc! {"_id": i * 13 + 5}, doc! {"customer": "replaced", "cents": 1_i64, "items": [1]})
+                        .await
+                        .unwrap();
+                }
+            }
+        });
+    })
+}

@@ -35,6 +35,10 @@ pub struct EventReader {
     pub collection: String,
     /// Documents are reshaped by a transform pipeline on the way: the sink reads them.
     pub transformed: bool,
+    /// A rename of the collection to this name is a cutover's own, not a reason to stop:
+    /// the way back watches the source's name from before the forward switch, which
+    /// sets the old collection aside under this name.
+    pub set_aside: Option<String>,
 }
 
 impl EventReader {
@@ -91,6 +95,16 @@ impl EventReader {
             "delete" => Ok(Some(Change::Delete {
                 key: key_of(&id()?),
             })),
+            "rename"
+                if self.set_aside.is_some()
+                    && event
+                        .get_document("to")
+                        .and_then(|to| to.get_str("coll"))
+                        .ok()
+                        == self.set_aside.as_deref() =>
+            {
+                Ok(None)
+            }
             "drop" | "rename" | "dropDatabase" | "invalidate" => {
                 let what = match operation {
                     "drop" => "was dropped".to_string(),
@@ -222,6 +236,7 @@ mod tests {
         EventReader {
             collection: "orders".into(),
             transformed,
+            set_aside: None,
         }
     }
 

@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::engine::Pipeline;
 use crate::job::{CatchUpMethod, JobKind, JobSpec};
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use mongodb::bson::{Bson, Document};
@@ -69,23 +70,18 @@ pub async fn connect(database: &str, url: &SecretUrl) -> Result<Database> {
 
 /// A MongoDB job's source and sink, joined for the engine. A copy catching up from a
 /// change stream needs a replica set: a standalone server is refused before anything
-/// changes.
+/// changes. Such a copy also has a way back ([`open_way_back`]), whose capture its
+/// cutover starts before the switch.
 pub async fn open_job(config: &Config, spec: &JobSpec) -> Result<Pipeline> {
-    let source_config = config.database(&spec.source.database)?;
-    let source = source::MongoSource::open(spec, &spec.source.database, &source_config.url).await?;
-    let source_database = connect(&spec.source.database, &source_config.url).await?;
-    let source_collection = spec.source.collection.clone().unwrap_or_default();
-    let (target_name, collection) = match &spec.target {
-        Some(target) => (
-            target.database.clone(),
-            target.collection.clone().unwrap_or_default(),
-        ),
-        None => (spec.source.database.clone(), source_collection.clone()),
-    };
-    let target_config = config.database(&target_name)?;
-    let database = connect(&target_name, &target_config.url).await?;
-    if spec.catch_up.method == CatchUpMethod::ChangeStream && spec.kind == JobKind::Copy {
-        require_replica_set(&spec.source.database, &source_config.url, &source_database).await?;
+    let sides = Sides::of(config, spec)?;
+    let aside = format!("{}_old", sides.source_collection);
+    let source = source::MongoSource::open(spec, &spec.source.database, sides.source_url)
+        .await?
+        .with_set_aside(&aside);
+    let source_database = connect(&spec.source.database, sides.source_url).await?;
+    let captures = spec.catch_up.method == CatchUpMethod::ChangeStream;
+    if captures && spec.kind == JobKind::Copy {
+        require_replica_set(&spec.source.database, sides.source_url, &source_database).await?;
     }
     let fill = match spec.kind {
         JobKind::Backfill => Some(
@@ -99,21 +95,104 @@ pub async fn open_job(config: &Config, spec: &JobSpec) -> Result<Pipeline> {
         ),
         _ => None,
     };
-    let sink = sink::MongoSink::new(
-        &spec.name,
-        sink::Placement {
-            name: target_name.clone(),
-            url: target_config.url.clone(),
-            database,
-            collection,
-            source_database,
+    let placement = sink::Placement {
+        name: sides.target_name.clone(),
+        url: sides.target_url.clone(),
+        database: connect(&sides.target_name, sides.target_url).await?,
+        collection: sides.target_collection.clone(),
+        source_database,
+        source_collection: sides.source_collection.clone(),
+        aside,
+        same_database: sides.target_name == spec.source.database,
+        fill,
+        expand: spec.expand.operations.clone(),
+    };
+    if !(captures && spec.kind == JobKind::Copy) {
+        let sink = sink::MongoSink::new(&spec.name, placement);
+        return Ok(Pipeline::new(Box::new(source), Box::new(sink)));
+    }
+    let (back_source, back_sink) = open_way_back(config, spec).await?;
+    let sink = sink::MongoSink::new(&spec.name, placement).with_way_back(back_source, back_sink);
+    let (config, spec) = (Arc::new(config.clone()), Arc::new(spec.clone()));
+    Ok(
+        Pipeline::new(Box::new(source), Box::new(sink)).with_reverse(Box::new(move || {
+            let (config, spec) = (config.clone(), spec.clone());
+            Box::pin(async move {
+                let (source, sink) = open_way_back(&config, &spec).await?;
+                Ok(Pipeline::new(Box::new(source), Box::new(sink)))
+            })
+        })),
+    )
+}
+
+/// Where a job's collections are: names and URLs of both sides.
+struct Sides<'a> {
+    source_url: &'a SecretUrl,
+    source_collection: String,
+    target_name: String,
+    target_url: &'a SecretUrl,
+    target_collection: String,
+}
+
+impl<'a> Sides<'a> {
+    fn of(config: &'a Config, spec: &JobSpec) -> Result<Sides<'a>> {
+        let source_collection = spec.source.collection.clone().unwrap_or_default();
+        let (target_name, target_collection) = match &spec.target {
+            Some(target) => (
+                target.database.clone(),
+                target.collection.clone().unwrap_or_default(),
+            ),
+            None => (spec.source.database.clone(), source_collection.clone()),
+        };
+        Ok(Sides {
+            source_url: &config.database(&spec.source.database)?.url,
             source_collection,
-            same_database: target_name == spec.source.database,
-            fill,
-            expand: spec.expand.operations.clone(),
-        },
-    );
-    Ok(Pipeline::new(Box::new(source), Box::new(sink)))
+            target_url: &config.database(&target_name)?.url,
+            target_name,
+            target_collection,
+        })
+    }
+}
+
+/// The way back of a copy that cut over: the new collection (the target, under the
+/// source's name) is its source, watched from before the forward switch; the old one
+/// (`<name>_old`) its sink. Its cutover sets the new collection aside under the name it
+/// had before (or `<name>_old` on its server, when it had the source's name) and gives
+/// the old one its name back. It copies nothing: it only catches up and cuts over.
+/// Documents written after the forward cutover come back as they were written, in the
+/// new collection's shape (a transform is not undone).
+pub async fn open_way_back(
+    config: &Config,
+    spec: &JobSpec,
+) -> Result<(source::MongoSource, sink::MongoSink)> {
+    let sides = Sides::of(config, spec)?;
+    let forward_aside = format!("{}_old", sides.source_collection);
+    let name = &sides.source_collection;
+    let aside = if sides.target_collection != *name {
+        sides.target_collection.clone()
+    } else {
+        forward_aside.clone()
+    };
+    let mut back = spec.clone();
+    back.name = crate::backend::back_name(&spec.name);
+    back.source.database = sides.target_name.clone();
+    back.transform = Default::default();
+    let source = source::MongoSource::open(&back, &sides.target_name, sides.target_url)
+        .await?
+        .with_set_aside(&forward_aside);
+    let placement = sink::Placement {
+        name: spec.source.database.clone(),
+        url: sides.source_url.clone(),
+        database: connect(&spec.source.database, sides.source_url).await?,
+        collection: forward_aside,
+        source_database: connect(&sides.target_name, sides.target_url).await?,
+        source_collection: name.clone(),
+        aside,
+        same_database: sides.target_name == spec.source.database,
+        fill: None,
+        expand: Vec::new(),
+    };
+    Ok((source, sink::MongoSink::new(&back.name, placement)))
 }
 
 /// Refuses a standalone server, on which change streams cannot open.

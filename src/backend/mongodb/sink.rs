@@ -30,7 +30,7 @@ use mongodb::{Collection, Database};
 use super::capture::updates_of;
 use super::lease::Lease;
 use super::order::{between, id_of, of_batch};
-use super::source::{digest_of, regex_escape, CHECKPOINTS};
+use super::source::{digest_of, regex_escape, MongoSource, CHECKPOINTS};
 use super::{error_code, store_error};
 use crate::engine::progress::{CutoverReport, KeyRange, RangeProgress};
 use crate::engine::row::{Change, Key, Position, Value};
@@ -54,6 +54,8 @@ pub struct Placement {
     /// The source's database and collection (renamed at cutover).
     pub source_database: Database,
     pub source_collection: String,
+    /// The name the source is set aside under at cutover (`<name>_old`).
+    pub aside: String,
     /// The target is in the source's database (one configured database).
     pub same_database: bool,
     /// Backfill: the update pipeline that fills each document.
@@ -66,6 +68,8 @@ pub struct MongoSink {
     job: String,
     /// The job's claim; `None` in a copy worker's handle, which claims nothing.
     lease: Option<Lease>,
+    /// The way back's source and sink, whose capture cutover starts before the switch.
+    way_back: Option<Box<(MongoSource, MongoSink)>>,
 }
 
 impl MongoSink {
@@ -79,7 +83,16 @@ impl MongoSink {
             at,
             job: job.to_string(),
             lease: Some(lease),
+            way_back: None,
         }
+    }
+
+    /// A copy's sink whose cutover starts the capture of `source` (the new collection)
+    /// for `sink` (the old one) before the switch: nothing written to the new
+    /// collection afterwards escapes an abort.
+    pub fn with_way_back(mut self, source: MongoSource, sink: MongoSink) -> MongoSink {
+        self.way_back = Some(Box::new((source, sink)));
+        self
     }
 
     pub(super) fn error(&self, context: &str, e: mongodb::error::Error) -> Error {
@@ -149,33 +162,72 @@ impl MongoSink {
             .map_err(|e| self.error("cannot list collections", e))
     }
 
-    /// Renames `from` to `to` in `database` unless that is done already.
-    async fn rename(&self, database: &Database, from: &str, to: &str) -> Result<()> {
+    /// Sets the source aside: renames it to [`Placement::aside`], unless that is done.
+    async fn set_aside(&self) -> Result<()> {
+        let (database, from, to) = (
+            &self.at.source_database,
+            &self.at.source_collection,
+            &self.at.aside,
+        );
         if !self.exists(database, from).await? {
             return Ok(());
         }
-        for _ in 0..3 {
-            let command = doc! {"renameCollection": format!("{}.{from}", database.name()), "to": format!("{}.{to}", database.name())};
-            match database
-                .client()
-                .database("admin")
-                .run_command(command)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) if error_code(&e) == Some(NAMESPACE_EXISTS) => {
-                    self.move_stray_writes(database, to, from).await?;
-                }
-                Err(e) => return Err(self.error(&format!("cannot rename `{from}` to `{to}`"), e)),
-            }
+        match self.rename_command(database, from, to, false).await {
+            Ok(()) => Ok(()),
+            Err(e) if error_code(&e) == Some(NAMESPACE_EXISTS) => Err(self.aside_taken(database)),
+            Err(e) => Err(self.error(&format!("cannot rename `{from}` to `{to}`"), e)),
         }
-        Err(Error::Refused(format!(
-            "database `{}`: `{to}` keeps being created by writes while the job renames `{from}` to it; stop the writers that create it and run the cutover again",
-            self.at.name
-        )))
     }
 
-    /// Documents written under `name` after the source left it go into `into`.
+    fn aside_taken(&self, database: &Database) -> Error {
+        Error::Refused(format!(
+            "job `{}`: a collection `{}` exists already in `{}`, and cutover sets the source aside under that name: drop or rename it, then run the job again",
+            self.job,
+            self.at.aside,
+            database.name()
+        ))
+    }
+
+    /// Gives the target the source's name (unless it has it). Documents an application
+    /// wrote under that name after the source left it are moved into the target first.
+    async fn take_name(&self) -> Result<()> {
+        let (database, from, to) = (
+            &self.at.database,
+            &self.at.collection,
+            &self.at.source_collection,
+        );
+        if !self.exists(database, from).await? {
+            return Ok(());
+        }
+        match self.rename_command(database, from, to, false).await {
+            Ok(()) => return Ok(()),
+            Err(e) if error_code(&e) == Some(NAMESPACE_EXISTS) => {}
+            Err(e) => return Err(self.error(&format!("cannot rename `{from}` to `{to}`"), e)),
+        }
+        self.move_stray_writes(database, to, from).await?;
+        self.rename_command(database, from, to, true)
+            .await
+            .map_err(|e| self.error(&format!("cannot rename `{from}` to `{to}`"), e))
+    }
+
+    async fn rename_command(
+        &self,
+        database: &Database,
+        from: &str,
+        to: &str,
+        drop_target: bool,
+    ) -> mongodb::error::Result<()> {
+        let name = database.name();
+        database
+            .client()
+            .database("admin")
+            .run_command(doc! {"renameCollection": format!("{name}.{from}"), "to": format!("{name}.{to}"), "dropTarget": drop_target})
+            .await
+            .map(drop)
+    }
+
+    /// Documents written under `name` after the source left it go into `into` (the
+    /// rename that follows drops `name`).
     async fn move_stray_writes(&self, database: &Database, name: &str, into: &str) -> Result<()> {
         let strays: Vec<Document> = async {
             database
@@ -196,11 +248,7 @@ impl MongoSink {
                 .await
                 .map_err(|e| self.error("cannot move writes made during the cutover", e))?;
         }
-        database
-            .collection::<Document>(name)
-            .drop()
-            .await
-            .map_err(|e| self.error("cannot move writes made during the cutover", e))
+        Ok(())
     }
 
     /// Writes whole documents by `_id`: inserted, or replacing what is there.
@@ -469,17 +517,15 @@ impl MongoSink {
                 collection: self.at.collection.clone(),
                 source_database: self.at.source_database.clone(),
                 source_collection: self.at.source_collection.clone(),
+                aside: self.at.aside.clone(),
                 same_database: self.at.same_database,
                 fill: self.at.fill.clone(),
                 expand: Vec::new(),
             },
             job: self.job.clone(),
             lease: None,
+            way_back: None,
         }
-    }
-
-    fn old_name(&self) -> String {
-        format!("{}_old", self.at.source_collection)
     }
 }
 
@@ -516,6 +562,12 @@ impl Sink for MongoSink {
         let state = self.state().await?;
         if let Ok(created) = state.get_bool("created_target") {
             return Ok(created);
+        }
+        if self
+            .exists(&self.at.source_database, &self.at.aside)
+            .await?
+        {
+            return Err(self.aside_taken(&self.at.source_database));
         }
         let existed = self.exists(&self.at.database, &self.at.collection).await?;
         for operation in &self.at.expand {
@@ -640,17 +692,33 @@ impl Sink for MongoSink {
 
     async fn cutover(&mut self, source: &mut dyn Source) -> Result<CutoverReport> {
         let started = Instant::now();
-        source.fence().await?;
-        crate::crash_point!("cutover.after_lock");
-        let drained = self.drain(source).await?;
-        crate::crash_point!("cutover.after_drain");
-        let source_name = self.at.source_collection.clone();
-        self.rename(&self.at.source_database, &source_name, &self.old_name())
-            .await?;
+        // Each step checks what a run before this one did: `set_aside` is saved once
+        // the source is aside, so a resumed cutover neither drains nor renames twice.
+        let state = self.state().await?;
+        let drained = match state.get_document("set_aside") {
+            Ok(done) => done.get_i64("changes").unwrap_or_default() as u64,
+            Err(_) => {
+                source.fence().await?;
+                crate::crash_point!("cutover.after_lock");
+                let drained = self.drain(source).await?;
+                crate::crash_point!("cutover.after_drain");
+                if let Some(back) = self.way_back.as_deref_mut() {
+                    let start = back.0.start_capture().await?;
+                    back.1.save_start(&start).await?;
+                    crate::crash_point!("cutover.after_back_capture");
+                }
+                self.set_aside().await?;
+                self.set_state(doc! {"set_aside": {"changes": drained as i64}})
+                    .await?;
+                drained
+            }
+        };
         crate::crash_point!("cutover.after_swap");
-        if !(self.at.same_database && self.at.collection == source_name) {
-            self.rename(&self.at.database, &self.at.collection.clone(), &source_name)
-                .await?;
+        // The fence held writes off the source until it was aside; aside, it takes its
+        // own validator back (the way back writes to it).
+        source.unfence().await?;
+        if !(self.at.same_database && self.at.collection == self.at.source_collection) {
+            self.take_name().await?;
         }
         let blocked = started.elapsed();
         self.set_state(doc! {"cutover": {"writes_blocked_ms": blocked.as_millis() as i64, "changes": drained as i64}})
@@ -689,7 +757,7 @@ impl Sink for MongoSink {
             let old = self
                 .at
                 .source_database
-                .collection::<Document>(&self.old_name());
+                .collection::<Document>(&self.at.aside);
             match old.drop().await {
                 Ok(()) => {}
                 Err(e) if error_code(&e) == Some(NAMESPACE_NOT_FOUND) => {}

@@ -87,6 +87,7 @@ impl MongoSource {
             events: EventReader {
                 collection: collection.clone(),
                 transformed: !pipeline.is_empty(),
+                set_aside: None,
             },
             collection,
             pipeline,
@@ -100,6 +101,14 @@ impl MongoSource {
         store_error(&self.name, &self.url, context, e)
     }
 
+    /// The name cutover sets the old collection aside under: that rename is the
+    /// cutover's own, passed over by a stream that sees it (a cutover resumed after
+    /// it; the way back, which watches the source's name from before the switch).
+    pub fn with_set_aside(mut self, aside: &str) -> MongoSource {
+        self.events.set_aside = Some(aside.to_string());
+        self
+    }
+
     fn collection(&self) -> Collection<Document> {
         self.database.collection(&self.collection)
     }
@@ -110,6 +119,49 @@ impl MongoSource {
 
     fn fence_id(&self) -> String {
         format!("{}:fence", self.job)
+    }
+
+    async fn saved_fence(&self) -> Result<Option<Document>> {
+        self.checkpoints()
+            .find_one(doc! {"_id": self.fence_id()})
+            .await
+            .map_err(|e| self.error("cannot read the job's checkpoints", e))
+    }
+
+    /// The `listCollections` entry of the collection `filter` finds, if any.
+    async fn collection_entry(&self, filter: Document) -> Result<Option<Document>> {
+        let info = self
+            .database
+            .run_command(doc! {"listCollections": 1, "filter": filter})
+            .await
+            .map_err(|e| self.error("cannot read the source's options", e))?;
+        Ok(info
+            .get_document("cursor")
+            .and_then(|c| c.get_array("firstBatch"))
+            .ok()
+            .and_then(|b| b.first())
+            .and_then(Bson::as_document)
+            .cloned())
+    }
+
+    /// The name the fenced collection has now: found by its UUID, since cutover renames
+    /// it (a name alone could be the new collection's by then); `None` once it is gone.
+    async fn fenced_name(&self, saved: &Document) -> Result<Option<String>> {
+        let filter = match saved.get("uuid") {
+            Some(uuid) => doc! {"info.uuid": uuid},
+            None => doc! {"name": saved.get_str("collection").unwrap_or(&self.collection)},
+        };
+        Ok(self
+            .collection_entry(filter)
+            .await?
+            .and_then(|entry| entry.get_str("name").ok().map(str::to_string)))
+    }
+
+    fn gone(&self) -> Error {
+        Error::Refused(format!(
+            "job `{}`: the source collection `{}` is gone, so it cannot be fenced for cutover",
+            self.job, self.collection
+        ))
     }
 
     /// The documents of `filter`, in `_id` order, reshaped by the pipeline.
@@ -452,41 +504,38 @@ impl Source for MongoSource {
     }
 
     async fn fence(&mut self) -> Result<()> {
-        let id = self.fence_id();
-        let saved = self
-            .checkpoints()
-            .find_one(doc! {"_id": &id})
-            .await
-            .map_err(|e| self.error("cannot read the job's checkpoints", e))?;
-        if saved.is_none() {
-            let info = self
-                .database
-                .run_command(doc! {"listCollections": 1, "filter": {"name": &self.collection}})
-                .await
-                .map_err(|e| self.error("cannot read the source's options", e))?;
-            let options = info
-                .get_document("cursor")
-                .and_then(|c| c.get_array("firstBatch"))
-                .ok()
-                .and_then(|b| b.first())
-                .and_then(Bson::as_document)
-                .and_then(|c| c.get_document("options").ok())
-                .cloned()
-                .unwrap_or_default();
-            let mut kept = doc! {"_id": &id, "collection": &self.collection};
-            for field in ["validator", "validationLevel", "validationAction"] {
-                if let Some(value) = options.get(field) {
-                    kept.insert(field, value.clone());
+        let saved = match self.saved_fence().await? {
+            Some(saved) => saved,
+            None => {
+                let filter = doc! {"name": &self.collection};
+                let Some(entry) = self.collection_entry(filter).await? else {
+                    return Err(self.gone());
+                };
+                let uuid = entry.get_document("info").ok().and_then(|i| i.get("uuid"));
+                let options = entry.get_document("options").cloned().unwrap_or_default();
+                let mut kept = doc! {"_id": self.fence_id(), "collection": &self.collection};
+                if let Some(uuid) = uuid {
+                    kept.insert("uuid", uuid);
                 }
+                for field in ["validator", "validationLevel", "validationAction"] {
+                    if let Some(value) = options.get(field) {
+                        kept.insert(field, value.clone());
+                    }
+                }
+                self.checkpoints()
+                    .insert_one(kept.clone())
+                    .await
+                    .map_err(|e| self.error("cannot save the source's validator", e))?;
+                kept
             }
-            self.checkpoints()
-                .insert_one(kept)
-                .await
-                .map_err(|e| self.error("cannot save the source's validator", e))?;
-        }
+        };
+        // A resumed cutover may find the source renamed already: the fence follows it.
+        let Some(name) = self.fenced_name(&saved).await? else {
+            return Err(self.gone());
+        };
         self.database
             .run_command(doc! {
-                "collMod": &self.collection,
+                "collMod": name,
                 "validator": {"$expr": false},
                 "validationLevel": "strict",
                 "validationAction": "error",
@@ -497,35 +546,26 @@ impl Source for MongoSource {
     }
 
     async fn unfence(&mut self) -> Result<()> {
-        let id = self.fence_id();
-        let Some(saved) = self
-            .checkpoints()
-            .find_one(doc! {"_id": &id})
-            .await
-            .map_err(|e| self.error("cannot read the job's checkpoints", e))?
-        else {
+        let Some(saved) = self.saved_fence().await? else {
             return Ok(());
         };
-        let collection = saved
-            .get_str("collection")
-            .unwrap_or(&self.collection)
-            .to_string();
-        let mut command = doc! {
-            "collMod": &collection,
-            "validator": saved.get_document("validator").cloned().unwrap_or_default(),
-        };
-        for field in ["validationLevel", "validationAction"] {
-            if let Some(value) = saved.get(field) {
-                command.insert(field, value.clone());
+        if let Some(name) = self.fenced_name(&saved).await? {
+            let mut command = doc! {
+                "collMod": name,
+                "validator": saved.get_document("validator").cloned().unwrap_or_default(),
+            };
+            for field in ["validationLevel", "validationAction"] {
+                if let Some(value) = saved.get(field) {
+                    command.insert(field, value.clone());
+                }
             }
-        }
-        match self.database.run_command(command).await {
-            Ok(_) => {}
-            Err(e) if error_code(&e) == Some(26) => {} // renamed away meanwhile
-            Err(e) => return Err(self.error("cannot lift the fence (collMod validator)", e)),
+            self.database
+                .run_command(command)
+                .await
+                .map_err(|e| self.error("cannot lift the fence (collMod validator)", e))?;
         }
         self.checkpoints()
-            .delete_one(doc! {"_id": &id})
+            .delete_one(doc! {"_id": self.fence_id()})
             .await
             .map(drop)
             .map_err(|e| self.error("cannot update the job's checkpoints", e))

@@ -404,7 +404,7 @@ mod tests {
     #[test]
     fn the_longest_names_fit_a_slot() {
         let job = "n".repeat(36);
-        let back = crate::backend::postgres::back_name(&job);
+        let back = crate::backend::back_name(&job);
         assert_eq!(Capture::new(&back, u32::MAX).slot.len(), 63);
     }
 }

@@ -197,7 +197,7 @@ pub(crate) fn way_back(spec: &JobSpec) -> (JobSpec, TableName) {
         source::old_name(&new_table)
     };
     let mut back = spec.clone();
-    back.name = back_name(&spec.name);
+    back.name = crate::backend::back_name(&spec.name);
     back.source = Endpoint {
         database: forward_target.database.clone(),
         table: Some(new_table.to_string()),
@@ -213,11 +213,6 @@ pub(crate) fn way_back(spec: &JobSpec) -> (JobSpec, TableName) {
     back.transform = Default::default();
     back.contract = Default::default();
     (back, aside)
-}
-
-/// The name of a job's way back (its slot, sessions and checkpoints carry it).
-pub(crate) fn back_name(job: &str) -> String {
-    format!("{job}_back")
 }
 
 /// What `job plan` prints for a PostgreSQL job.

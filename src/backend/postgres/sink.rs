@@ -90,7 +90,7 @@ impl PgSink {
         let source_name = TableName::parse(spec.source.table.as_deref().unwrap_or_default());
         let back_capture = if placement.captures_back {
             Some(Capture::new(
-                &super::back_name(&spec.name),
+                &crate::backend::back_name(&spec.name),
                 side.database_oid().await?,
             ))
         } else {

@@ -522,3 +522,85 @@ fn a_crash_between_the_switch_and_the_steps_after_it_is_finished_by_the_next_run
         ["1"]
     );
 }
+
+/// A MongoDB copy catching up from a change stream, killed at each point of its path
+/// while a writer changes the source, then resumed through cutover: the new collection
+/// equals the old one (every write the writer made, nothing doubled), and an abort
+/// after it carries back a write made to the new one. Skipped on a server without
+/// change streams.
+#[test]
+fn a_mongodb_copy_killed_at_every_point_loses_nothing() {
+    use common::mongo::{skip, spawn_writer, MongoDb};
+    use mongodb::bson::doc;
+    const POINTS: &[(&str, &str)] = &[
+        ("expand.after_capture", "return"),
+        ("copy.after_batch", "3*off->return"),
+        ("catch_up.after_write", "return"),
+        ("catch_up.after_pass", "return"),
+        ("verify.start", "return"),
+        ("cutover.after_lock", "return"),
+        ("cutover.after_drain", "return"),
+        ("cutover.after_back_capture", "return"),
+        ("cutover.after_swap", "return"),
+        ("cutover.after_record", "return"),
+        ("cutover.after_drop_capture", "return"),
+    ];
+    for (point, action) in POINTS {
+        let mongo = MongoDb::new();
+        if let Err(why) = mongo.replica_set() {
+            return skip("a_mongodb_copy_killed_at_every_point_loses_nothing", &why);
+        }
+        let project = Project::with_config(&mongo.config());
+        mongo.insert(
+            "orders",
+            (0..3000_i64)
+                .map(|i| doc! {"_id": i, "customer": format!("c{}", i % 10), "cents": i, "items": [i]})
+                .collect(),
+        );
+        let job = project.job_file(
+            "items",
+            r#"
+name = "items"
+kind = "copy"
+
+[source]
+database = "mongodb"
+collection = "orders"
+
+[target]
+database = "mongodb"
+collection = "orders_v2"
+
+[copy]
+batch_size = 250
+rows_per_second = 3000
+
+[cutover]
+mode = "auto"
+
+[contract]
+after = "manual"
+"#,
+        );
+        let writer = spawn_writer(&mongo.url, "orders", 1, 150);
+        crash_at(&project, &["job", "run", &job], point, action);
+        writer.join().expect("the writer wrote before cutover");
+        resume(&project, &["job", "run", &job], point);
+        assert_eq!(
+            project.job_status("items")["phase"],
+            "cutover",
+            "{point}: cut over"
+        );
+        assert_eq!(
+            mongo.documents("orders"),
+            mongo.documents("orders_old"),
+            "{point}: the new collection equals the old"
+        );
+        mongo
+            .block(mongo.collection("orders").insert_one(doc! {"_id": -1}))
+            .unwrap();
+        project.run(&["job", "abort", "items"]).ok();
+        assert_eq!(mongo.count("orders", doc! {"_id": -1}), 1, "{point}");
+        assert_eq!(mongo.count("switchyard_checkpoints", doc! {}), 0, "{point}");
+    }
+}

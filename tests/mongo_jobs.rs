@@ -1,8 +1,10 @@
 //! MongoDB online jobs through the real binary, on the server named by
 //! `SWITCHYARD_TEST_MONGODB_URL`: a copy with a transform pipeline through cutover and
 //! contract, equal by count and content; a backfill; abort; the refusals a user sees.
-//! Catching up from a change stream needs a replica set: those tests say they are
-//! skipped, and why, on a standalone server (the stand-in of `scripts/services`).
+//! Catching up from a change stream needs a replica set (the stand-in of
+//! `scripts/services` answers as one, with change streams of its own): those tests say
+//! they are skipped, and why, on a standalone server, and the standalone refusal is
+//! skipped on a replica set.
 
 mod common;
 

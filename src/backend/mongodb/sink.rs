@@ -12,12 +12,15 @@
 //!   a replay from an earlier position converges on the same documents.
 //! - The job is claimed with a lease ([`Lease`], `job:<name>` in `switchyard_locks`)
 //!   kept alive while the process lives.
-//! - Cutover: the source is fenced (every write refused), its last changes drained, then
-//!   it is renamed `<name>_old` and the target renamed `<name>`. Each step checks what is
-//!   already done, so a cutover a crash interrupted is finished by the next run; it is
-//!   recorded once the target has the name. Documents an application wrote under
-//!   `<name>` between the two renames (MongoDB creates a collection on first insert) are
-//!   moved into the target before it takes the name.
+//! - Cutover: the source is fenced (every write refused), its last changes drained, the
+//!   way back's capture started (a copy that catches up), then the source is renamed
+//!   `<name>_old` (`set_aside` is saved in the state once it is, so a resumed cutover
+//!   neither drains nor renames again), its own validator put back, and the target
+//!   renamed `<name>`; it is recorded once the target has the name. Documents an
+//!   application wrote under `<name>` between the two renames (MongoDB creates a
+//!   collection on first insert) are moved into the target before it takes the name.
+//! - The way back is this sink again with the sides exchanged (see
+//!   [`super::open_way_back`]): its cutover is the swap back.
 
 use std::time::Instant;
 

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::engine::{self, JobControl, JobObserver, JobRecord, Phase, RunOptions};
 use crate::error::Result;
-use crate::job::{self, parse_window, CatchUpMethod, ContractAfter, CutoverMode, JobSpec};
+use crate::job::{self, parse_window, CatchUpMethod, ContractAfter, CutoverMode, JobKind, JobSpec};
 use crate::metrics::Metrics;
 use crate::server::{serve_api, ApiState};
 use crate::state::{self, StateStore};
@@ -116,7 +116,10 @@ pub fn decide(
                     at + chrono::Duration::from_std(delay).unwrap_or(chrono::TimeDelta::MAX) <= now
                 }),
             };
-            control.contract_requested || due
+            // A backfill that catches up goes on filling the rows written until then.
+            let fills =
+                spec.kind == JobKind::Backfill && spec.catch_up.method != CatchUpMethod::None;
+            control.contract_requested || due || fills
         }
         _ => true,
     }

@@ -18,6 +18,19 @@ fn project() -> (Project, MongoDb) {
     (project, mongo)
 }
 
+/// A project on a replica set, or `None` with `test` reported skipped: change streams
+/// need one.
+fn project_on_a_replica_set(test: &str) -> Option<(Project, MongoDb)> {
+    let (project, mongo) = project();
+    match mongo.replica_set() {
+        Ok(()) => Some((project, mongo)),
+        Err(why) => {
+            skip(test, &why);
+            None
+        }
+    }
+}
+
 fn orders(count: i64) -> Vec<Document> {
     (0..count)
         .map(|i| doc! {"_id": i, "customer": format!("c{}", i % 100), "cents": i * 3, "items": [i, i + 1]})
@@ -142,13 +155,8 @@ fn a_copy_resumes_after_a_kill_and_abort_leaves_the_source_as_it_was() {
     assert_eq!(mongo.count("switchyard_checkpoints", doc! {}), 0);
 }
 
-#[test]
-fn a_backfill_fills_every_document_in_place() {
-    let (project, mongo) = project();
-    mongo.insert("orders", orders(8_000));
-    let job = project.job_file(
-        "fill_euros",
-        r#"
+/// A backfill of `orders`: `euros` from `cents`, `size` from `items`.
+const FILL_JOB: &str = r#"
 name = "fill_euros"
 kind = "backfill"
 
@@ -158,7 +166,16 @@ collection = "orders"
 
 [transform]
 update = [ { "$set" = { euros = { "$divide" = ["$cents", 100] }, size = { "$size" = "$items" } } } ]
+"#;
 
+#[test]
+fn a_backfill_fills_every_document_in_place() {
+    let (project, mongo) = project();
+    mongo.insert("orders", orders(8_000));
+    let job = project.job_file(
+        "fill_euros",
+        &format!(
+            r#"{FILL_JOB}
 [copy]
 batch_size = 1500
 
@@ -167,13 +184,82 @@ method = "none"
 
 [contract]
 after = "0s"
-"#,
+"#
+        ),
     );
     project.run(&["job", "run", &job]).ok();
     assert_eq!(project.job_status("fill_euros")["phase"], "done");
     assert_eq!(mongo.count("orders", doc! {"size": 2}), 8_000);
     let seventh = &mongo.documents("orders")[7];
     assert_eq!(seventh.get_f64("euros").unwrap(), 0.21);
+}
+
+/// Whether an order holds what the backfill's pipeline makes of it.
+fn filled(order: &Document) -> bool {
+    let cents = match order.get("cents") {
+        Some(Bson::Int64(cents)) => *cents as f64,
+        Some(Bson::Int32(cents)) => *cents as f64,
+        _ => return false,
+    };
+    let items = order.get_array("items").map_or(0, Vec::len) as i32;
+    order.get_f64("euros") == Ok(cents / 100.0) && order.get_i32("size") == Ok(items)
+}
+
+#[test]
+fn a_backfill_fills_the_documents_written_while_it_runs_from_the_change_stream() {
+    let Some((project, mongo)) = project_on_a_replica_set(
+        "a_backfill_fills_the_documents_written_while_it_runs_from_the_change_stream",
+    ) else {
+        return;
+    };
+    mongo.insert("orders", orders(8_000));
+    let job = project.job_file(
+        "fill_euros",
+        &format!(
+            r#"{FILL_JOB}
+[copy]
+batch_size = 1000
+rows_per_second = 2000
+
+[contract]
+after = "manual"
+"#
+        ),
+    );
+    let running = common::Running::spawn(&mut project.command(&["job", "run", &job]));
+    project.wait_for_job("fill_euros", "filling", |s| {
+        s["rows_copied"].as_u64() > Some(0)
+    });
+    // Inserts without the fields, updates that make them stale, replaces, deletes.
+    common::mongo::spawn_writer(&mongo.url, "orders", 1, 400)
+        .join()
+        .unwrap();
+    let run = running.wait();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let status = project.job_status("fill_euros");
+    assert_eq!(status["phase"], "verify", "waiting for contract: {status}");
+    // Written after verify: filled when the contract runs.
+    let orders = mongo.collection("orders");
+    mongo
+        .block(
+            orders
+                .insert_one(doc! {"_id": 900_000, "customer": "last", "cents": 5_i64, "items": []}),
+        )
+        .unwrap();
+    project.run(&["job", "contract", "fill_euros"]).ok();
+    project.run(&["job", "run", &job]).ok();
+    assert_eq!(project.job_status("fill_euros")["phase"], "done");
+    let documents = mongo.documents("orders");
+    let unfilled: Vec<&Document> = documents.iter().filter(|d| !filled(d)).collect();
+    assert!(
+        unfilled.is_empty(),
+        "{} unfilled, first {:?}",
+        unfilled.len(),
+        unfilled.first()
+    );
+    assert_eq!(mongo.count("orders", doc! {"customer": "late"}), 400);
+    assert_eq!(mongo.count("orders", doc! {"customer": "last"}), 1);
+    assert_eq!(mongo.count("switchyard_checkpoints", doc! {}), 0);
 }
 
 #[test]
@@ -229,13 +315,11 @@ fn bad_job_files_and_a_standalone_server_are_refused() {
 
 #[test]
 fn a_copy_catches_up_from_the_change_stream_through_cutover() {
-    let (project, mongo) = project();
-    if let Err(why) = mongo.replica_set() {
-        return skip(
-            "a_copy_catches_up_from_the_change_stream_through_cutover",
-            &why,
-        );
-    }
+    let Some((project, mongo)) =
+        project_on_a_replica_set("a_copy_catches_up_from_the_change_stream_through_cutover")
+    else {
+        return;
+    };
     mongo.insert("orders", orders(20_000));
     let job = project.job_file(
         "orders_v2",
@@ -298,13 +382,11 @@ fn plain_copy_job() -> String {
 
 #[test]
 fn abort_after_cutover_carries_the_new_collections_writes_back() {
-    let (project, mongo) = project();
-    if let Err(why) = mongo.replica_set() {
-        return skip(
-            "abort_after_cutover_carries_the_new_collections_writes_back",
-            &why,
-        );
-    }
+    let Some((project, mongo)) =
+        project_on_a_replica_set("abort_after_cutover_carries_the_new_collections_writes_back")
+    else {
+        return;
+    };
     mongo.insert("orders", orders(6_000));
     let job = project.job_file("orders_v2", &plain_copy_job());
     let running = common::Running::spawn(&mut project.command(&["job", "run", &job]));

@@ -11,13 +11,16 @@
 //!   batch the change-log position it reached with its applies; the source is told a
 //!   position only after that. A kill at any instant therefore loses nothing and
 //!   duplicates nothing.
+//! - A backfill that catches up (one whose store has no dual-write trigger: MongoDB)
+//!   has its sink fill again every row a change touched, from before its first batch
+//!   until its contract, so rows written meanwhile end filled too.
 //! - Operators act through the job's control record (pause, throttle, cutover, abort,
 //!   contract); the running process reads it between batches, so commands take effect
 //!   live from any shell, with or without `serve`.
 //!
 //! ```text
 //!  pending → expand → copy ──→ catch_up → verify → ready_to_cutover → cutover → contract → done
-//!                       └─(backfill)──────→ verify ─────────────────────────────→ contract → done
+//!                       └─(backfill)─→ (catch_up) → verify ──────────────────────→ contract → done
 //!  any phase → paused (and back) | failed | aborted
 //! ```
 

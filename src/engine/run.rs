@@ -336,14 +336,13 @@ impl Engine<'_> {
                 Flow::Next(Phase::Expand)
             }
             Phase::Expand => {
-                let capture = copy && self.catches_up();
-                let created = self.backend.expand(capture).await?;
+                let created = self.backend.expand(self.catches_up()).await?;
                 self.record.created_target |= created;
                 Flow::Next(Phase::Copy)
             }
             Phase::Copy => match self.copy().await? {
                 Some(end) => Flow::End(end),
-                None if copy && self.catches_up() => Flow::Next(Phase::CatchUp),
+                None if self.catches_up() => Flow::Next(Phase::CatchUp),
                 None => Flow::Next(Phase::Verify),
             },
             Phase::CatchUp => match self.catch_up(Until::CaughtUp).await? {
@@ -386,6 +385,10 @@ impl Engine<'_> {
                 return self.contract_when_due().await;
             }
             Phase::Contract => {
+                if !copy && self.catches_up() {
+                    // A backfill fills what was written until its contract.
+                    while !self.apply_pass().await?.drained {}
+                }
                 self.backend.contract().await?;
                 JobControl::update(self.store, &self.spec.name, |c| {
                     c.contract_requested = false
@@ -400,8 +403,17 @@ impl Engine<'_> {
         })
     }
 
+    /// Whether the job applies the source's changes: a copy into its target, a
+    /// backfill by filling again the rows they touched.
     fn catches_up(&self) -> bool {
         self.spec.catch_up.method != crate::job::CatchUpMethod::None
+    }
+
+    /// One pass of applying changes, counted in the record.
+    async fn apply_pass(&mut self) -> Result<crate::engine::progress::AppliedChanges> {
+        let pass = self.backend.apply_changes(Some(CATCH_UP_BATCH)).await?;
+        self.record.changes_applied += pass.changes;
+        Ok(pass)
     }
 
     /// Between batches: the shutdown signal, and the control (pause, throttle, abort).
@@ -603,10 +615,9 @@ impl Engine<'_> {
                 }
             }
             let pass_started = Instant::now();
-            let pass = self.backend.apply_changes(Some(CATCH_UP_BATCH)).await?;
+            let pass = self.apply_pass().await?;
             crate::crash_point!("catch_up.after_pass");
             let applied = pass.changes;
-            self.record.changes_applied += applied;
             let lag = self.backend.lag().await?;
             tracing::debug!(job = %self.spec.name, applied, drained = pass.drained, lag_seconds = lag.seconds, "catch-up pass");
             self.record.lag_seconds = lag.seconds;
@@ -657,7 +668,7 @@ impl Engine<'_> {
         // writes wait for a moment, after the last changes were applied.
         tracing::info!(job = %self.spec.name, chunks = suspects.len(), "chunks differ; checking them again consistently");
         let chunks: Vec<_> = suspects.into_iter().map(|m| m.range).collect();
-        let drain = self.spec.kind == JobKind::Copy && self.catches_up();
+        let drain = self.catches_up();
         let mismatches = self.backend.verify(&chunks, checksum, true, drain).await?;
         if mismatches.is_empty() {
             return Ok(());
@@ -724,8 +735,7 @@ impl Engine<'_> {
     /// is left to drain while writes are blocked is small.
     async fn catch_up_tail(&mut self) -> Result<()> {
         for _ in 0..CUTOVER_TAIL_PASSES {
-            let pass = self.backend.apply_changes(Some(CATCH_UP_BATCH)).await?;
-            self.record.changes_applied += pass.changes;
+            let pass = self.apply_pass().await?;
             if pass.drained && pass.changes < CUTOVER_TAIL_CHANGES {
                 break;
             }
@@ -735,7 +745,8 @@ impl Engine<'_> {
 
     /// Contract now if it is due or asked for; otherwise say when. When following a
     /// job that cut over, the writes made to the new table are carried back to the old
-    /// one as they come until then (so an abort has little left to drain).
+    /// one as they come until then (so an abort has little left to drain); a backfill
+    /// that catches up goes on filling the rows written meanwhile.
     async fn contract_when_due(&mut self) -> Result<Flow> {
         let from = self.record.cutover_at.unwrap_or_else(Utc::now);
         let due = match self.spec.contract.after {
@@ -760,15 +771,25 @@ impl Engine<'_> {
                 }
             }
             let started = Instant::now();
-            let Some(reverse) = self.backend.reverse().await? else {
+            let fills = self.spec.kind == JobKind::Backfill && self.catches_up();
+            let followed = match fills {
+                true => Some(&mut self.backend),
+                false => self.backend.reverse().await?,
+            };
+            let Some(followed) = followed else {
                 self.save().await?;
                 return Ok(Flow::End(RunEnd::WaitingForContract(due)));
             };
+            let mut applied = 0;
             while started.elapsed() < CONTROL_INTERVAL {
-                let pass = reverse.apply_changes(Some(CATCH_UP_BATCH)).await?;
+                let pass = followed.apply_changes(Some(CATCH_UP_BATCH)).await?;
+                applied += pass.changes;
                 if pass.drained {
                     tokio::time::sleep(CONTROL_INTERVAL / 5).await;
                 }
+            }
+            if fills {
+                self.record.changes_applied += applied;
             }
         }
     }

@@ -433,13 +433,14 @@ pub fn load_text(path: &Path, text: &str, config: &Config) -> Result<JobSpec> {
     };
     let mut spec = parse(text).map_err(problem)?;
     spec.validate(config).map_err(problem)?;
-    spec.catch_up.method =
-        spec.catch_up
-            .requested
-            .unwrap_or(match config.databases[&spec.source.database].kind {
-                DatabaseKind::Mongodb => CatchUpMethod::ChangeStream,
-                _ => CatchUpMethod::LogicalReplication,
-            });
+    spec.catch_up.method = spec.catch_up.requested.unwrap_or(
+        match (config.databases[&spec.source.database].kind, spec.kind) {
+            (DatabaseKind::Mongodb, _) => CatchUpMethod::ChangeStream,
+            // A PostgreSQL backfill's dual-write trigger fills the rows written meanwhile.
+            (_, JobKind::Backfill) => CatchUpMethod::None,
+            _ => CatchUpMethod::LogicalReplication,
+        },
+    );
     Ok(spec)
 }
 
@@ -449,7 +450,10 @@ pub fn parse(text: &str) -> std::result::Result<JobSpec, String> {
         toml::Deserializer::parse(text).map_err(|e| format!("invalid TOML: {}", e.message()))?;
     let mut spec: JobSpec = serde_path_to_error::deserialize(deserializer)
         .map_err(|e| at_field("", e.path(), e.inner().message()))?;
-    spec.catch_up.method = spec.catch_up.requested.unwrap_or_default();
+    spec.catch_up.method = spec.catch_up.requested.unwrap_or(match spec.kind {
+        JobKind::Backfill => CatchUpMethod::None,
+        _ => CatchUpMethod::default(),
+    });
     Ok(spec)
 }
 
@@ -572,6 +576,11 @@ impl JobSpec {
         }
         if self.catch_up.requested == Some(CatchUpMethod::ChangeStream) {
             return Err("field `catch_up.method`: `change_stream` is for MongoDB; PostgreSQL uses `logical_replication` or `none`".into());
+        }
+        if self.kind == JobKind::Backfill
+            && self.catch_up.requested == Some(CatchUpMethod::LogicalReplication)
+        {
+            return Err("field `catch_up.method`: a PostgreSQL backfill keeps the rows written meanwhile filled with its dual-write trigger, not from the replication log: leave `catch_up` out (or say `none`)".into());
         }
         Ok(())
     }

@@ -68,9 +68,9 @@ pub async fn connect(database: &str, url: &SecretUrl) -> Result<Database> {
     Ok(client.database(&name))
 }
 
-/// A MongoDB job's source and sink, joined for the engine. A copy catching up from a
-/// change stream needs a replica set: a standalone server is refused before anything
-/// changes. Such a copy also has a way back ([`open_way_back`]), whose capture its
+/// A MongoDB job's source and sink, joined for the engine. A job catching up from a
+/// change stream (a copy, or a backfill filling again what is written meanwhile) needs
+/// a replica set: a standalone server is refused before anything changes. Such a copy also has a way back ([`open_way_back`]), whose capture its
 /// cutover starts before the switch.
 pub async fn open_job(config: &Config, spec: &JobSpec) -> Result<Pipeline> {
     let sides = Sides::of(config, spec)?;
@@ -80,7 +80,7 @@ pub async fn open_job(config: &Config, spec: &JobSpec) -> Result<Pipeline> {
         .with_set_aside(&aside);
     let source_database = connect(&spec.source.database, sides.source_url).await?;
     let captures = spec.catch_up.method == CatchUpMethod::ChangeStream;
-    if captures && spec.kind == JobKind::Copy {
+    if captures {
         require_replica_set(&spec.source.database, sides.source_url, &source_database).await?;
     }
     let fill = match spec.kind {

@@ -10,6 +10,10 @@
 //!   cut short is redone with the same result.
 //! - Changes are applied idempotently by `_id` and their end position saved after them:
 //!   a replay from an earlier position converges on the same documents.
+//! - A backfill that catches up fills again, with its own pipeline, every document a
+//!   change touched (by `_id`, in batches), until its contract: a document written
+//!   after the fill passed it is filled as well. Its verify settles the documents the
+//!   pipeline would still change before it counts them as differing.
 //! - The job is claimed with a lease ([`Lease`], `job:<name>` in `switchyard_locks`)
 //!   kept alive while the process lives.
 //! - Cutover: the source is fenced (every write refused), its last changes drained, the
@@ -46,6 +50,8 @@ use crate::migrate::MongoOperation;
 const DUPLICATE_KEY: i32 = 11000;
 const NAMESPACE_NOT_FOUND: i32 = 26;
 const NAMESPACE_EXISTS: i32 = 48;
+/// Documents a backfill fills again per update, of those changes wrote.
+const FILL_AGAIN_BATCH: usize = 1000;
 
 /// Where a sink's collections are, and what the job does with them.
 pub struct Placement {
@@ -102,7 +108,7 @@ impl MongoSink {
         store_error(&self.at.name, &self.at.url, context, e)
     }
 
-    fn target(&self) -> Collection<Document> {
+    pub(super) fn target(&self) -> Collection<Document> {
         self.at.database.collection(&self.at.collection)
     }
 
@@ -359,27 +365,33 @@ impl MongoSink {
             .map_err(|e| self.error("cannot read the target to verify", e))
     }
 
-    /// Backfill: the documents of `chunk` that the fill would still change.
-    async fn unfilled(&self, chunk: &KeyRange, fill: &[Document]) -> Result<u64> {
-        let lower = chunk.lower.as_ref().map(id_of).transpose()?;
-        let upper = chunk.upper.as_ref().map(id_of).transpose()?;
-        let range = between(lower.as_ref(), upper.as_ref());
-        let mut stages = vec![doc! {"$match": range.clone()}, doc! {"$sort": {"_id": 1}}];
-        stages.extend(fill.iter().cloned());
-        let read = async {
-            let mut filled = self.target().aggregate(stages).await?;
-            let mut held = self.target().find(range).sort(doc! {"_id": 1}).await?;
-            let mut differ = 0_u64;
-            while let Some(should) = filled.try_next().await? {
-                let is = held.try_next().await?;
-                if is.as_ref() != Some(&should) {
-                    differ += 1;
-                }
-            }
-            Ok::<u64, mongodb::error::Error>(differ)
-        };
-        read.await
-            .map_err(|e| self.error("cannot check the backfill", e))
+    /// Backfill: fills again the documents that `changes` wrote (inserted, updated,
+    /// replaced), as they are now; a delete leaves nothing to fill. The fill is a
+    /// pipeline update, so filling a document twice changes nothing the second time.
+    async fn fill_again(&self, changes: &[Change], fill: &[Document]) -> Result<()> {
+        let mut written: Vec<String> = changes
+            .iter()
+            .filter_map(|change| match change {
+                Change::Upsert { row, .. } => row.0[0].to_sql_text(),
+                Change::Delete { .. } => None,
+            })
+            .collect();
+        written.sort_unstable();
+        written.dedup();
+        for keys in written.chunks(FILL_AGAIN_BATCH) {
+            let ids = keys
+                .iter()
+                .map(|key| id_of(&vec![key.clone()]))
+                .collect::<Result<Vec<_>>>()?;
+            self.target()
+                .update_many(
+                    doc! {"_id": {"$in": ids}},
+                    UpdateModifications::Pipeline(fill.to_vec()),
+                )
+                .await
+                .map_err(|e| self.error("cannot fill the documents written meanwhile", e))?;
+        }
+        Ok(())
     }
 }
 
@@ -660,8 +672,13 @@ impl Sink for MongoSink {
     }
 
     async fn apply(&mut self, changes: &ChangeBatch, source: &mut dyn Source) -> Result<u64> {
-        for change in &changes.changes {
-            self.apply_one(change, source).await?;
+        match self.at.fill.clone() {
+            Some(fill) => self.fill_again(&changes.changes, &fill).await?,
+            None => {
+                for change in &changes.changes {
+                    self.apply_one(change, source).await?;
+                }
+            }
         }
         crate::crash_point!("catch_up.after_write");
         if let Some(end) = &changes.end {
@@ -677,10 +694,7 @@ impl Sink for MongoSink {
         checksum: bool,
     ) -> Result<Option<String>> {
         if let Some(fill) = self.at.fill.clone() {
-            let unfilled = self.unfilled(chunk, &fill).await?;
-            return Ok((unfilled > 0).then(|| {
-                format!("{unfilled} documents are not as the update pipeline makes them")
-            }));
+            return self.settle_unfilled(source, chunk, &fill).await;
         }
         let expected = source.digest(chunk, &Vec::new(), checksum).await?;
         let found = self.target_digest(chunk, checksum).await?;

@@ -1,4 +1,4 @@
-//! Verifying a MongoDB copy while writes go on.
+//! Verifying a MongoDB copy or backfill while writes go on.
 //!
 //! MongoDB has no lock that makes writers wait, so a range compared by count and hash
 //! can differ only because a write landed between reading the source and reading the
@@ -8,12 +8,16 @@
 //! document that still differs after them is a real difference; one that writes keep
 //! moving for every round is reported too, naming it (cutover, which fences the source
 //! and drains, is where such a document is last brought over).
+//!
+//! A backfill's range is walked the same way, comparing each document with what the
+//! update pipeline makes of it; the unfilled ones are settled by applying the changes
+//! (which fills again what writes touched) and checking them again.
 
 use std::collections::HashMap;
 
-use mongodb::bson::{doc, RawDocumentBuf};
+use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 
-use super::order::{between, id_of};
+use super::order::{between, id_of, key_of};
 use super::sink::MongoSink;
 use crate::engine::progress::KeyRange;
 use crate::engine::row::{Key, Value};
@@ -69,6 +73,109 @@ impl MongoSink {
             keys.len(),
             named.join(", ")
         )))
+    }
+
+    /// Backfill: why `chunk` is not filled once the documents that writes were moving
+    /// have settled, or `None` when every document is as `fill` makes it.
+    pub(super) async fn settle_unfilled(
+        &mut self,
+        source: &mut dyn Source,
+        chunk: &KeyRange,
+        fill: &[Document],
+    ) -> Result<Option<String>> {
+        let Some(mut keys) = self.unfilled_in(chunk, fill).await? else {
+            return Ok(Some(format!(
+                "more than {MAX_SETTLED} documents are not as the update pipeline makes them"
+            )));
+        };
+        let captures = self.position().await?.is_some();
+        for _ in 0..SETTLE_ROUNDS {
+            if keys.is_empty() || !captures {
+                break;
+            }
+            self.drain(source).await?;
+            let ids = keys.iter().map(id_of).collect::<Result<Vec<_>>>()?;
+            keys = self.unfilled(doc! {"_id": {"$in": ids}}, fill).await?;
+        }
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        let named: Vec<&str> = keys.iter().take(NAMED).map(|k| k[0].as_str()).collect();
+        let after = if captures {
+            format!(" after catching up {SETTLE_ROUNDS} times")
+        } else {
+            String::new()
+        };
+        Ok(Some(format!(
+            "{} documents are not as the update pipeline makes them{after} (_id {})",
+            keys.len(),
+            named.join(", ")
+        )))
+    }
+
+    /// Backfill: the keys of `chunk`'s unfilled documents, walked in batches; `None`
+    /// past [`MAX_SETTLED`].
+    async fn unfilled_in(&self, chunk: &KeyRange, fill: &[Document]) -> Result<Option<Vec<Key>>> {
+        use futures::TryStreamExt;
+        let upper = chunk.upper.as_ref().map(id_of).transpose()?;
+        let mut after = chunk.lower.as_ref().map(id_of).transpose()?;
+        let mut unfilled = Vec::new();
+        loop {
+            let ids: Vec<Bson> = async {
+                self.target()
+                    .find(between(after.as_ref(), upper.as_ref()))
+                    .sort(doc! {"_id": 1})
+                    .projection(doc! {"_id": 1})
+                    .limit(WALK_BATCH as i64)
+                    .await?
+                    .try_collect::<Vec<Document>>()
+                    .await
+            }
+            .await
+            .map_err(|e| self.error("cannot read the collection to verify", e))?
+            .into_iter()
+            .filter_map(|mut d| d.remove("_id"))
+            .collect();
+            let Some(last) = ids.last().cloned() else {
+                return Ok(Some(unfilled));
+            };
+            let full = ids.len() == WALK_BATCH;
+            unfilled.extend(self.unfilled(doc! {"_id": {"$in": ids}}, fill).await?);
+            if unfilled.len() > MAX_SETTLED {
+                return Ok(None);
+            }
+            if !full {
+                return Ok(Some(unfilled));
+            }
+            after = Some(last);
+        }
+    }
+
+    /// Backfill: the keys of the documents matching `filter` (a bounded batch) that
+    /// the fill would still change. A document gone between the two reads is not one.
+    async fn unfilled(&self, filter: Document, fill: &[Document]) -> Result<Vec<Key>> {
+        use futures::TryStreamExt;
+        let mut stages = vec![doc! {"$match": filter.clone()}];
+        stages.extend(fill.iter().cloned());
+        let read = async {
+            let mut held: HashMap<String, Document> = HashMap::new();
+            let mut documents = self.target().find(filter).await?;
+            while let Some(document) = documents.try_next().await? {
+                let id = document.get("_id").cloned().unwrap_or(Bson::Null);
+                held.insert(key_of(&id).remove(0), document);
+            }
+            let mut filled = self.target().aggregate(stages).await?;
+            let mut differ = Vec::new();
+            while let Some(should) = filled.try_next().await? {
+                let key = key_of(should.get("_id").unwrap_or(&Bson::Null));
+                if held.get(&key[0]).is_some_and(|is| *is != should) {
+                    differ.push(key);
+                }
+            }
+            Ok::<_, mongodb::error::Error>(differ)
+        };
+        read.await
+            .map_err(|e| self.error("cannot check the backfill", e))
     }
 
     /// The keys of `chunk` whose documents differ between the source (as the transform
@@ -136,9 +243,9 @@ impl MongoSink {
                     .get("_id")
                     .ok()
                     .flatten()
-                    .and_then(|id| mongodb::bson::Bson::try_from(id).ok())
+                    .and_then(|id| Bson::try_from(id).ok())
                     .ok_or_else(|| Error::State("a target document without `_id`".into()))?;
-                let key = super::order::key_of(&id).remove(0);
+                let key = key_of(&id).remove(0);
                 Ok((key, document.into_bytes()))
             })
             .collect()

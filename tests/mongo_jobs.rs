@@ -263,6 +263,81 @@ after = "manual"
 }
 
 #[test]
+fn plan_names_what_depends_on_the_collection_and_changes_nothing() {
+    let (project, mongo) = project();
+    let database = mongo.database();
+    mongo
+        .block(
+            database
+                .create_collection("orders")
+                .validator(doc! {"cents": {"$exists": true}}),
+        )
+        .unwrap();
+    mongo.insert("orders", orders(100));
+    for keys in [doc! {"customer": 1}, doc! {"cents": -1}] {
+        let index = mongodb::IndexModel::builder().keys(keys).build();
+        mongo
+            .block(mongo.collection("orders").create_index(index))
+            .unwrap();
+    }
+    mongo
+        .block(database.run_command(
+            doc! {"create": "big_orders", "viewOn": "orders", "pipeline": [{"$match": {"cents": {"$gt": 50}}}]},
+        ))
+        .unwrap();
+    let before = mongo.collections();
+    let file = project.job_file("orders_v2", COPY_JOB);
+
+    let plan = project.run(&["job", "plan", &file]).ok();
+    let out = &plan.stdout;
+    assert!(
+        out.starts_with("job orders_v2 (copy), source orders: about 100 documents\n"),
+        "{out}"
+    );
+    for line in [
+        "    create_index `customer_1` on `orders_v2`\n",
+        "copy (2 workers, 5000 documents a batch):\n",
+        "    ok             view big_orders: reads `orders` by name, so after cutover it reads the new collection (its pipeline must fit the new shape)\n",
+        "    ok             index cents_-1: { \"cents\": -1 } is on the source only: the new collection will not have it unless [expand] creates it\n",
+    ] {
+        assert!(out.contains(line), "no {line:?} in\n{out}");
+    }
+    assert!(
+        out.contains("    ok             validator orders: "),
+        "{out}"
+    );
+    assert!(
+        !out.contains("index customer_1:"),
+        "created by expand: {out}"
+    );
+    assert!(!out.contains("catch_up:"), "catch_up is none: {out}");
+    assert!(out.ends_with("nothing was changed\n"), "{out}");
+
+    // A collection where cutover puts the source blocks it.
+    mongo.insert("orders_old", vec![doc! {"_id": 1}]);
+    let plan = project.run(&["job", "plan", &file]).ok();
+    assert!(plan.stdout.contains("    BLOCKS CUTOVER collection orders_old: cutover sets the source aside under this name"), "{}", plan.stdout);
+    mongo.block(mongo.collection("orders_old").drop()).unwrap();
+    assert_eq!(mongo.collections(), before, "nothing was created");
+
+    // A source that is not there is refused by plan and run alike.
+    let missing = project.job_file(
+        "missing",
+        &COPY_JOB.replace("collection = \"orders\"", "collection = \"ordres\""),
+    );
+    for command in ["plan", "run"] {
+        let run = project.run(&["job", command, &missing]).expect_code(2);
+        assert!(
+            run.stderr
+                .contains("job `orders_v2`: the source collection `ordres` does not exist in `"),
+            "{command}: {}",
+            run.stderr
+        );
+    }
+    assert_eq!(mongo.collections(), before, "nothing was created");
+}
+
+#[test]
 fn bad_job_files_and_a_standalone_server_are_refused() {
     let (project, mongo) = project();
     mongo.insert("orders", orders(10));

@@ -8,6 +8,7 @@
 pub const APPLICATION_NAME: &str = "switchyard";
 
 pub mod mongodb;
+pub mod plan;
 pub mod postgres;
 
 /// The name of a job's way back, the job that carries the new table's or collection's
@@ -36,12 +37,10 @@ pub async fn open_job(config: &Config, spec: &JobSpec, store: &dyn StateStore) -
 }
 
 /// What `job plan` prints for a job, changing nothing.
-pub async fn plan_job(config: &Config, spec: &JobSpec) -> Result<postgres::JobPlan> {
+pub async fn plan_job(config: &Config, spec: &JobSpec) -> Result<plan::JobPlan> {
     match config.database(&spec.source.database)?.kind {
         DatabaseKind::Postgresql => postgres::plan_job(config, spec).await,
-        DatabaseKind::Mongodb => Err(Error::Refused(
-            "`job plan` does not describe MongoDB jobs yet; `job run` runs them (see the README, \"MongoDB jobs\")".into(),
-        )),
+        DatabaseKind::Mongodb => mongodb::plan_job(config, spec).await,
         kind => Err(no_jobs(kind)),
     }
 }

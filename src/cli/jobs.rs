@@ -21,11 +21,16 @@ pub async fn plan(config: &Config, file: &Path) -> Result<()> {
     let spec = job::load(file, config)?;
     let plan = crate::backend::plan_job(config, &spec).await?;
     println!(
-        "job {} ({}), source {}: about {} rows",
+        "job {} ({}), source {}: about {} {}",
         spec.name,
         spec.kind.as_str(),
-        spec.source.table.as_deref().unwrap_or("-"),
-        plan.rows_estimate
+        spec.source.object(),
+        plan.rows_estimate,
+        if spec.source.table.is_some() {
+            "rows"
+        } else {
+            "documents"
+        }
     );
     match spec.copy.rows_per_second {
         0 => println!("throttle: none (unthrottled; `switchyard job throttle {} --rows-per-second N` limits it live)", spec.name),

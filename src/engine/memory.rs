@@ -648,11 +648,12 @@ mod tests {
         let batches = memory.state().batches;
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(memory.state().batches, batches, "no batch while paused");
-        crate::engine::request(store.as_ref(), "mem", crate::engine::Request::Throttle(0))
+        crate::engine::request(store.as_ref(), "mem", crate::engine::Request::Throttle(100))
             .await
             .unwrap();
         let control = JobControl::load(store.as_ref(), "mem").await.unwrap();
-        assert_eq!(control.rows_per_second, Some(0));
+        // Slower, so the abort is read before the copy ends.
+        assert_eq!(control.rows_per_second, Some(100));
         crate::engine::request(store.as_ref(), "mem", crate::engine::Request::Resume)
             .await
             .unwrap();

@@ -83,6 +83,14 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// The table, collection or index it names, as the file gives it.
+    pub fn object(&self) -> &str {
+        [&self.table, &self.collection, &self.index]
+            .into_iter()
+            .find_map(|name| name.as_deref())
+            .unwrap_or("-")
+    }
+
     /// The key columns the file names, if it names any.
     pub fn key_columns_named(&self) -> Option<Vec<String>> {
         self.key.as_ref().map(KeyColumns::columns)

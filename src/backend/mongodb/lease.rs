@@ -26,12 +26,11 @@ use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database};
 use tokio::task::JoinHandle;
 
-use super::error_code;
+use super::{error_code, DUPLICATE_KEY};
 
 /// How long a lease lasts without renewal.
 pub const LEASE: Duration = Duration::from_secs(30);
 const COLLECTION: &str = "switchyard_locks";
-const DUPLICATE_KEY: i32 = 11000;
 
 pub struct Lease {
     locks: Collection<Document>,

@@ -9,6 +9,7 @@
 //!   `_id`-range batches
 //! - [`order`]: the order of `_id`s across types, and keys as text
 //! - [`source`]: a collection as a job's source; [`capture`] its change stream
+//! - [`plan`]: what `job plan` prints
 //! - [`sink`]: a collection as a job's sink (a copy's target, a backfill's collection);
 //!   [`verify`] its comparison with the source while writes go on
 //!
@@ -20,6 +21,7 @@ mod lease;
 mod migrations;
 mod operations;
 mod order;
+mod plan;
 mod sink;
 mod source;
 mod verify;
@@ -154,6 +156,19 @@ impl<'a> Sides<'a> {
     }
 }
 
+/// A job's source collection is not there: refused before anything changes.
+fn missing_source(job: &str, collection: &str, database: &Database) -> Error {
+    Error::Refused(format!(
+        "job `{job}`: the source collection `{collection}` does not exist in `{}`",
+        database.name()
+    ))
+}
+
+/// What `job plan` prints for a MongoDB job; reads only.
+pub async fn plan_job(config: &Config, spec: &JobSpec) -> Result<crate::backend::plan::JobPlan> {
+    plan::plan(config, spec).await
+}
+
 /// The way back of a copy that cut over: the new collection (the target, under the
 /// source's name) is its source, watched from before the forward switch; the old one
 /// (`<name>_old`) its sink. Its cutover sets the new collection aside under the name it
@@ -228,6 +243,12 @@ pub fn store_error(
         transient: is_transient(&error),
     }
 }
+
+/// The server's error codes switchyard acts on.
+pub(super) const NAMESPACE_NOT_FOUND: i32 = 26;
+pub(super) const INDEX_NOT_FOUND: i32 = 27;
+pub(super) const NAMESPACE_EXISTS: i32 = 48;
+pub(super) const DUPLICATE_KEY: i32 = 11000;
 
 /// The server's code of a command or write error, if it gave one.
 pub fn error_code(error: &mongodb::error::Error) -> Option<i32> {

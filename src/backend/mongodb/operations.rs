@@ -20,15 +20,13 @@ use mongodb::options::UpdateModifications;
 use mongodb::{Collection, Database};
 
 use super::order::{after, of_batch};
-use super::{error_code, to_bson, to_document};
+use super::{
+    error_code, to_bson, to_document, INDEX_NOT_FOUND, NAMESPACE_EXISTS, NAMESPACE_NOT_FOUND,
+};
 use crate::migrate::{IndexKey, MongoOperation};
 
 /// Documents per batch of a data operation.
 pub const BATCH: usize = 1000;
-
-const NAMESPACE_NOT_FOUND: i32 = 26;
-const INDEX_NOT_FOUND: i32 = 27;
-const NAMESPACE_EXISTS: i32 = 48;
 
 /// Why an operation failed, as the history records it.
 pub type Failure = String;
@@ -149,7 +147,7 @@ pub async fn apply(
     }
 }
 
-fn index_keys(keys: &[IndexKey]) -> Result<Document, Failure> {
+pub(super) fn index_keys(keys: &[IndexKey]) -> Result<Document, Failure> {
     let mut document = Document::new();
     for key in keys {
         document.insert(key.field.clone(), to_bson(&key.direction)?);

@@ -38,7 +38,7 @@ use super::capture::updates_of;
 use super::lease::Lease;
 use super::order::{between, id_of, of_batch};
 use super::source::{digest_of, regex_escape, MongoSource, CHECKPOINTS};
-use super::{error_code, store_error};
+use super::{error_code, store_error, DUPLICATE_KEY, NAMESPACE_EXISTS, NAMESPACE_NOT_FOUND};
 use crate::engine::progress::{CutoverReport, KeyRange, RangeProgress};
 use crate::engine::row::{Change, Key, Position, Value};
 use crate::engine::sink::{BatchWriter, CopyWorker, PairedWorker};
@@ -47,9 +47,6 @@ use crate::engine::{Sink, Source};
 use crate::error::{Error, Result};
 use crate::migrate::MongoOperation;
 
-const DUPLICATE_KEY: i32 = 11000;
-const NAMESPACE_NOT_FOUND: i32 = 26;
-const NAMESPACE_EXISTS: i32 = 48;
 /// Documents a backfill fills again per update, of those changes wrote.
 const FILL_AGAIN_BATCH: usize = 1000;
 
@@ -199,6 +196,22 @@ impl MongoSink {
 
     /// Gives the target the source's name (unless it has it). Documents an application
     /// wrote under that name after the source left it are moved into the target first.
+    /// Refuses a source collection that does not exist (a name mistyped would copy
+    /// nothing, then cut over onto an empty collection).
+    async fn require_source(&self) -> Result<()> {
+        if self
+            .exists(&self.at.source_database, &self.at.source_collection)
+            .await?
+        {
+            return Ok(());
+        }
+        Err(super::missing_source(
+            &self.job,
+            &self.at.source_collection,
+            &self.at.source_database,
+        ))
+    }
+
     async fn take_name(&self) -> Result<()> {
         let (database, from, to) = (
             &self.at.database,
@@ -572,12 +585,14 @@ impl Sink for MongoSink {
 
     async fn expand(&mut self, _source: &dyn Source) -> Result<bool> {
         if self.at.fill.is_some() {
+            self.require_source().await?;
             return Ok(false);
         }
         let state = self.state().await?;
         if let Ok(created) = state.get_bool("created_target") {
             return Ok(created);
         }
+        self.require_source().await?;
         if self
             .exists(&self.at.source_database, &self.at.aside)
             .await?

@@ -11,17 +11,9 @@
 
 use super::session::Side;
 use super::table::TableInfo;
+use crate::backend::plan::Dependent;
 use crate::error::{Error, Result};
 use crate::job::JobKind;
-
-/// Something that depends on the source table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Dependent {
-    pub kind: String,
-    pub name: String,
-    pub blocks_cutover: bool,
-    pub handling: String,
-}
 
 /// Where cutover carries dependents: onto the table with oid `to` in the same database
 /// (`None` while it does not exist yet).

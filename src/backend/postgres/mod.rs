@@ -31,13 +31,13 @@ mod table;
 mod tls;
 mod verify;
 
-pub use dependents::Dependent;
 pub use migrations::PostgresMigrations;
-pub use plan::JobPlan;
 pub use split::split_statements;
 pub use tls::ConnectionSettings;
 
 use std::sync::Arc;
+
+use crate::backend::plan::JobPlan;
 
 use tokio_postgres::Client;
 

@@ -2,20 +2,14 @@
 //! depends on the source. Reads only; changes nothing.
 
 use super::checkpoints;
-use super::dependents::{dependents, Dependent};
+use super::dependents::dependents;
 use super::sink::PgSink;
 use super::source::{old_name, PgSource};
 use super::table::ident;
+use crate::backend::plan::JobPlan;
 use crate::engine::Source;
 use crate::error::Result;
 use crate::job::JobKind;
-
-#[derive(Debug, Clone)]
-pub struct JobPlan {
-    pub rows_estimate: u64,
-    pub phases: Vec<(String, Vec<String>)>,
-    pub dependents: Vec<Dependent>,
-}
 
 pub async fn plan(source: &mut PgSource, sink: &mut PgSink) -> Result<JobPlan> {
     let spec = sink.spec.clone();

@@ -26,9 +26,9 @@ use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::{Collection, Database};
 
-use super::lease::Lease;
 use super::operations::{self, Checkpoint, Failure};
 use super::{connect, store_error};
+use crate::backend::lease::Lease;
 use crate::error::{Error, Result};
 use crate::migrate::{Body, HistoryRow, Migration, MigrationTarget, MongoOperation, Status, Step};
 use crate::secret::SecretUrl;
@@ -47,7 +47,7 @@ pub struct MongoMigrations {
 impl MongoMigrations {
     pub async fn connect(name: &str, url: &SecretUrl, holder: &str) -> Result<Self> {
         let database = connect(name, url).await?;
-        let lease = Lease::new(&database, "migrations", holder.to_string());
+        let lease = super::lease::lease(&database, name, url, "migrations", holder.to_string());
         Ok(MongoMigrations {
             name: name.to_string(),
             url: url.clone(),
@@ -204,28 +204,11 @@ impl MigrationTarget for MongoMigrations {
     }
 
     async fn lock(&mut self, wait: Duration) -> Result<()> {
-        match self.lease.acquire(wait).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(holder)) => Err(Error::LockTimeout {
-                database: self.name.clone(),
-                message: format!(
-                    "another run holds the migration lock ({holder}); gave up after waiting {} (migrations.lock_wait)",
-                    humantime::format_duration(wait)
-                ),
-            }),
-            Err(e) => Err(self.error("cannot take the migration lock", e)),
-        }
+        crate::backend::lease::lock(&mut self.lease, &self.name, wait).await
     }
 
     async fn unlock(&mut self) -> Result<()> {
-        self.lease.release().await.map_err(|e| {
-            store_error(
-                &self.name,
-                &self.url,
-                "cannot release the migration lock",
-                e,
-            )
-        })
+        self.lease.release().await
     }
 
     async fn prepare_history(&mut self) -> Result<()> {

@@ -35,10 +35,10 @@ use mongodb::options::UpdateModifications;
 use mongodb::{Collection, Database};
 
 use super::capture::updates_of;
-use super::lease::Lease;
 use super::order::{between, id_of, of_batch};
 use super::source::{digest_of, regex_escape, MongoSource, CHECKPOINTS};
 use super::{error_code, store_error, DUPLICATE_KEY, NAMESPACE_EXISTS, NAMESPACE_NOT_FOUND};
+use crate::backend::lease::Lease;
 use crate::engine::progress::{CutoverReport, KeyRange, RangeProgress};
 use crate::engine::row::{Change, Key, Position, Value};
 use crate::engine::sink::{BatchWriter, CopyWorker, PairedWorker};
@@ -80,8 +80,10 @@ pub struct MongoSink {
 
 impl MongoSink {
     pub fn new(job: &str, at: Placement) -> MongoSink {
-        let lease = Lease::new(
+        let lease = super::lease::lease(
             &at.database,
+            &at.name,
+            &at.url,
             &format!("job:{job}"),
             format!("{} pid {}", crate::state::actor(), std::process::id()),
         );
@@ -565,10 +567,7 @@ impl Sink for MongoSink {
                 "a copy worker's handle cannot claim the job".into(),
             ));
         };
-        match lease.acquire(std::time::Duration::ZERO).await {
-            Ok(taken) => Ok(taken.is_ok()),
-            Err(e) => Err(self.error("cannot claim the job", e)),
-        }
+        Ok(lease.acquire(std::time::Duration::ZERO).await?.is_ok())
     }
 
     async fn reconnect(&mut self) -> Result<bool> {

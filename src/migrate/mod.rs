@@ -12,11 +12,12 @@ mod operations;
 mod plan;
 mod runner;
 mod target;
+pub mod undo;
 mod version;
 
 pub use files::{load_folder, Body, Migration, SqlScript, NO_TRANSACTION_MARKER};
 pub use history::{HistoryRow, Status};
-pub use operations::{index_name, ElasticOperation, IndexKey, MongoOperation};
+pub use operations::{index_name, ElasticOperation, IndexKey, MongoOperation, Operation};
 pub use plan::{check_applied_unchanged, status_rows, StatusRow};
 pub use runner::{Event, Runner};
 pub use target::{MigrationTarget, Step};

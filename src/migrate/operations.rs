@@ -259,8 +259,88 @@ pub enum ElasticOperation {
         index: String,
         alias: String,
     },
+    /// Not in seed 003's list: what a rollback file says to undo `create_alias`.
+    DeleteAlias {
+        index: String,
+        alias: String,
+    },
     Reindex {
         source: String,
         dest: String,
     },
+}
+
+impl ElasticOperation {
+    /// The operation that undoes this one: `create_index` ↔ `delete_index` of the index
+    /// it created, `create_alias` ↔ `delete_alias`. Deleting an index loses its
+    /// documents, a mapping cannot be taken back, and a reindex writes into documents
+    /// that were there: they have none (a `_rollback.json` says how to undo them).
+    pub fn inverse(&self) -> Option<ElasticOperation> {
+        match self {
+            ElasticOperation::CreateIndex { index, .. } => Some(ElasticOperation::DeleteIndex {
+                index: index.clone(),
+            }),
+            ElasticOperation::CreateAlias { index, alias } => Some(ElasticOperation::DeleteAlias {
+                index: index.clone(),
+                alias: alias.clone(),
+            }),
+            ElasticOperation::DeleteAlias { index, alias } => Some(ElasticOperation::CreateAlias {
+                index: index.clone(),
+                alias: alias.clone(),
+            }),
+            ElasticOperation::DeleteIndex { .. }
+            | ElasticOperation::UpdateMapping { .. }
+            | ElasticOperation::Reindex { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for ElasticOperation {
+    /// `create_index `products_v1``: for progress lines and errors.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ElasticOperation::CreateIndex { index, .. } => write!(f, "create_index `{index}`"),
+            ElasticOperation::DeleteIndex { index } => write!(f, "delete_index `{index}`"),
+            ElasticOperation::UpdateMapping { index, .. } => {
+                write!(f, "update_mapping `{index}`")
+            }
+            ElasticOperation::CreateAlias { index, alias } => {
+                write!(f, "create_alias `{alias}` → `{index}`")
+            }
+            ElasticOperation::DeleteAlias { index, alias } => {
+                write!(f, "delete_alias `{alias}` → `{index}`")
+            }
+            ElasticOperation::Reindex { source, dest } => {
+                write!(f, "reindex `{source}` → `{dest}`")
+            }
+        }
+    }
+}
+
+/// What the runner of a JSON migration (MongoDB, Elasticsearch) needs of an operation.
+pub trait Operation: fmt::Display + Clone + Send + Sync {
+    fn inverse(&self) -> Option<Self>;
+    /// Whether a failure may leave part of it done (a data operation in batches, a
+    /// reindex); a failed command changed nothing.
+    fn may_be_partial(&self) -> bool;
+}
+
+impl Operation for MongoOperation {
+    fn inverse(&self) -> Option<Self> {
+        MongoOperation::inverse(self)
+    }
+
+    fn may_be_partial(&self) -> bool {
+        self.is_data_operation()
+    }
+}
+
+impl Operation for ElasticOperation {
+    fn inverse(&self) -> Option<Self> {
+        ElasticOperation::inverse(self)
+    }
+
+    fn may_be_partial(&self) -> bool {
+        matches!(self, ElasticOperation::Reindex { .. })
+    }
 }

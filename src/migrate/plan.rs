@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::files::{Body, Migration};
 use super::history::{HistoryRow, Status};
+use super::undo;
 use super::version::Version;
 use crate::error::{Error, Result};
 
@@ -124,10 +125,8 @@ pub fn to_revert<'m>(
 fn has_rollback(migration: &Migration) -> bool {
     match &migration.body {
         Body::Sql { down, .. } => down.is_some(),
-        Body::Mongo { up, down } => {
-            down.is_some() || up.iter().all(|operation| operation.inverse().is_some())
-        }
-        Body::Elastic { down, .. } => down.is_some(),
+        Body::Mongo { up, down } => down.is_some() || undo::first_without_inverse(up).is_none(),
+        Body::Elastic { up, down } => down.is_some() || undo::first_without_inverse(up).is_none(),
     }
 }
 
@@ -143,17 +142,18 @@ fn rollback_hint(migration: &Migration) -> String {
         "json"
     };
     let without_inverse = match &migration.body {
-        Body::Mongo { up, .. } => up
-            .iter()
-            .enumerate()
-            .find(|(_, operation)| operation.inverse().is_none())
-            .map(|(i, operation)| format!("operation {} ({operation}) has no inverse; ", i + 1)),
-        _ => None,
+        Body::Mongo { up, .. } => undo::first_without_inverse(up).map(no_inverse),
+        Body::Elastic { up, .. } => undo::first_without_inverse(up).map(no_inverse),
+        Body::Sql { .. } => None,
     };
     format!(
         "{}add {stem}_rollback.{extension} beside it",
         without_inverse.unwrap_or_default()
     )
+}
+
+fn no_inverse(found: (usize, &impl std::fmt::Display)) -> String {
+    format!("operation {} ({}) has no inverse; ", found.0 + 1, found.1)
 }
 
 /// One line of `status`.

@@ -30,7 +30,9 @@ use super::operations::{self, Checkpoint, Failure};
 use super::{connect, store_error};
 use crate::backend::lease::Lease;
 use crate::error::{Error, Result};
-use crate::migrate::{Body, HistoryRow, Migration, MigrationTarget, MongoOperation, Status, Step};
+use crate::migrate::{
+    undo, Body, HistoryRow, Migration, MigrationTarget, MongoOperation, Status, Step,
+};
 use crate::secret::SecretUrl;
 
 const HISTORY: &str = "switchyard_migrations";
@@ -99,23 +101,7 @@ impl MongoMigrations {
                 migration.main_file().display()
             )));
         };
-        match (step, down) {
-            (Step::Up, _) => Ok(up.clone()),
-            (Step::Down, Some(down)) => Ok(down.clone()),
-            (Step::Down, None) => up
-                .iter()
-                .rev()
-                .map(|operation| {
-                    operation.inverse().ok_or_else(|| {
-                        Error::Refused(format!(
-                            "migration {} has no rollback: {operation} has no inverse (add a _rollback.json beside {})",
-                            migration.version,
-                            migration.main_file().display()
-                        ))
-                    })
-                })
-                .collect(),
-        }
+        undo::operations_for(migration, up, down.as_deref(), step)
     }
 
     /// Runs `operations` from where `progress` says; on failure, the index of the
@@ -150,50 +136,14 @@ impl MongoMigrations {
     /// Undoes operations `..=failed` after a failure; says what was undone and what was
     /// left.
     async fn undo(&self, operations: &[MongoOperation], failed: usize) -> String {
-        let mut undone = Vec::new();
-        for index in (0..=failed).rev() {
-            let operation = &operations[index];
-            // A failed command changed nothing; a failed data operation may have done part.
-            if index == failed && !operation.is_data_operation() {
-                continue;
-            }
-            let Some(inverse) = operation.inverse() else {
-                let left: Vec<String> = (0..=index)
-                    .filter(|&i| i != failed || operations[i].is_data_operation())
-                    .map(|i| format!("operation {} ({})", i + 1, operations[i]))
-                    .collect();
-                let undone = match undone.is_empty() {
-                    true => "nothing was undone".to_string(),
-                    false => describe_undone(&undone),
-                };
-                return format!(
-                    "{undone}; left in place, since operation {} has no inverse: {}",
-                    index + 1,
-                    left.join(", ")
-                );
-            };
-            let mut no_checkpoint = operations::NoCheckpoint::default();
-            if let Err(why) =
-                operations::apply(&self.database, &inverse, true, &mut no_checkpoint).await
-            {
-                return format!(
-                    "{}; undoing operation {} ({operation}) failed too: {why}; it and the operations before it are left in place",
-                    describe_undone(&undone),
-                    index + 1
-                );
-            }
-            undone.push(index + 1);
-        }
-        describe_undone(&undone)
-    }
-}
-
-fn describe_undone(undone: &[usize]) -> String {
-    if undone.is_empty() {
-        "nothing had changed".into()
-    } else {
-        let list: Vec<String> = undone.iter().map(ToString::to_string).collect();
-        format!("undone: operation {}", list.join(", "))
+        let database = &self.database;
+        undo::undo(operations, failed, |inverse| {
+            Box::pin(async move {
+                let mut none = operations::NoCheckpoint::default();
+                operations::apply(database, &inverse, true, &mut none).await
+            })
+        })
+        .await
     }
 }
 

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::engine::{self, JobControl, JobObserver, JobRecord, Phase, RunOptions};
 use crate::error::Result;
-use crate::job::{self, parse_window, CatchUpMethod, ContractAfter, CutoverMode, JobKind, JobSpec};
+use crate::job::{self, parse_window, CatchUpMethod, ContractAfter, CutoverMode, JobSpec};
 use crate::metrics::Metrics;
 use crate::server::{serve_api, ApiState};
 use crate::state::{self, StateStore};
@@ -117,9 +117,7 @@ pub fn decide(
                 }),
             };
             // A backfill that catches up goes on filling the rows written until then.
-            let fills =
-                spec.kind == JobKind::Backfill && spec.catch_up.method != CatchUpMethod::None;
-            control.contract_requested || due || fills
+            control.contract_requested || due || spec.fills_from_changes()
         }
         _ => true,
     }

@@ -385,7 +385,7 @@ impl Engine<'_> {
                 return self.contract_when_due().await;
             }
             Phase::Contract => {
-                if !copy && self.catches_up() {
+                if self.spec.fills_from_changes() {
                     // A backfill fills what was written until its contract.
                     while !self.apply_pass().await?.drained {}
                 }
@@ -771,7 +771,7 @@ impl Engine<'_> {
                 }
             }
             let started = Instant::now();
-            let fills = self.spec.kind == JobKind::Backfill && self.catches_up();
+            let fills = self.spec.fills_from_changes();
             let followed = match fills {
                 true => Some(&mut self.backend),
                 false => self.backend.reverse().await?,

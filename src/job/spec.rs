@@ -673,6 +673,12 @@ impl JobSpec {
     }
 
     /// The key columns: as given, or the table's primary key when not given.
+    /// A backfill that fills again, from the source's changes, the rows written while
+    /// it runs, until its contract.
+    pub fn fills_from_changes(&self) -> bool {
+        self.kind == JobKind::Backfill && self.catch_up.method != CatchUpMethod::None
+    }
+
     pub fn key_columns(&self) -> Option<Vec<String>> {
         self.source.key.as_ref().map(KeyColumns::columns)
     }

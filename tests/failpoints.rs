@@ -604,3 +604,48 @@ after = "manual"
         assert_eq!(mongo.count("switchyard_checkpoints", doc! {}), 0, "{point}");
     }
 }
+
+/// A key change the copy saw on both sides: the old key copied before it, the new key
+/// after it (the writer of the crash tests does this by chance, here on purpose). The
+/// change leaves the TOASTed `pad` out, so catch-up moves the old row to the new key;
+/// the target holds the row under both keys until then.
+#[test]
+fn a_key_change_the_copy_saw_on_both_sides_is_replayed() {
+    let (project, other) = Project::for_path(JobPath::OtherServer);
+    let other = other.unwrap();
+    let mut db = project.db.client();
+    let mut model = create_items(&mut db, "items", ROWS);
+    let file = project.job_file(
+        "items",
+        &items_copy_job_on(
+            JobPath::OtherServer,
+            "items",
+            "[copy]\nbatch_size = 500\nconcurrency = 1\n\n[cutover]\nmode = \"auto\"\n",
+        ),
+    );
+    crash_at(
+        &project,
+        &["job", "run", &file],
+        "copy.after_batch",
+        "1*off->return",
+    );
+    // Rows 50 and 100 (TOASTed `pad`) were copied; their new keys are past the copy.
+    db.batch_execute("UPDATE items SET id = id + 100000 WHERE id IN (50, 100)")
+        .unwrap();
+    for id in [50, 100] {
+        let v = model.remove(&id).unwrap();
+        model.insert(id + 100000, v);
+    }
+    resume(&project, &["job", "run", &file], "after the key change");
+    assert_eq!(
+        project.job_status("items")["phase"],
+        "cutover",
+        "cut over, waiting for contract"
+    );
+    assert_eq!(contents(&mut other.client(), "items"), model);
+    assert_eq!(
+        checksum(&mut other.client(), "items"),
+        checksum(&mut project.db.client(), "items_old"),
+        "every column, the TOASTed ones too"
+    );
+}

@@ -7,7 +7,9 @@
 //! An upsert may leave unchanged values out ([`Value::Unchanged`], PostgreSQL's TOASTed
 //! values): they are kept from the target's row of the same column name, or, when the
 //! target never had the row, the row is read from the source as it is now; a
-//! projection that needs one otherwise is refused with a hint.
+//! projection that needs one otherwise is refused with a hint. Such an update that
+//! changes the key first clears the new key, which the copy may have written from a
+//! later state (it reached the old key before the change and the new one after).
 
 use std::collections::HashMap;
 
@@ -89,6 +91,12 @@ impl ChangeApply {
         let new_key = self.source.key_of(row);
         if row.0.contains(&Value::Unchanged) {
             let key = old_key.unwrap_or(&new_key).clone();
+            if key != new_key {
+                // The copy may have reached the new key after this change, and the old
+                // key before it: the target then holds both. The row under the new
+                // key is a later state that the changes after this one reproduce.
+                self.delete_key(client, &new_key).await?;
+            }
             if self.partial_update(client, key, &row.0).await? == 0 {
                 // The target never had the row under that key (its key changed before
                 // the copy reached it), so the values left out are nowhere in the

@@ -192,6 +192,17 @@ impl Default for JobsConfig {
 pub struct DatabaseConfig {
     pub kind: DatabaseKind,
     pub url: SecretUrl,
+    /// Elasticsearch: the CA certificate (PEM) that signed the server's, for `https://`.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Elasticsearch: basic authentication (or `https://user:password@host` in the URL).
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<crate::secret::Secret>,
+    /// Elasticsearch: an API key, as the base64 `id:key` Kibana shows.
+    #[serde(default)]
+    pub api_key: Option<crate::secret::Secret>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
@@ -333,6 +344,25 @@ impl Config {
                 return Err(format!(
                     "field `databases.{name}.url`: `{}` is not a {} URL",
                     database.url, database.kind
+                ));
+            }
+            let elastic_only = [
+                ("ca_file", database.ca_file.is_some()),
+                ("username", database.username.is_some()),
+                ("password", database.password.is_some()),
+                ("api_key", database.api_key.is_some()),
+            ];
+            if database.kind != DatabaseKind::Elasticsearch {
+                if let Some((field, _)) = elastic_only.iter().find(|(_, set)| *set) {
+                    return Err(format!(
+                        "field `databases.{name}.{field}`: for Elasticsearch; {} takes its TLS settings and credentials in the URL",
+                        database.kind
+                    ));
+                }
+            }
+            if database.password.is_some() && database.username.is_none() {
+                return Err(format!(
+                    "field `databases.{name}.password`: set `username` too"
                 ));
             }
         }

@@ -54,7 +54,8 @@ impl SecretUrl {
     }
 }
 
-fn percent_decode(text: &str) -> String {
+/// `%40` → `@`: a URL's user or password as it is.
+pub(crate) fn percent_decode(text: &str) -> String {
     url::form_urlencoded::parse(format!("p={text}").as_bytes())
         .next()
         .map(|(_, value)| value.into_owned())

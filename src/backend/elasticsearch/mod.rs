@@ -1,0 +1,213 @@
+//! Elasticsearch (and OpenSearch, which speaks the same REST API for everything used
+//! here): the client, errors as users read them, and the migration target. One file per
+//! concern:
+//!
+//! - [`migrations`]: the [`crate::migrate::MigrationTarget`] (history index, checksums,
+//!   undo of a migration that failed midway)
+//! - [`lease`]: lease records for the migration lock, in `switchyard-locks`
+//! - [`operations`]: seed 003's operations applied
+//!
+//! The client is the `elasticsearch` crate's transport; requests are JSON over its
+//! `send`, so that every call reads the server's status and error body the same way.
+//! Credentials come from the URL (`https://user:password@host`) or the database's
+//! `username`/`password` or `api_key`; `ca_file` names the CA that signed an `https://`
+//! server's certificate. None of them is ever printed.
+
+mod lease;
+mod migrations;
+mod operations;
+
+pub use migrations::ElasticMigrations;
+
+use std::time::Duration;
+
+use elasticsearch::auth::Credentials;
+use elasticsearch::cert::{Certificate, CertificateValidation};
+use elasticsearch::http::headers::HeaderMap;
+use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
+use elasticsearch::http::{Method, Url};
+use elasticsearch::Elasticsearch;
+use serde_json::Value;
+
+use crate::config::DatabaseConfig;
+use crate::error::{Error, Result};
+use crate::secret::{percent_decode, SecretUrl};
+
+/// How long one request may take, unless it says otherwise (a reindex waits for the
+/// server to finish).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A configured Elasticsearch database.
+#[derive(Clone)]
+pub struct Es {
+    name: String,
+    url: SecretUrl,
+    client: Elasticsearch,
+}
+
+/// A server's answer: its status and JSON body (`Null` when it sent none).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The error's type (`resource_already_exists_exception`), when the server sent one.
+    pub fn error_type(&self) -> Option<&str> {
+        self.body["error"]["type"].as_str()
+    }
+
+    /// What went wrong, as the server put it.
+    pub fn reason(&self) -> String {
+        let error = &self.body["error"];
+        match (error["type"].as_str(), error["reason"].as_str()) {
+            (Some(kind), Some(reason)) => format!("{kind}: {reason} (HTTP {})", self.status),
+            _ if error.is_string() => format!("{} (HTTP {})", error.as_str().unwrap_or_default(), self.status),
+            _ => format!("HTTP {}: {}", self.status, self.body),
+        }
+    }
+}
+
+impl Es {
+    /// A client for the database `name`. Nothing is sent until the first request.
+    pub fn connect(name: &str, database: &DatabaseConfig) -> Result<Es> {
+        let usage = |why: String| Error::Usage(format!("database `{name}`: {why}"));
+        let mut url = Url::parse(database.url.expose())
+            .map_err(|e| usage(format!("`{}` is not a URL: {e}", database.url.redacted())))?;
+        let in_url = (!url.username().is_empty()).then(|| {
+            (
+                percent_decode(url.username()),
+                url.password().map(percent_decode).unwrap_or_default(),
+            )
+        });
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        let mut transport = TransportBuilder::new(SingleNodeConnectionPool::new(url))
+            .timeout(REQUEST_TIMEOUT)
+            .disable_proxy();
+        let credentials = match (&database.api_key, &database.username, in_url) {
+            (Some(key), _, _) => Some(Credentials::EncodedApiKey(key.expose().to_string())),
+            (None, Some(user), _) => Some(Credentials::Basic(
+                user.clone(),
+                database
+                    .password
+                    .as_ref()
+                    .map(|p| p.expose().to_string())
+                    .unwrap_or_default(),
+            )),
+            (None, None, Some((user, password))) => Some(Credentials::Basic(user, password)),
+            (None, None, None) => None,
+        };
+        if let Some(credentials) = credentials {
+            transport = transport.auth(credentials);
+        }
+        if let Some(ca_file) = &database.ca_file {
+            let pem = std::fs::read(ca_file).map_err(|e| Error::io(ca_file, e))?;
+            let ca = Certificate::from_pem(&pem).map_err(|e| {
+                usage(format!("ca_file {}: not a PEM certificate: {e}", ca_file.display()))
+            })?;
+            transport = transport.cert_validation(CertificateValidation::Full(ca));
+        }
+        let transport = transport
+            .build()
+            .map_err(|e| usage(format!("cannot create an Elasticsearch client: {e}")))?;
+        Ok(Es {
+            name: name.to_string(),
+            url: database.url.clone(),
+            client: Elasticsearch::new(transport),
+        })
+    }
+
+    /// The configured name, for messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sends one request; any answer the server gives is a [`Reply`], whatever its
+    /// status. Not reaching the server is an error naming the database.
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Reply> {
+        self.call_with_timeout(method, path, body, None).await
+    }
+
+    /// [`Es::call`] with a timeout of its own (`Duration::MAX`: none).
+    pub async fn call_with_timeout(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Option<Duration>,
+    ) -> Result<Reply> {
+        let body = body.map(|value| value.to_string());
+        let sent = self
+            .client
+            .send::<String, ()>(method, path, HeaderMap::new(), None, body, timeout)
+            .await
+            .map_err(|e| self.unreachable(path, &e))?;
+        let status = sent.status_code().as_u16();
+        let text = sent.text().await.map_err(|e| self.unreachable(path, &e))?;
+        let body = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Ok(Reply { status, body })
+    }
+
+    /// [`Es::call`] that must succeed: any other status is an error with `context`.
+    pub async fn expect(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        context: &str,
+    ) -> Result<Value> {
+        let reply = self.call(method, path, body).await?;
+        if reply.is_success() {
+            Ok(reply.body)
+        } else {
+            Err(self.refused(context, &reply))
+        }
+    }
+
+    /// An answer that is not what the request needed, as an error with `context`.
+    pub fn refused(&self, context: &str, reply: &Reply) -> Error {
+        Error::Store {
+            database: self.name.clone(),
+            context: context.to_string(),
+            message: self.redact(reply.reason()),
+            transient: reply.status == 429 || reply.status >= 502,
+        }
+    }
+
+    fn unreachable(&self, path: &str, error: &elasticsearch::Error) -> Error {
+        let mut message = error.to_string();
+        let mut cause = std::error::Error::source(error);
+        while let Some(inner) = cause {
+            message.push_str(&format!(": {inner}"));
+            cause = inner.source();
+        }
+        Error::Store {
+            database: self.name.clone(),
+            context: format!("cannot reach {} ({path})", self.url.redacted()),
+            message: self.redact(message),
+            transient: !message_is_tls(&message),
+        }
+    }
+
+    fn redact(&self, message: String) -> String {
+        match self.url.password() {
+            Some(password) if !password.is_empty() => message.replace(&password, "***"),
+            _ => message,
+        }
+    }
+}
+
+/// A refused certificate will not be accepted on the next try either.
+fn message_is_tls(message: &str) -> bool {
+    message.contains("certificate") || message.contains("InvalidCertificate")
+}

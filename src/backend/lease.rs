@@ -29,6 +29,9 @@ use crate::error::{Error, Result};
 /// How long a lease lasts without renewal.
 pub const LEASE: Duration = Duration::from_secs(30);
 
+/// Why a run holding a lost lease stops.
+pub const LOST: &str = "the migration lock's lease expired and may be another run's now (was the process stalled?); stopped before this operation";
+
 /// What a lease record holds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LeaseRecord {

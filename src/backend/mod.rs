@@ -7,6 +7,7 @@
 /// (and see who holds a lock).
 pub const APPLICATION_NAME: &str = "switchyard";
 
+pub mod elasticsearch;
 pub mod lease;
 pub mod mongodb;
 pub mod plan;

@@ -25,6 +25,7 @@ pub use version::{Version, VersionStyle};
 
 use std::path::{Path, PathBuf};
 
+use crate::backend::elasticsearch::ElasticMigrations;
 use crate::backend::mongodb::MongoMigrations;
 use crate::backend::postgres::PostgresMigrations;
 use crate::config::{Config, DatabaseKind};
@@ -133,15 +134,23 @@ pub async fn open_target(config: &Config, name: &str) -> Result<Box<dyn Migratio
     let database = config.database(name)?;
     match database.kind {
         DatabaseKind::Postgresql => Ok(Box::new(
-            PostgresMigrations::connect(name, &database.url, config.migrations.lock_timeout).await?,
+            PostgresMigrations::connect(name, &database.url, config.migrations.lock_timeout)
+                .await?,
         )),
         DatabaseKind::Mongodb => Ok(Box::new(
-            MongoMigrations::connect(name, &database.url, &format!("{} pid {}", crate::state::actor(), std::process::id())).await?,
+            MongoMigrations::connect(name, &database.url, &holder()).await?,
         )),
-        kind @ DatabaseKind::Elasticsearch => Err(Error::Usage(format!(
-            "database `{name}`: running {kind} migrations is not available in this version (their files are validated; PostgreSQL and MongoDB migrations run)"
-        ))),
+        DatabaseKind::Elasticsearch => Ok(Box::new(ElasticMigrations::connect(
+            name,
+            database,
+            &holder(),
+        )?)),
     }
+}
+
+/// Who holds a migration lock taken here, as a waiting run is told.
+fn holder() -> String {
+    format!("{} pid {}", crate::state::actor(), std::process::id())
 }
 
 /// The version `create` gives a new migration in `folder`, and the file prefix.

@@ -15,6 +15,16 @@ pub enum Step {
     Down,
 }
 
+impl Step {
+    /// `up` or `down`, as a stored progress record names the direction.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Up => "up",
+            Step::Down => "down",
+        }
+    }
+}
+
 /// A database that migrations are applied to, with its history kept inside it.
 ///
 /// Contract: `lock` is held until `unlock` or until the connection ends (so a crashed

@@ -87,6 +87,13 @@ pub async fn undo<'a, O: Operation + 'a>(
     describe_undone(&undone)
 }
 
+/// What a rollback that failed at operation `failed` (counted from 0) left.
+pub fn rollback_failed(why: &str, failed: usize) -> String {
+    format!(
+        "rollback failed: {why} (operations 1 to {failed} of the rollback took effect; run the rollback again to go on from there)"
+    )
+}
+
 fn describe_undone(undone: &[usize]) -> String {
     if undone.is_empty() {
         "nothing had changed".into()

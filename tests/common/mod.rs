@@ -3,6 +3,7 @@
 //! and prints it), a project folder with its own configuration, and the real binary.
 #![allow(dead_code)] // each test binary uses a different part of these helpers
 
+pub mod elastic;
 pub mod mongo;
 pub mod proxy;
 pub mod writer;

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use elasticsearch::http::Method;
 use serde_json::{json, Value};
 
-use super::Es;
+use super::{path_segment, Es};
 use crate::backend::lease::{Lease, LeaseRecord, LeaseStore};
 use crate::error::Result;
 
@@ -46,13 +46,17 @@ fn document(lease: &LeaseRecord) -> Value {
 
 impl ElasticLeases {
     fn path(id: &str, action: &str) -> String {
-        format!("/{INDEX}/{action}/{}?refresh=true", id.replace(':', "%3A"))
+        format!("/{INDEX}/{action}/{}?refresh=true", path_segment(id))
     }
 
     async fn stored(&self, id: &str) -> Result<Option<Stored>> {
         let reply = self
             .es
-            .call(Method::Get, &format!("/{INDEX}/_doc/{}", id.replace(':', "%3A")), None)
+            .call(
+                Method::Get,
+                &format!("/{INDEX}/_doc/{}", path_segment(id)),
+                None,
+            )
             .await?;
         if reply.status == 404 {
             return Ok(None);
@@ -89,7 +93,10 @@ impl ElasticLeases {
             stored.seq_no,
             stored.primary_term
         );
-        let reply = self.es.call(Method::Put, &path, Some(&document(lease))).await?;
+        let reply = self
+            .es
+            .call(Method::Put, &path, Some(&document(lease)))
+            .await?;
         match reply.status {
             200 | 201 => Ok(true),
             409 => Ok(false),
@@ -103,7 +110,11 @@ impl LeaseStore for ElasticLeases {
     async fn take(&self, id: &str, lease: &LeaseRecord, now: DateTime<Utc>) -> Result<bool> {
         let created = self
             .es
-            .call(Method::Put, &Self::path(id, "_create"), Some(&document(lease)))
+            .call(
+                Method::Put,
+                &Self::path(id, "_create"),
+                Some(&document(lease)),
+            )
             .await?;
         match created.status {
             200 | 201 => return Ok(true),

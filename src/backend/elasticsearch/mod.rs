@@ -67,7 +67,11 @@ impl Reply {
         let error = &self.body["error"];
         match (error["type"].as_str(), error["reason"].as_str()) {
             (Some(kind), Some(reason)) => format!("{kind}: {reason} (HTTP {})", self.status),
-            _ if error.is_string() => format!("{} (HTTP {})", error.as_str().unwrap_or_default(), self.status),
+            _ if error.is_string() => format!(
+                "{} (HTTP {})",
+                error.as_str().unwrap_or_default(),
+                self.status
+            ),
             _ => format!("HTTP {}: {}", self.status, self.body),
         }
     }
@@ -109,7 +113,10 @@ impl Es {
         if let Some(ca_file) = &database.ca_file {
             let pem = std::fs::read(ca_file).map_err(|e| Error::io(ca_file, e))?;
             let ca = Certificate::from_pem(&pem).map_err(|e| {
-                usage(format!("ca_file {}: not a PEM certificate: {e}", ca_file.display()))
+                usage(format!(
+                    "ca_file {}: not a PEM certificate: {e}",
+                    ca_file.display()
+                ))
             })?;
             transport = transport.cert_validation(CertificateValidation::Full(ca));
         }
@@ -191,11 +198,12 @@ impl Es {
             message.push_str(&format!(": {inner}"));
             cause = inner.source();
         }
+        let transient = !message_is_tls(&message);
         Error::Store {
             database: self.name.clone(),
             context: format!("cannot reach {} ({path})", self.url.redacted()),
             message: self.redact(message),
-            transient: !message_is_tls(&message),
+            transient,
         }
     }
 
@@ -205,6 +213,15 @@ impl Es {
             _ => message,
         }
     }
+}
+
+/// `name` as one segment of a request path (an index, alias or document id).
+pub fn path_segment(name: &str) -> String {
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.');
+    percent_encoding::utf8_percent_encode(name, KEEP).to_string()
 }
 
 /// A refused certificate will not be accepted on the next try either.

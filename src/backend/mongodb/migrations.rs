@@ -114,7 +114,7 @@ impl MongoMigrations {
         let resumed_at = progress.resumed.then_some(progress.completed);
         for (index, operation) in operations.iter().enumerate().skip(progress.completed) {
             if self.lease.is_lost() {
-                return Err((index, "the migration lock's lease expired and may be another run's now (was the process stalled?); stopped before this operation".into()));
+                return Err((index, crate::backend::lease::LOST.into()));
             }
             let may_be_done = resumed_at == Some(index);
             operations::apply(&self.database, operation, may_be_done, progress)
@@ -199,7 +199,10 @@ impl MigrationTarget for MongoMigrations {
             Ok(()) => {
                 self.record(migration, status, started.elapsed(), None, applied_by)
                     .await?;
-                progress.clear().await.map_err(|e| self.error("cannot clear the migration's progress", e))?;
+                progress
+                    .clear()
+                    .await
+                    .map_err(|e| self.error("cannot clear the migration's progress", e))?;
                 return Ok(started.elapsed());
             }
             Err((failed, why)) => match step {
@@ -207,9 +210,7 @@ impl MigrationTarget for MongoMigrations {
                     let undo = self.undo(&operations, failed).await;
                     format!("{why} ({undo})")
                 }
-                Step::Down => format!(
-                    "rollback failed: {why} (operations 1 to {failed} of the rollback took effect; run the rollback again to go on from there)"
-                ),
+                Step::Down => undo::rollback_failed(&why, failed),
             },
         };
         match step {
@@ -293,7 +294,7 @@ impl Progress {
     ) -> mongodb::error::Result<Progress> {
         let collection = database.collection::<Document>(PROGRESS);
         let version = migration.version.to_string();
-        let direction = direction(step);
+        let direction = step.as_str();
         let saved = collection.find_one(doc! {"_id": &version}).await?;
         let mut progress = Progress {
             collection,
@@ -359,12 +360,5 @@ impl Checkpoint for Progress {
                 )
             })
         })
-    }
-}
-
-fn direction(step: Step) -> &'static str {
-    match step {
-        Step::Up => "up",
-        Step::Down => "down",
     }
 }

@@ -1,0 +1,199 @@
+//! The Elasticsearch server named by `SWITCHYARD_TEST_ELASTICSEARCH_URL` (`scripts/services
+//! up` starts the OpenSearch-API stand-in and prints it; point it at a real cluster to run
+//! the same tests there), with blocking helpers to set up and read back what a test
+//! checks.
+//!
+//! A cluster has one `switchyard-migrations` history and one `switchyard-locks`, so the
+//! tests that migrate take [`Elastic::exclusive`], which clears them first. Indexes a test
+//! makes carry its own prefix.
+
+use std::sync::{Mutex, MutexGuard};
+
+use elasticsearch::http::headers::HeaderMap;
+use elasticsearch::http::transport::Transport;
+use elasticsearch::http::Method;
+use elasticsearch::Elasticsearch;
+use serde_json::Value;
+
+/// The stand-in `scripts/services up` starts, when the variable is not set.
+const DEFAULT_ELASTICSEARCH_URL: &str = "http://127.0.0.1:54335";
+
+/// switchyard's own indexes, shared by every test on the cluster.
+const OWN_INDEXES: &[&str] = &[
+    "switchyard-migrations",
+    "switchyard-migration-progress",
+    "switchyard-locks",
+];
+
+static CLUSTER: Mutex<()> = Mutex::new(());
+
+pub fn server_url() -> String {
+    std::env::var("SWITCHYARD_TEST_ELASTICSEARCH_URL")
+        .unwrap_or_else(|_| DEFAULT_ELASTICSEARCH_URL.into())
+}
+
+pub struct Elastic {
+    /// Lower-case, unique to this test: the start of every index it names.
+    pub prefix: String,
+    pub url: String,
+    runtime: tokio::runtime::Runtime,
+    client: Elasticsearch,
+    _exclusive: Option<MutexGuard<'static, ()>>,
+}
+
+impl Elastic {
+    pub fn new() -> Elastic {
+        let url = server_url();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client =
+            Elasticsearch::new(Transport::single_node(&url).expect("an Elasticsearch URL"));
+        Elastic {
+            prefix: format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            url,
+            runtime,
+            client,
+            _exclusive: None,
+        }
+    }
+
+    /// The cluster to this test alone (among the tests of this binary), without
+    /// switchyard's history, progress and lock indexes.
+    pub fn exclusive() -> Elastic {
+        let guard = CLUSTER
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut elastic = Elastic::new();
+        for index in OWN_INDEXES {
+            elastic.call(Method::Delete, &format!("/{index}"), None);
+        }
+        elastic._exclusive = Some(guard);
+        elastic
+    }
+
+    /// `[databases.elasticsearch]` of a configuration naming this server.
+    pub fn config(&self) -> String {
+        format!(
+            "[databases.elasticsearch]\nkind = \"elasticsearch\"\nurl = \"{}\"\n",
+            self.url
+        )
+    }
+
+    /// `name` with this test's prefix.
+    pub fn index(&self, name: &str) -> String {
+        format!("{}_{name}", self.prefix)
+    }
+
+    /// One request: the status and the JSON body (`Null` when empty).
+    pub fn call(&self, method: Method, path: &str, body: Option<&Value>) -> (u16, Value) {
+        self.runtime.block_on(async {
+            let reply = self
+                .client
+                .send::<String, ()>(
+                    method,
+                    path,
+                    HeaderMap::new(),
+                    None,
+                    body.map(Value::to_string),
+                    None,
+                )
+                .await
+                .expect("the Elasticsearch server answers");
+            let status = reply.status_code().as_u16();
+            let text = reply.text().await.unwrap();
+            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        })
+    }
+
+    /// A request with an NDJSON body (`_bulk`).
+    pub fn call_ndjson(&self, path: &str, body: String) -> (u16, Value) {
+        self.runtime.block_on(async {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                elasticsearch::http::headers::CONTENT_TYPE,
+                elasticsearch::http::headers::HeaderValue::from_static("application/x-ndjson"),
+            );
+            let reply = self
+                .client
+                .send::<String, ()>(Method::Post, path, headers, None, Some(body), None)
+                .await
+                .expect("the Elasticsearch server answers");
+            let status = reply.status_code().as_u16();
+            let text = reply.text().await.unwrap();
+            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        })
+    }
+
+    /// A request that must succeed; its body.
+    pub fn ok(&self, method: Method, path: &str, body: Option<&Value>) -> Value {
+        let (status, reply) = self.call(method, path, body);
+        assert!(
+            (200..300).contains(&status),
+            "{path}: HTTP {status}: {reply}"
+        );
+        reply
+    }
+
+    pub fn exists(&self, index: &str) -> bool {
+        self.call(Method::Head, &format!("/{index}"), None).0 == 200
+    }
+
+    /// The indexes `alias` points at, sorted.
+    pub fn alias_targets(&self, alias: &str) -> Vec<String> {
+        let (status, body) = self.call(Method::Get, &format!("/_alias/{alias}"), None);
+        if status == 404 {
+            return Vec::new();
+        }
+        let mut names: Vec<String> = body
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// `index`'s mapping (`properties` and the rest).
+    pub fn mapping(&self, index: &str) -> Value {
+        let body = self.ok(Method::Get, &format!("/{index}/_mapping"), None);
+        body[index]["mappings"].clone()
+    }
+
+    /// The history, one `version status` per row, by version.
+    pub fn history(&self) -> Vec<String> {
+        let (status, body) = self.call(
+            Method::Post,
+            "/switchyard-migrations/_search",
+            Some(&serde_json::json!({"size": 1000})),
+        );
+        if status == 404 {
+            return Vec::new();
+        }
+        let mut rows: Vec<String> = body["hits"]["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|hit| {
+                format!(
+                    "{} {}",
+                    hit["_source"]["version"].as_str().unwrap(),
+                    hit["_source"]["status"].as_str().unwrap()
+                )
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+}
+
+impl Drop for Elastic {
+    fn drop(&mut self) {
+        let (_, indexes) = self.call(Method::Get, &format!("/{}_*/_alias", self.prefix), None);
+        if let Some(indexes) = indexes.as_object() {
+            for index in indexes.keys() {
+                self.call(Method::Delete, &format!("/{index}"), None);
+            }
+        }
+    }
+}

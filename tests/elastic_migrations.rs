@@ -80,7 +80,7 @@ fn a_mapping_behind_an_alias_is_reindexed_rolled_back_and_applied_again() {
     let v1 = elastic.index("products_v1");
     assert_eq!(
         elastic.alias_targets(&elastic.index("products")),
-        [v1.clone()]
+        std::slice::from_ref(&v1)
     );
     assert_eq!(
         elastic.mapping(&v1)["properties"]["variants"]["type"],

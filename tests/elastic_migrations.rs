@@ -287,3 +287,29 @@ fn an_expired_lease_is_taken_over_and_a_live_one_waited_for() {
     let (status, _) = elastic.call(Method::Get, "/switchyard-locks/_doc/migrations", None);
     assert_eq!(status, 404, "released");
 }
+
+#[test]
+fn an_unreachable_server_is_named_without_its_password() {
+    let project = Project::with_config(
+        "[databases.elasticsearch]\nkind = \"elasticsearch\"\nurl = \"http://admin:s3cr3t-pw@127.0.0.1:9/\"\n",
+    );
+    std::fs::create_dir_all(project.path("migrations/elasticsearch")).unwrap();
+    std::fs::write(
+        project.path("migrations/elasticsearch/001_a.json"),
+        r#"{"version": "1", "operations": [{"type": "create_index", "index": "a"}]}"#,
+    )
+    .unwrap();
+    let failed = project.run(&["migrate", "--databases", "elasticsearch"]);
+    assert_ne!(failed.code, 0);
+    assert!(
+        failed.stderr.contains("database `elasticsearch`")
+            && failed.stderr.contains("cannot reach"),
+        "{}",
+        failed.stderr
+    );
+    assert!(
+        !failed.stderr.contains("s3cr3t-pw") && !failed.stdout.contains("s3cr3t-pw"),
+        "{}",
+        failed.stderr
+    );
+}

@@ -308,8 +308,9 @@ fn every_crash_point_is_tested() {
     }
 }
 
-/// The crash points of migrations (tested by `a_mongodb_migration_killed_mid_operation_resumes`).
-const MIGRATION_POINTS: &[&str] = &["migration.after_batch"];
+/// The crash points of migrations (tested by `a_mongodb_migration_killed_mid_operation_resumes`
+/// and `an_elasticsearch_migration_killed_between_operations_resumes`).
+const MIGRATION_POINTS: &[&str] = &["migration.after_batch", "migration.after_operation"];
 
 /// A MongoDB migration killed between two batches of a data operation resumes where it
 /// stopped: each document's `$inc` applied exactly once, every field added or removed.
@@ -648,4 +649,54 @@ fn a_key_change_the_copy_saw_on_both_sides_is_replayed() {
         checksum(&mut project.db.client(), "items_old"),
         "every column, the TOASTed ones too"
     );
+}
+
+/// An Elasticsearch migration killed after an operation took effect and before its
+/// progress was saved: the next run sends that operation again (the index it created is
+/// there already) and goes on, each index and alias made once.
+#[test]
+fn an_elasticsearch_migration_killed_between_operations_resumes() {
+    use common::elastic::Elastic;
+    for action in ["return", "1*off->return", "2*off->return"] {
+        let elastic = Elastic::exclusive();
+        let project = Project::with_config(&elastic.config());
+        std::fs::create_dir_all(project.path("migrations/elasticsearch")).unwrap();
+        std::fs::write(
+            project.path("migrations/elasticsearch/001_catalog.json"),
+            r#"{"version": "1", "name": "catalog", "operations": [
+                  {"type": "create_index", "index": "PREFIX_catalog_v1", "mapping": {"properties": {"sku": {"type": "keyword"}}}},
+                  {"type": "create_alias", "index": "PREFIX_catalog_v1", "alias": "PREFIX_catalog"},
+                  {"type": "create_index", "index": "PREFIX_audit_v1"}
+                ]}"#
+            .replace("PREFIX", &elastic.prefix),
+        )
+        .unwrap();
+        let crashed = project
+            .command(&["migrate"])
+            .env("FAILPOINTS", format!("migration.after_operation={action}"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            crashed.status.code(),
+            Some(CRASH_EXIT_CODE),
+            "{action}: {}",
+            String::from_utf8_lossy(&crashed.stderr)
+        );
+        assert!(elastic.history().is_empty(), "{action}: not recorded yet");
+
+        project.run(&["migrate"]).ok();
+        assert_eq!(elastic.history(), ["1 COMPLETED"], "{action}");
+        assert_eq!(
+            elastic.alias_targets(&elastic.index("catalog")),
+            [elastic.index("catalog_v1")],
+            "{action}"
+        );
+        assert!(elastic.exists(&elastic.index("audit_v1")), "{action}");
+        let (status, _) = elastic.call(
+            elasticsearch::http::Method::Get,
+            "/switchyard-migration-progress/_doc/1",
+            None,
+        );
+        assert_eq!(status, 404, "{action}: progress cleared");
+    }
 }

@@ -176,6 +176,7 @@ impl ElasticMigrations {
                         format!("operation {} ({operation}): {why}", index + 1),
                     )
                 })?;
+            crate::crash_point!("migration.after_operation");
             self.save_progress(migration, step, index + 1)
                 .await
                 .map_err(|e| (index, e.to_string()))?;

@@ -195,7 +195,11 @@ impl Es {
         let mut message = error.to_string();
         let mut cause = std::error::Error::source(error);
         while let Some(inner) = cause {
-            message.push_str(&format!(": {inner}"));
+            // (a wrapper often prints its cause already)
+            let text = inner.to_string();
+            if !message.contains(&text) {
+                message.push_str(&format!(": {text}"));
+            }
             cause = inner.source();
         }
         let transient = !message_is_tls(&message);

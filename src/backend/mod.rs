@@ -21,7 +21,7 @@ pub(crate) fn back_name(job: &str) -> String {
 
 use crate::config::{Config, DatabaseKind};
 use crate::engine::{JobRecord, Pipeline};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::job::JobSpec;
 use crate::state::StateStore;
 
@@ -34,7 +34,7 @@ pub async fn open_job(config: &Config, spec: &JobSpec, store: &dyn StateStore) -
     match config.database(&spec.source.database)?.kind {
         DatabaseKind::Postgresql => postgres::open_job(config, spec, source_may_be_gone).await,
         DatabaseKind::Mongodb => mongodb::open_job(config, spec).await,
-        kind => Err(no_jobs(kind)),
+        DatabaseKind::Elasticsearch => elasticsearch::open_job(config, spec).await,
     }
 }
 
@@ -43,10 +43,6 @@ pub async fn plan_job(config: &Config, spec: &JobSpec) -> Result<plan::JobPlan> 
     match config.database(&spec.source.database)?.kind {
         DatabaseKind::Postgresql => postgres::plan_job(config, spec).await,
         DatabaseKind::Mongodb => mongodb::plan_job(config, spec).await,
-        kind => Err(no_jobs(kind)),
+        DatabaseKind::Elasticsearch => elasticsearch::plan_job(config, spec).await,
     }
-}
-
-fn no_jobs(kind: DatabaseKind) -> Error {
-    Error::Refused(format!("{kind} jobs are not available in this version"))
 }

@@ -282,9 +282,9 @@ pub async fn request(store: &dyn StateStore, name: &str, request: Request) -> Re
         )));
     }
     if request == Request::Cutover {
-        if record.kind != JobKind::Copy {
+        if !record.kind.cuts_over() {
             return Err(Error::Refused(format!(
-                "job `{name}` is a {}: only copy jobs cut over",
+                "job `{name}` is a {}: only copy and reindex jobs cut over",
                 record.kind.as_str()
             )));
         }

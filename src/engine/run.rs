@@ -15,7 +15,7 @@ use super::record::{JobControl, JobRecord, Phase};
 use super::sink::CopyWorker;
 use super::throttle::Throttle;
 use crate::error::{Error, Result};
-use crate::job::{ContractAfter, CutoverMode, JobKind, JobSpec, VerifyMethod};
+use crate::job::{ContractAfter, CutoverMode, JobSpec, VerifyMethod};
 use crate::state::StateStore;
 
 /// How often the running process reads the job's control and saves its progress.
@@ -159,7 +159,7 @@ pub async fn run(
 /// Whether the job has a forward slot that `catch_up.max_slot_wal` limits: from the
 /// copy (when the slot began to hold WAL) until the cutover drops it.
 pub fn holds_a_guarded_slot(spec: &JobSpec, record: &JobRecord) -> bool {
-    spec.kind == JobKind::Copy
+    spec.kind.cuts_over()
         && spec.catch_up.method != crate::job::CatchUpMethod::None
         && spec.catch_up.max_slot_wal.as_u64() > 0
         && record.cutover_at.is_none()
@@ -329,7 +329,7 @@ impl Engine<'_> {
     }
 
     async fn step(&mut self, phase: Phase) -> Result<Flow> {
-        let copy = self.spec.kind == JobKind::Copy;
+        let copy = self.spec.kind.cuts_over();
         Ok(match phase {
             Phase::Pending => {
                 self.backend.start_fresh().await?;
@@ -480,7 +480,7 @@ impl Engine<'_> {
     }
 
     async fn abort(&mut self) -> Result<RunEnd> {
-        let after_cutover = self.record.cutover_at.is_some() && self.spec.kind == JobKind::Copy;
+        let after_cutover = self.record.cutover_at.is_some() && self.spec.kind.cuts_over();
         if after_cutover {
             self.swap_back().await?;
             self.backend.forget().await?;

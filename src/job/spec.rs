@@ -28,6 +28,12 @@ pub enum JobKind {
 }
 
 impl JobKind {
+    /// Whether the job ends by switching its target into the source's place (a copy, a
+    /// reindex); a backfill changes its source in place and has no cutover.
+    pub fn cuts_over(self) -> bool {
+        matches!(self, JobKind::Copy | JobKind::Reindex)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Copy => "copy",
@@ -123,6 +129,14 @@ pub struct Expand {
     /// once: one that finds its work done, such as an existing index, is skipped).
     #[serde(default)]
     pub operations: Vec<crate::migrate::MongoOperation>,
+    /// Elasticsearch: the new index's mapping (`{ properties = { … } }`); the source
+    /// index's mapping when not given.
+    #[serde(default)]
+    pub mapping: Option<serde_json::Value>,
+    /// Elasticsearch: the new index's settings (analysis, shards, replicas); the source
+    /// index's own when not given.
+    #[serde(default)]
+    pub settings: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -239,6 +253,9 @@ pub enum CatchUpMethod {
     #[default]
     LogicalReplication,
     ChangeStream,
+    /// Elasticsearch: documents whose `catch_up.field` (set by every write) is newer than
+    /// where the catch-up stands are copied again.
+    Watermark,
     None,
 }
 
@@ -258,6 +275,9 @@ pub struct CatchUp {
     /// slot holds the WAL written since it began, by design.)
     #[serde(default = "default_max_slot_wal")]
     pub max_slot_wal: bytesize::ByteSize,
+    /// `watermark`: the date field every write to the source sets (`updated_at`).
+    #[serde(default)]
+    pub field: Option<String>,
 }
 
 fn default_max_slot_wal() -> bytesize::ByteSize {
@@ -270,6 +290,7 @@ impl Default for CatchUp {
             requested: None,
             method: CatchUpMethod::default(),
             max_slot_wal: default_max_slot_wal(),
+            field: None,
         }
     }
 }
@@ -444,6 +465,7 @@ pub fn load_text(path: &Path, text: &str, config: &Config) -> Result<JobSpec> {
     spec.catch_up.method = spec.catch_up.requested.unwrap_or(
         match (config.databases[&spec.source.database].kind, spec.kind) {
             (DatabaseKind::Mongodb, _) => CatchUpMethod::ChangeStream,
+            (DatabaseKind::Elasticsearch, _) => CatchUpMethod::Watermark,
             // A PostgreSQL backfill's dual-write trigger fills the rows written meanwhile.
             (_, JobKind::Backfill) => CatchUpMethod::None,
             _ => CatchUpMethod::LogicalReplication,
@@ -515,12 +537,7 @@ impl JobSpec {
         match source_kind {
             DatabaseKind::Postgresql => self.validate_postgres(target_kind)?,
             DatabaseKind::Mongodb => self.validate_mongo(target_kind)?,
-            DatabaseKind::Elasticsearch => {
-                return Err(field(
-                    "source.database",
-                    "elasticsearch jobs are not available in this version (PostgreSQL and MongoDB jobs are)".into(),
-                ))
-            }
+            DatabaseKind::Elasticsearch => self.validate_elastic()?,
         }
         if let Some(target) = &self.target {
             self.endpoint_kind("target", target, config)?;
@@ -555,10 +572,9 @@ impl JobSpec {
                     .into(),
             ),
             JobKind::Backfill => Ok(()),
-            JobKind::Reindex => Err(
-                "field `kind`: `reindex` is for Elasticsearch, which this version does not run yet"
-                    .into(),
-            ),
+            JobKind::Reindex => Err(format!(
+                "field `kind`: `reindex` rebuilds an Elasticsearch index behind its alias; a {store} {thing} is copied with `kind = \"copy\"`"
+            )),
         }
     }
 
@@ -632,6 +648,52 @@ impl JobSpec {
         Ok(())
     }
 
+    fn validate_elastic(&self) -> std::result::Result<(), String> {
+        match self.kind {
+            JobKind::Reindex => {}
+            JobKind::Copy => return Err("field `kind`: an Elasticsearch index is rebuilt behind its alias with `kind = \"reindex\"`".into()),
+            JobKind::Backfill => return Err("field `kind`: Elasticsearch has no backfill in this version; rebuild the index with `kind = \"reindex\"` and a new mapping".into()),
+        }
+        if let Some(target) = &self.target {
+            return Err(format!(
+                "section `[target]`: a reindex builds `<alias>_vN` beside the index its alias names and moves the alias at cutover; remove [target] (`{}` named the target)",
+                target.database
+            ));
+        }
+        if self.source.key.is_some() {
+            return Err("field `source.key`: an Elasticsearch index is read in point-in-time order, by `_id`".into());
+        }
+        if !self.transform.columns.is_empty()
+            || !self.transform.pipeline.is_empty()
+            || !self.transform.update.is_empty()
+        {
+            return Err("field `transform`: a reindex copies documents as they are; reshape them with the new mapping (`[expand] mapping`)".into());
+        }
+        if !self.expand.sql.is_empty()
+            || !self.contract.sql.is_empty()
+            || !self.expand.operations.is_empty()
+        {
+            return Err("field `expand`: an Elasticsearch reindex takes `[expand] mapping` and `settings`; `sql` and `operations` are for PostgreSQL and MongoDB".into());
+        }
+        for (name, value) in [
+            ("mapping", &self.expand.mapping),
+            ("settings", &self.expand.settings),
+        ] {
+            if value.as_ref().is_some_and(|v| !v.is_object()) {
+                return Err(format!("field `expand.{name}`: a table (JSON object)"));
+            }
+        }
+        match (self.catch_up.requested, &self.catch_up.field) {
+            (None | Some(CatchUpMethod::Watermark), Some(field)) if !field.is_empty() => Ok(()),
+            (None | Some(CatchUpMethod::Watermark), _) => Err("field `catch_up.field`: a reindex catches up the documents written during the copy by a date field that every write sets (`field = \"updated_at\"`); name it, or say `method = \"none\"` when nothing writes to the index meanwhile".into()),
+            (Some(CatchUpMethod::None), _) => Ok(()),
+            (Some(other), _) => Err(format!(
+                "field `catch_up.method`: `{}` is not Elasticsearch's; a reindex uses `watermark` (with `field`) or `none`",
+                format!("{other:?}").to_lowercase()
+            )),
+        }
+    }
+
     fn endpoint_kind(
         &self,
         section: &str,
@@ -653,6 +715,21 @@ impl JobSpec {
             }
             if endpoint.collection.is_some() || endpoint.index.is_some() {
                 return Err(format!("field `{section}`: `collection` and `index` are for MongoDB and Elasticsearch; use `table`"));
+            }
+        }
+        if kind == DatabaseKind::Elasticsearch {
+            let index = endpoint.index.as_deref().unwrap_or_default();
+            if index.is_empty()
+                || index != index.to_lowercase()
+                || index.starts_with(['_', '-', '+'])
+                || index.contains(['*', ',', ' ', '/', '"', '\\', '?', '#', '<', '>', '|'])
+            {
+                return Err(format!(
+                    "field `{section}.index`: an alias name is required for an Elasticsearch database (lower case, not starting with `_`, `-` or `+`, no `*`, `,`, spaces or `/`)"
+                ));
+            }
+            if endpoint.table.is_some() || endpoint.collection.is_some() {
+                return Err(format!("field `{section}`: an Elasticsearch database takes `index`, not `table` or `collection`"));
             }
         }
         if kind == DatabaseKind::Mongodb {
@@ -730,6 +807,17 @@ impl JobSpec {
             "catch_up.method",
             format!("{:?}", self.catch_up.method).to_lowercase(),
         );
+        if let Some(field) = &self.catch_up.field {
+            put("catch_up.field", field.clone());
+        }
+        for (field, value) in [
+            ("expand.mapping", &self.expand.mapping),
+            ("expand.settings", &self.expand.settings),
+        ] {
+            if let Some(value) = value {
+                put(field, value.to_string());
+            }
+        }
         shape
     }
 }

@@ -27,6 +27,30 @@ const OWN_INDEXES: &[&str] = &[
 
 static CLUSTER: Mutex<()> = Mutex::new(());
 
+/// Whether the server's write block (`index.blocks.write`) refuses deletes, as real
+/// Elasticsearch and OpenSearch do; the stand-in of `scripts/services` lets them through.
+pub fn blocks_deletes() -> bool {
+    let probe = Elastic::new();
+    let index = probe.index("block_probe");
+    probe.ok(
+        Method::Put,
+        &format!("/{index}/_doc/1?refresh=true"),
+        Some(&serde_json::json!({})),
+    );
+    probe.ok(
+        Method::Put,
+        &format!("/{index}/_settings"),
+        Some(&serde_json::json!({"index": {"blocks": {"write": true}}})),
+    );
+    let (status, _) = probe.call(Method::Delete, &format!("/{index}/_doc/1"), None);
+    probe.ok(
+        Method::Put,
+        &format!("/{index}/_settings"),
+        Some(&serde_json::json!({"index": {"blocks": {"write": false}}})),
+    );
+    status == 403
+}
+
 pub fn server_url() -> String {
     std::env::var("SWITCHYARD_TEST_ELASTICSEARCH_URL")
         .unwrap_or_else(|_| DEFAULT_ELASTICSEARCH_URL.into())
@@ -160,6 +184,59 @@ impl Elastic {
         body[index]["mappings"].clone()
     }
 
+    /// Every document of `index` (or of the index an alias names), by `_id`, read with
+    /// a scroll.
+    pub fn documents(&self, index: &str) -> std::collections::BTreeMap<String, Value> {
+        self.ok(Method::Post, &format!("/{index}/_refresh"), None);
+        let mut documents = std::collections::BTreeMap::new();
+        let mut page = self.ok(
+            Method::Post,
+            &format!("/{index}/_search?scroll=1m"),
+            Some(&serde_json::json!({"size": 5000})),
+        );
+        loop {
+            let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
+            if hits.is_empty() {
+                break;
+            }
+            for hit in hits {
+                documents.insert(
+                    hit["_id"].as_str().unwrap().to_string(),
+                    hit["_source"].clone(),
+                );
+            }
+            let scroll = page["_scroll_id"].clone();
+            page = self.ok(
+                Method::Post,
+                "/_search/scroll",
+                Some(&serde_json::json!({"scroll": "1m", "scroll_id": scroll})),
+            );
+        }
+        documents
+    }
+
+    /// Indexes `documents` (`_id`, `_source`) into `index` in bulk requests.
+    pub fn put_documents(&self, index: &str, documents: impl IntoIterator<Item = (String, Value)>) {
+        let mut body = String::new();
+        let flush = |body: &mut String| {
+            if !body.is_empty() {
+                let (status, reply) = self.call_ndjson("/_bulk", std::mem::take(body));
+                assert!(status == 200 && reply["errors"] == false, "bulk: {reply}");
+            }
+        };
+        for (n, (id, source)) in documents.into_iter().enumerate() {
+            body.push_str(&format!(
+                "{}\n{source}\n",
+                serde_json::json!({"index": {"_index": index, "_id": id}})
+            ));
+            if n % 5000 == 4999 {
+                flush(&mut body);
+            }
+        }
+        flush(&mut body);
+        self.ok(Method::Post, &format!("/{index}/_refresh"), None);
+    }
+
     /// The history, one `version status` per row, by version.
     pub fn history(&self) -> Vec<String> {
         let (status, body) = self.call(
@@ -189,6 +266,9 @@ impl Elastic {
 
 impl Drop for Elastic {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            return; // leave what a failed test made, to look at (and not panic again)
+        }
         let (_, indexes) = self.call(Method::Get, &format!("/{}_*/_alias", self.prefix), None);
         if let Some(indexes) = indexes.as_object() {
             for index in indexes.keys() {

@@ -6,6 +6,11 @@
 //!   undo of a migration that failed midway)
 //! - [`lease`]: lease records for the migration lock, in `switchyard-locks`
 //! - [`operations`]: seed 003's operations applied
+//! - [`reindex`]: a reindex job's indexes (the alias, the index it names, the new
+//!   `<alias>_vN`) and its source and sink joined: [`source`] reads the index in
+//!   point-in-time order ([`pit`]) and catches up by a watermark field, [`sink`] writes
+//!   the new index with `_bulk` and moves the alias; [`checkpoints`] keeps the job's
+//!   progress, [`digest`] compares the two indexes for verify
 //!
 //! The client is the `elasticsearch` crate's transport; requests are JSON over its
 //! `send`, so that every call reads the server's status and error body the same way.
@@ -13,11 +18,18 @@
 //! `username`/`password` or `api_key`; `ca_file` names the CA that signed an `https://`
 //! server's certificate. None of them is ever printed.
 
+mod checkpoints;
+mod digest;
 mod lease;
 mod migrations;
 mod operations;
+mod pit;
+mod reindex;
+mod sink;
+mod source;
 
 pub use migrations::ElasticMigrations;
+pub use reindex::{open_job, plan_job};
 
 use std::time::Duration;
 
@@ -150,9 +162,41 @@ impl Es {
         timeout: Option<Duration>,
     ) -> Result<Reply> {
         let body = body.map(|value| value.to_string());
+        self.send(method, path, HeaderMap::new(), body, timeout)
+            .await
+    }
+
+    /// A `_bulk` request: `lines` of newline-delimited JSON, each ending in `\n`.
+    pub async fn bulk(&self, path: &str, lines: String) -> Result<Reply> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            elasticsearch::http::headers::CONTENT_TYPE,
+            elasticsearch::http::headers::HeaderValue::from_static("application/x-ndjson"),
+        );
+        self.send(Method::Post, path, headers, Some(lines), None)
+            .await
+    }
+
+    /// Whether the server is OpenSearch, whose point-in-time API lives under another
+    /// path (`/_search/point_in_time`) than Elasticsearch's (`/_pit`).
+    pub async fn is_opensearch(&self) -> Result<bool> {
+        let root = self
+            .expect(Method::Get, "/", None, "cannot read the server's version")
+            .await?;
+        Ok(root["version"]["distribution"] == "opensearch")
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+        body: Option<String>,
+        timeout: Option<Duration>,
+    ) -> Result<Reply> {
         let sent = self
             .client
-            .send::<String, ()>(method, path, HeaderMap::new(), None, body, timeout)
+            .send::<String, ()>(method, path, headers, None, body, timeout)
             .await
             .map_err(|e| self.unreachable(path, &e))?;
         let status = sent.status_code().as_u16();

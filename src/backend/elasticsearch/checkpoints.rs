@@ -1,0 +1,150 @@
+//! A job's checkpoints on an Elasticsearch target, in the index `switchyard-checkpoints`
+//! of the target's cluster: `<job>:state` (the job's indexes, the settings to restore,
+//! where catch-up stands, the cutover) and `<job>:range:<n>` per key range.
+//!
+//! Invariants:
+//! - Elasticsearch has no transactions: a checkpoint is written after the writes it
+//!   stands for were acknowledged, and those writes are idempotent (by `_id`, with the
+//!   source's version), so a batch a crash cut short is redone with the same result.
+//! - Checkpoints are read by `_id` (a real-time get), never searched, so they are seen
+//!   at once without a refresh.
+//! - Only the process holding the job's lease writes them.
+
+use elasticsearch::http::Method;
+use serde_json::{json, Map, Value};
+
+use super::{path_segment, Es};
+use crate::engine::progress::{KeyRange, RangeProgress};
+use crate::error::{Error, Result};
+
+const INDEX: &str = "switchyard-checkpoints";
+
+#[derive(Clone)]
+pub struct Checkpoints {
+    es: Es,
+    job: String,
+}
+
+impl Checkpoints {
+    pub fn new(es: &Es, job: &str) -> Checkpoints {
+        Checkpoints {
+            es: es.clone(),
+            job: job.to_string(),
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        format!(
+            "/{INDEX}/_doc/{}",
+            path_segment(&format!("{}:{name}", self.job))
+        )
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<Value>> {
+        let reply = self.es.call(Method::Get, &self.path(name), None).await?;
+        match reply.status {
+            404 => Ok(None),
+            _ if reply.is_success() => Ok(Some(reply.body["_source"].clone())),
+            _ => Err(self.es.refused("cannot read the job's checkpoints", &reply)),
+        }
+    }
+
+    async fn put(&self, name: &str, document: &Value) -> Result<()> {
+        self.es
+            .expect(
+                Method::Put,
+                &self.path(name),
+                Some(document),
+                "cannot save the job's checkpoint",
+            )
+            .await
+            .map(drop)
+    }
+
+    /// The job's state (an empty object before anything was saved).
+    pub async fn state(&self) -> Result<Map<String, Value>> {
+        Ok(match self.get("state").await? {
+            Some(Value::Object(state)) => state,
+            _ => Map::new(),
+        })
+    }
+
+    /// Sets `fields` in the job's state, keeping the others.
+    pub async fn update_state(&self, fields: Value) -> Result<()> {
+        let mut state = self.state().await?;
+        if let Value::Object(fields) = fields {
+            state.extend(fields);
+        }
+        self.put("state", &Value::Object(state)).await
+    }
+
+    pub async fn ranges(&self) -> Result<Vec<RangeProgress>> {
+        let count = self.state().await?.get("ranges").and_then(Value::as_u64);
+        let mut ranges = Vec::new();
+        for number in 0..count.unwrap_or(0) {
+            let document = self.get(&format!("range:{number}")).await?.ok_or_else(|| {
+                Error::State(format!(
+                    "job `{}`: the checkpoint of range {number} is missing from `{INDEX}`",
+                    self.job
+                ))
+            })?;
+            ranges.push(range_progress(&document)?);
+        }
+        Ok(ranges)
+    }
+
+    /// Saves the planned ranges, then their number (which makes them the job's).
+    pub async fn save_ranges(&self, ranges: &[KeyRange]) -> Result<()> {
+        for range in ranges {
+            self.save_range(&RangeProgress {
+                range: range.clone(),
+                last_key: None,
+                rows: 0,
+                done: false,
+            })
+            .await?;
+        }
+        self.update_state(json!({"ranges": ranges.len()})).await
+    }
+
+    pub async fn save_range(&self, progress: &RangeProgress) -> Result<()> {
+        let document = json!({
+            "range": progress.range,
+            "last_key": progress.last_key,
+            "rows": progress.rows,
+            "done": progress.done,
+        });
+        self.put(&format!("range:{}", progress.range.number), &document)
+            .await
+    }
+
+    /// Removes every checkpoint of the job (idempotent).
+    pub async fn forget(&self) -> Result<()> {
+        let count = self.state().await?.get("ranges").and_then(Value::as_u64);
+        for number in 0..count.unwrap_or(0) {
+            self.delete(&format!("range:{number}")).await?;
+        }
+        self.delete("state").await
+    }
+
+    async fn delete(&self, name: &str) -> Result<()> {
+        let reply = self.es.call(Method::Delete, &self.path(name), None).await?;
+        if reply.is_success() || reply.status == 404 {
+            Ok(())
+        } else {
+            Err(self
+                .es
+                .refused("cannot remove the job's checkpoints", &reply))
+        }
+    }
+}
+
+fn range_progress(document: &Value) -> Result<RangeProgress> {
+    let broken = |e: serde_json::Error| Error::State(format!("a range checkpoint is damaged: {e}"));
+    Ok(RangeProgress {
+        range: serde_json::from_value(document["range"].clone()).map_err(broken)?,
+        last_key: serde_json::from_value(document["last_key"].clone()).map_err(broken)?,
+        rows: document["rows"].as_u64().unwrap_or(0),
+        done: document["done"].as_bool().unwrap_or(false),
+    })
+}

@@ -1,0 +1,728 @@
+//! The new index as a reindex job's sink, and the alias it takes at cutover.
+//!
+//! Invariants:
+//! - Documents are written with `_bulk`, each with the source's `_version` as an
+//!   external version (`external_gte`): a replayed older write is refused by the server
+//!   (409, counted as already there), so a batch redone after a crash, or a change
+//!   applied twice, never undoes a newer one. Any other item the server refuses fails
+//!   the batch, naming how many and why, before its checkpoint is saved: nothing is
+//!   counted copied that is not there. Items refused for load (429, a full write queue)
+//!   are sent again after a back-off.
+//! - Checkpoints ([`Checkpoints`]) are saved after the writes they stand for were
+//!   acknowledged.
+//! - Expand creates `<alias>_vN` (its name saved before it is created) with refresh off
+//!   and no replicas; cutover restores both (from the new settings, else the source's)
+//!   before anything else.
+//! - Cutover: the source index is write-blocked, refreshed, its last changes drained,
+//!   documents deleted from it meanwhile deleted from the new index (found by `_id`),
+//!   the way back's capture started, and then one `_aliases` request moves the alias
+//!   (with `is_write_index` when the old index had it); it is recorded once the alias
+//!   points at the new index, and a resumed cutover that finds it there does not move
+//!   it again.
+//! - The way back is this sink with the indexes exchanged ([`Direction::Back`]): its
+//!   target is the old index, unblocked for it, and its cutover moves the alias back.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use elasticsearch::http::Method;
+use serde_json::{json, Map, Value};
+
+use super::checkpoints::Checkpoints;
+use super::digest;
+use super::pit::Pages;
+use super::source::ElasticSource;
+use super::{path_segment, Es};
+use crate::backend::lease::Lease;
+use crate::engine::progress::{CutoverReport, KeyRange, RangeProgress};
+use crate::engine::row::{Change, Position, Row, Value as RowValue};
+use crate::engine::sink::{BatchWriter, CopyWorker, PairedWorker};
+use crate::engine::source::{Batch, ChangeBatch, RowFormat, Rows};
+use crate::engine::{Sink, Source};
+use crate::error::{Error, Result};
+
+/// Sends of a bulk request's items refused for load, after back-offs doubling from
+/// [`BACKOFF`].
+const LOAD_RETRIES: u32 = 8;
+const BACKOFF: Duration = Duration::from_millis(200);
+/// Refused documents named in an error.
+const NAMED: usize = 3;
+/// Differing documents settled one by one at verify; more are reported as they are.
+const MAX_SETTLED: usize = 10_000;
+const SETTLE_ROUNDS: usize = 5;
+
+/// The indexes of a reindex job.
+#[derive(Debug, Clone)]
+pub struct Indexes {
+    pub alias: String,
+    /// The index the alias named when the job began.
+    pub old: String,
+    /// `<alias>_vN`, built by the job.
+    pub new: String,
+}
+
+/// Which way a sink writes: the forward job into the new index, or its way back.
+#[derive(Debug, Clone)]
+pub enum Direction {
+    /// Into the new index, created by expand with this mapping and these settings.
+    Forward {
+        mapping: Value,
+        settings: Map<String, Value>,
+    },
+    /// Into the old index, after a cutover (see [`super::reindex::open_way_back`]).
+    Back,
+}
+
+pub struct ElasticSink {
+    es: Es,
+    opensearch: bool,
+    job: String,
+    indexes: Indexes,
+    direction: Direction,
+    checkpoints: Checkpoints,
+    /// The job's claim; `None` in a copy worker's handle.
+    lease: Option<Lease>,
+    /// The way back's source and sink, whose capture cutover starts before the switch.
+    way_back: Option<Box<(ElasticSource, ElasticSink)>>,
+    /// Whether the job catches up (otherwise a difference at verify is never settled).
+    catches_up: bool,
+}
+
+/// The index a sink writes, and the one it reads from.
+impl ElasticSink {
+    pub fn new(
+        es: &Es,
+        opensearch: bool,
+        job: &str,
+        indexes: Indexes,
+        direction: Direction,
+        catches_up: bool,
+    ) -> ElasticSink {
+        let holder = format!("{} pid {}", crate::state::actor(), std::process::id());
+        ElasticSink {
+            es: es.clone(),
+            opensearch,
+            job: job.to_string(),
+            indexes,
+            direction,
+            checkpoints: Checkpoints::new(es, job),
+            lease: Some(super::lease::lease(es, &format!("job:{job}"), holder)),
+            way_back: None,
+            catches_up,
+        }
+    }
+
+    pub fn with_way_back(mut self, source: ElasticSource, sink: ElasticSink) -> ElasticSink {
+        self.way_back = Some(Box::new((source, sink)));
+        self
+    }
+
+    /// The index written.
+    fn target(&self) -> &str {
+        match self.direction {
+            Direction::Forward { .. } => &self.indexes.new,
+            Direction::Back => &self.indexes.old,
+        }
+    }
+
+    /// The index read.
+    fn source(&self) -> &str {
+        match self.direction {
+            Direction::Forward { .. } => &self.indexes.old,
+            Direction::Back => &self.indexes.new,
+        }
+    }
+
+    fn pages(&self, index: &str) -> Pages {
+        Pages::new(&self.es, index, self.opensearch)
+    }
+
+    fn writer(&self) -> ElasticWriter {
+        ElasticWriter {
+            es: self.es.clone(),
+            index: self.target().to_string(),
+            checkpoints: self.checkpoints.clone(),
+        }
+    }
+
+    async fn exists(&self, index: &str) -> Result<bool> {
+        let reply = self
+            .es
+            .call(Method::Head, &format!("/{}", path_segment(index)), None)
+            .await?;
+        Ok(reply.is_success())
+    }
+
+    async fn put_settings(&self, index: &str, settings: Value, context: &str) -> Result<()> {
+        let path = format!("/{}/_settings", path_segment(index));
+        self.es
+            .expect(Method::Put, &path, Some(&settings), context)
+            .await
+            .map(drop)
+    }
+
+    async fn refresh(&self, index: &str) -> Result<()> {
+        let path = format!("/{}/_refresh", path_segment(index));
+        self.es
+            .expect(
+                Method::Post,
+                &path,
+                None,
+                &format!("cannot refresh `{index}`"),
+            )
+            .await
+            .map(drop)
+    }
+
+    /// Applies every change the source has from the saved position on; returns how many.
+    async fn drain(&mut self, source: &mut dyn Source) -> Result<u64> {
+        let mut applied = 0;
+        loop {
+            let Some(after) = self.position().await? else {
+                return Ok(0);
+            };
+            let batch = source.read_changes(&after, None).await?;
+            if batch.end.is_none() {
+                return Ok(applied);
+            }
+            applied += self.apply(&batch, source).await?;
+            if batch.drained {
+                return Ok(applied);
+            }
+        }
+    }
+
+    /// Deletes from the target the documents the source no longer has (deletes leave no
+    /// watermark); returns how many.
+    async fn delete_gone(&self) -> Result<u64> {
+        let (source, target) = (self.pages(self.source()), self.pages(self.target()));
+        let wanted = digest::buckets(&source, true).await?;
+        let held = digest::buckets(&target, true).await?;
+        let buckets = digest::differing(&wanted, &held);
+        if buckets.is_empty() {
+            return Ok(0);
+        }
+        let wanted = digest::documents_in(&source, &buckets, true).await?;
+        let held = digest::documents_in(&target, &buckets, true).await?;
+        let gone: Vec<Action> = held
+            .keys()
+            .filter(|id| !wanted.contains_key(*id))
+            .map(|id| Action::Delete { id: id.clone() })
+            .collect();
+        let count = gone.len() as u64;
+        self.writer().send(gone).await?;
+        Ok(count)
+    }
+
+    /// Where the alias points now, and whether it is the write index there.
+    async fn alias_now(&self) -> Result<Vec<(String, bool)>> {
+        let path = format!("/_alias/{}", path_segment(&self.indexes.alias));
+        let reply = self.es.call(Method::Get, &path, None).await?;
+        if reply.status == 404 {
+            return Ok(Vec::new());
+        }
+        if !reply.is_success() {
+            return Err(self.es.refused("cannot read the alias", &reply));
+        }
+        let alias = &self.indexes.alias;
+        Ok(reply
+            .body
+            .as_object()
+            .map(|indexes| {
+                indexes
+                    .iter()
+                    .map(|(index, entry)| {
+                        let write = entry["aliases"][alias]["is_write_index"] == true;
+                        (index.clone(), write)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// One `_aliases` request: the alias leaves the source index for the target.
+    async fn move_alias(&self) -> Result<()> {
+        let now = self.alias_now().await?;
+        if now.iter().map(|(i, _)| i.as_str()).eq([self.target()]) {
+            return Ok(()); // a resumed cutover: moved already
+        }
+        let write = now.iter().any(|(_, write)| *write);
+        let mut add = json!({"index": self.target(), "alias": self.indexes.alias});
+        if write {
+            add["is_write_index"] = json!(true);
+        }
+        let mut actions: Vec<Value> = now
+            .iter()
+            .map(|(index, _)| json!({"remove": {"index": index, "alias": self.indexes.alias}}))
+            .collect();
+        actions.push(json!({"add": add}));
+        self.es
+            .expect(
+                Method::Post,
+                "/_aliases",
+                Some(&json!({"actions": actions})),
+                &format!("cannot move the alias `{}`", self.indexes.alias),
+            )
+            .await
+            .map(drop)
+    }
+
+    /// The documents of `ids` as they are on `index`, by real-time get.
+    async fn get(&self, index: &str, id: &str) -> Result<Option<Value>> {
+        let path = format!("/{}/_doc/{}", path_segment(index), path_segment(id));
+        let reply = self.es.call(Method::Get, &path, None).await?;
+        match reply.status {
+            404 => Ok(None),
+            _ if reply.is_success() => Ok(Some(reply.body["_source"].clone())),
+            _ => Err(self.es.refused("cannot read a document", &reply)),
+        }
+    }
+
+    /// Why the two indexes differ once the documents writes were moving have settled
+    /// (the changes applied, deletes carried over), or `None`.
+    async fn settle(&mut self, source: &mut dyn Source, checksum: bool) -> Result<Option<String>> {
+        let (from, into) = (self.pages(self.source()), self.pages(self.target()));
+        let wanted = digest::buckets(&from, !checksum).await?;
+        let held = digest::buckets(&into, !checksum).await?;
+        let buckets: BTreeSet<usize> = digest::differing(&wanted, &held);
+        if buckets.is_empty() {
+            return Ok(None);
+        }
+        let (w, h) = (digest::total(&wanted), digest::total(&held));
+        let difference = format!(
+            "the source has {} documents, the new index {}; {} of {} buckets differ",
+            w.rows,
+            h.rows,
+            buckets.len(),
+            digest::BUCKETS
+        );
+        if !self.catches_up {
+            return Ok(Some(difference));
+        }
+        let mut ids = digest::differing_ids(
+            &digest::documents_in(&from, &buckets, !checksum).await?,
+            &digest::documents_in(&into, &buckets, !checksum).await?,
+        );
+        if ids.len() > MAX_SETTLED {
+            return Ok(Some(format!(
+                "{difference} (more than {MAX_SETTLED} documents)"
+            )));
+        }
+        for _ in 0..SETTLE_ROUNDS {
+            if ids.is_empty() {
+                return Ok(None);
+            }
+            self.drain(source).await?;
+            let mut still = Vec::new();
+            let mut gone = Vec::new();
+            for id in ids {
+                let wanted = self.get(self.source(), &id).await?;
+                let held = self.get(self.target(), &id).await?;
+                match (wanted, held) {
+                    (None, Some(_)) => gone.push(Action::Delete { id }),
+                    (Some(a), Some(b))
+                        if !checksum || digest::canonical(&a) == digest::canonical(&b) => {}
+                    _ => still.push(id),
+                }
+            }
+            self.writer().send(gone).await?;
+            ids = still;
+            if !ids.is_empty() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let named: Vec<&str> = ids.iter().take(5).map(String::as_str).collect();
+        Ok(Some(format!(
+            "{difference}: {} documents differ after settling, e.g. _id {}",
+            ids.len(),
+            named.join(", ")
+        )))
+    }
+
+    async fn create_target(&self, mapping: &Value, settings: &Map<String, Value>) -> Result<()> {
+        let mut settings = settings.clone();
+        settings.insert("index.refresh_interval".into(), json!("-1"));
+        settings.insert("index.number_of_replicas".into(), json!(0));
+        let body = json!({"settings": settings, "mappings": mapping});
+        let path = format!("/{}", path_segment(self.target()));
+        let reply = self.es.call(Method::Put, &path, Some(&body)).await?;
+        if reply.is_success() || reply.error_type() == Some("resource_already_exists_exception") {
+            Ok(())
+        } else {
+            Err(Error::Refused(format!(
+                "job `{}`: cannot create `{}` with the new mapping and settings: {}",
+                self.job,
+                self.target(),
+                reply.reason()
+            )))
+        }
+    }
+
+    /// Refresh interval and replicas as the new index is to have them.
+    async fn restore_settings(&self) -> Result<()> {
+        let state = self.checkpoints.state().await?;
+        let Some(restore) = state.get("restore") else {
+            return Ok(());
+        };
+        self.put_settings(
+            self.target(),
+            json!({"index": {"refresh_interval": restore["refresh_interval"], "number_of_replicas": restore["number_of_replicas"]}}),
+            "cannot restore the new index's refresh interval and replicas",
+        )
+        .await?;
+        self.refresh(self.target()).await
+    }
+}
+
+/// One write of a bulk request.
+#[derive(Debug, Clone)]
+enum Action {
+    Index {
+        id: String,
+        source: Value,
+        version: i64,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+impl Action {
+    fn of(row: &Row) -> Result<Action> {
+        match row.0.as_slice() {
+            [RowValue::Text(id), RowValue::Json(source), RowValue::Int(version)] => {
+                Ok(Action::Index {
+                    id: id.clone(),
+                    source: source.clone(),
+                    version: *version,
+                })
+            }
+            _ => Err(Error::State(
+                "an Elasticsearch sink takes documents from an Elasticsearch source".into(),
+            )),
+        }
+    }
+
+    fn id(&self) -> &str {
+        match self {
+            Action::Index { id, .. } | Action::Delete { id } => id,
+        }
+    }
+
+    fn lines(&self, index: &str, out: &mut String) {
+        match self {
+            Action::Index {
+                id,
+                source,
+                version,
+            } => {
+                let meta = json!({"index": {"_index": index, "_id": id, "version": version, "version_type": "external_gte"}});
+                out.push_str(&format!("{meta}\n{source}\n"));
+            }
+            Action::Delete { id } => {
+                out.push_str(&format!(
+                    "{}\n",
+                    json!({"delete": {"_index": index, "_id": id}})
+                ));
+            }
+        }
+    }
+}
+
+/// Writes batches into one index, with their checkpoints after.
+struct ElasticWriter {
+    es: Es,
+    index: String,
+    checkpoints: Checkpoints,
+}
+
+impl ElasticWriter {
+    /// Sends `actions` in one bulk request (again for the items refused for load);
+    /// fails naming the documents the server refused.
+    async fn send(&self, mut actions: Vec<Action>) -> Result<()> {
+        let mut refused: Vec<String> = Vec::new();
+        let mut refused_count = 0;
+        for attempt in 0..=LOAD_RETRIES {
+            if actions.is_empty() {
+                break;
+            }
+            if attempt > 0 {
+                let wait = BACKOFF.saturating_mul(1 << attempt.min(6));
+                tracing::warn!(index = %self.index, documents = actions.len(), wait_ms = wait.as_millis() as u64, "the server refused writes for load; sending them again");
+                tokio::time::sleep(wait).await;
+            }
+            let mut body = String::new();
+            actions.iter().for_each(|a| a.lines(&self.index, &mut body));
+            let reply = self.es.bulk("/_bulk", body).await?;
+            if reply.status == 429 {
+                continue;
+            }
+            if !reply.is_success() {
+                return Err(self
+                    .es
+                    .refused(&format!("cannot write into `{}`", self.index), &reply));
+            }
+            let items = reply.body["items"].as_array().cloned().unwrap_or_default();
+            let mut again = Vec::new();
+            for (action, item) in actions.into_iter().zip(items.iter()) {
+                let result = item
+                    .as_object()
+                    .and_then(|o| o.values().next())
+                    .cloned()
+                    .unwrap_or_default();
+                let status = result["status"].as_u64().unwrap_or(0);
+                let kind = result["error"]["type"].as_str().unwrap_or_default();
+                match status {
+                    200..=299 => {}
+                    // A newer version is there already; a delete of what is gone.
+                    409 if kind == "version_conflict_engine_exception" => {}
+                    404 if matches!(action, Action::Delete { .. }) => {}
+                    429 => again.push(action),
+                    _ if kind == "es_rejected_execution_exception" => again.push(action),
+                    _ => {
+                        refused_count += 1;
+                        if refused.len() < NAMED {
+                            refused.push(format!(
+                                "_id `{}`: {kind}: {}",
+                                action.id(),
+                                result["error"]["reason"].as_str().unwrap_or_default()
+                            ));
+                        }
+                    }
+                }
+            }
+            actions = again;
+        }
+        if refused_count > 0 {
+            return Err(Error::Store {
+                database: self.es.name().to_string(),
+                context: format!("`{}` refused {refused_count} documents", self.index),
+                message: format!(
+                    "{}; the batch's checkpoint was not saved, so they are sent again when the job runs again: fix the new mapping (a field whose values do not fit its type), abort the job and run it again",
+                    refused.join("; ")
+                ),
+                transient: false,
+            });
+        }
+        if !actions.is_empty() {
+            return Err(Error::Store {
+                database: self.es.name().to_string(),
+                context: format!("cannot write into `{}`", self.index),
+                message: format!(
+                    "{} documents still refused for load after {LOAD_RETRIES} retries",
+                    actions.len()
+                ),
+                transient: true,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BatchWriter for ElasticWriter {
+    async fn write(&mut self, batch: Batch, progress: &mut RangeProgress) -> Result<u64> {
+        let Rows::Values(rows) = batch.rows else {
+            return Err(Error::State("an Elasticsearch sink takes documents".into()));
+        };
+        let actions = rows.iter().map(Action::of).collect::<Result<Vec<_>>>()?;
+        let count = actions.len() as u64;
+        self.send(actions).await?;
+        crate::crash_point!("copy.after_write");
+        let next = RangeProgress {
+            range: progress.range.clone(),
+            last_key: batch.last_key.or(progress.last_key.clone()),
+            rows: progress.rows + count,
+            done: batch.done,
+        };
+        self.checkpoints.save_range(&next).await?;
+        *progress = next;
+        Ok(count)
+    }
+}
+
+#[async_trait]
+impl Sink for ElasticSink {
+    async fn try_claim(&mut self) -> Result<bool> {
+        let Some(lease) = self.lease.as_mut() else {
+            return Err(Error::State(
+                "a copy worker's handle cannot claim the job".into(),
+            ));
+        };
+        Ok(lease.acquire(Duration::ZERO).await?.is_ok())
+    }
+
+    async fn reconnect(&mut self) -> Result<bool> {
+        self.try_claim().await
+    }
+
+    async fn start_fresh(&mut self) -> Result<()> {
+        self.checkpoints.forget().await
+    }
+
+    async fn expand(&mut self, _source: &dyn Source) -> Result<bool> {
+        let state = self.checkpoints.state().await?;
+        if let Some(created) = state.get("created_target").and_then(Value::as_bool) {
+            return Ok(created);
+        }
+        if !self.exists(self.source()).await? {
+            return Err(Error::Refused(format!(
+                "job `{}`: the source index `{}` does not exist",
+                self.job,
+                self.source()
+            )));
+        }
+        let Direction::Forward { mapping, settings } = self.direction.clone() else {
+            // The way back writes into the old index, blocked by the forward cutover.
+            self.put_settings(
+                self.target(),
+                json!({"index": {"blocks": {"write": false}}}),
+                "cannot lift the old index's write block",
+            )
+            .await?;
+            return Ok(false);
+        };
+        // The name first, so that a run killed after the create knows the index is its own.
+        let creating = state.get("creating").and_then(Value::as_str) == Some(self.target());
+        if !creating && self.exists(self.target()).await? {
+            return Err(Error::Refused(format!(
+                "job `{}`: the index `{}` exists already and this job did not create it: delete it, or point the alias `{}` at it and run the job again",
+                self.job,
+                self.target(),
+                self.indexes.alias
+            )));
+        }
+        let restore = json!({
+            "refresh_interval": settings.get("index.refresh_interval").cloned().unwrap_or(Value::Null),
+            "number_of_replicas": settings.get("index.number_of_replicas").cloned().unwrap_or(Value::Null),
+        });
+        self.checkpoints
+            .update_state(json!({"creating": self.target(), "old": self.indexes.old, "new": self.indexes.new, "restore": restore}))
+            .await?;
+        self.create_target(&mapping, &settings).await?;
+        self.checkpoints
+            .update_state(json!({"created_target": true}))
+            .await?;
+        Ok(true)
+    }
+
+    async fn save_start(&mut self, start: &Position) -> Result<()> {
+        if self.position().await?.is_none() {
+            self.checkpoints
+                .update_state(json!({"start": start.0, "position": start.0}))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn position(&mut self) -> Result<Option<Position>> {
+        let state = self.checkpoints.state().await?;
+        Ok(state
+            .get("position")
+            .and_then(Value::as_str)
+            .map(|p| Position(p.to_string())))
+    }
+
+    async fn saved_ranges(&mut self) -> Result<Vec<RangeProgress>> {
+        self.checkpoints.ranges().await
+    }
+
+    async fn save_ranges(&mut self, ranges: &[KeyRange]) -> Result<()> {
+        self.checkpoints.save_ranges(ranges).await
+    }
+
+    async fn copy_worker(&mut self, source: &dyn Source) -> Result<Box<dyn CopyWorker>> {
+        Ok(Box::new(PairedWorker {
+            reader: source.reader(&Vec::new(), RowFormat::Values).await?,
+            writer: Box::new(self.writer()),
+        }))
+    }
+
+    async fn apply(&mut self, changes: &ChangeBatch, _source: &mut dyn Source) -> Result<u64> {
+        let actions = changes
+            .changes
+            .iter()
+            .map(|change| match change {
+                Change::Upsert { row, .. } => Action::of(row),
+                Change::Delete { key } => Ok(Action::Delete {
+                    id: key.first().cloned().unwrap_or_default(),
+                }),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.writer().send(actions).await?;
+        crate::crash_point!("catch_up.after_write");
+        if let Some(end) = &changes.end {
+            self.checkpoints
+                .update_state(json!({"position": end.0}))
+                .await?;
+        }
+        Ok(changes.changes.len() as u64)
+    }
+
+    async fn compare(
+        &mut self,
+        source: &mut dyn Source,
+        _chunk: &KeyRange,
+        checksum: bool,
+    ) -> Result<Option<String>> {
+        self.refresh(self.target()).await?;
+        self.settle(source, checksum).await
+    }
+
+    async fn cutover(&mut self, source: &mut dyn Source) -> Result<CutoverReport> {
+        let started = Instant::now();
+        if matches!(self.direction, Direction::Forward { .. }) {
+            self.restore_settings().await?;
+        }
+        source.fence().await?;
+        crate::crash_point!("cutover.after_lock");
+        self.refresh(self.source()).await?;
+        let mut drained = self.drain(source).await?;
+        drained += self.delete_gone().await?;
+        crate::crash_point!("cutover.after_drain");
+        if let Some(back) = self.way_back.as_deref_mut() {
+            let start = back.0.start_capture().await?;
+            back.1.save_start(&start).await?;
+            crate::crash_point!("cutover.after_back_capture");
+        }
+        self.move_alias().await?;
+        crate::crash_point!("cutover.after_swap");
+        let blocked = started.elapsed();
+        self.checkpoints
+            .update_state(json!({"cutover": {"writes_blocked_ms": blocked.as_millis() as u64, "changes": drained}}))
+            .await?;
+        crate::crash_point!("cutover.after_record");
+        Ok(CutoverReport {
+            writes_blocked: blocked,
+            changes_drained: drained,
+        })
+    }
+
+    async fn completed_cutover(&mut self) -> Result<Option<CutoverReport>> {
+        let state = self.checkpoints.state().await?;
+        Ok(state.get("cutover").map(|c| CutoverReport {
+            writes_blocked: Duration::from_millis(c["writes_blocked_ms"].as_u64().unwrap_or(0)),
+            changes_drained: c["changes"].as_u64().unwrap_or(0),
+        }))
+    }
+
+    async fn abort(&mut self, source: &mut dyn Source, created_target: bool) -> Result<()> {
+        if created_target && matches!(self.direction, Direction::Forward { .. }) {
+            let path = format!("/{}", path_segment(self.target()));
+            let reply = self.es.call(Method::Delete, &path, None).await?;
+            if !(reply.is_success() || reply.status == 404) {
+                return Err(self.es.refused("cannot delete the new index", &reply));
+            }
+        }
+        source.unfence().await?;
+        self.start_fresh().await
+    }
+
+    async fn contract(&mut self) -> Result<()> {
+        self.start_fresh().await
+    }
+}

@@ -8,6 +8,8 @@
 #                       `other` server, configured as database `other`; `sy` runs
 #                       switchyard with the bench configuration; `accounts_copy_job` writes
 #                       a copy job of pgbench_accounts.
+#   rounds_args SCRIPT SIZE DEFAULT ARGS…
+#                       `--SIZE N --repeat R` into the variables SIZE and repeat
 #   copy_rounds_setup SCRIPT [--scale S] [--repeat R]
 #                       the arguments of a copy benchmark (scale, repeat; defaults 10
 #                       and 3), then bench_setup and a vacuumed pgbench_accounts of
@@ -16,6 +18,10 @@
 #   copy_job NAME CATCH_UP VERIFY [DATABASE]
 #                       accounts_copy_job into NAME with two workers, batches of 10,000
 #                       and the given catch-up and verify methods
+#   manual_job_tail METHOD  the last sections of a job file: no catch-up, verify by
+#                       METHOD, manual cutover
+#   rates_table FILE COUNT UNIT "tool|column" …
+#                       COUNT UNIT a second at each tool's median seconds
 #   rounds_table FILE "tool|column|rss column" …   (the last two `|` split)
 #                       medians of the rounds in FILE, each tool's ratio to the first
 #   pgcopydb_clone SERVER
@@ -125,6 +131,23 @@ copy_job() {
   accounts_copy_job "$1" "$1" "$(printf '[copy]\nbatch_size = 10000\nconcurrency = 2\n[catch_up]\nmethod = "%s"\n[verify]\nmethod = "%s"' "$2" "$3")" "${4:-bench}"
 }
 
+# The end of a benchmark job file: no catch-up, verify by METHOD, manual cutover.
+manual_job_tail() {
+  printf '[catch_up]\nmethod = "none"\n[verify]\nmethod = "%s"\n[cutover]\nmode = "manual"\n' "$1"
+}
+
+# COUNT items (UNIT) a second for each "tool|column of its seconds" in FILE's rounds.
+rates_table() {
+  python3 - "$@" <<'PY'
+import statistics, sys
+rounds = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+count, unit = int(sys.argv[2]), sys.argv[3]
+for tool in sys.argv[4:]:
+    name, column = tool.rsplit("|", 1)
+    print(f"{name:<30} {count / statistics.median(r[int(column)] for r in rounds):>10.0f} {unit}/s")
+PY
+}
+
 # FILE holds one line of numbers per round; each further argument names a tool, the
 # column of its seconds and the column of its peak RSS in KiB (empty: not measured).
 rounds_table() {
@@ -143,18 +166,26 @@ for name, column, rss in tools:
 PY
 }
 
-copy_rounds_setup() {
-  local script="$1"
-  shift
-  scale=10
+# `--SIZE N --repeat R` of a benchmark (SCRIPT names it in the usage line): sets the
+# variable SIZE (default DEFAULT) and repeat (default 3).
+rounds_args() {
+  local script="$1" size="$2" default="$3"
+  shift 3
+  printf -v "$size" '%s' "$default"
   repeat=3
   while [ $# -gt 0 ]; do
     case "$1" in
-      --scale) scale="$2"; shift 2 ;;
+      "--$size") printf -v "$size" '%s' "$2"; shift 2 ;;
       --repeat) repeat="$2"; shift 2 ;;
-      *) echo "usage: $script [--scale S] [--repeat R]" >&2; exit 2 ;;
+      *) echo "usage: $script [--$size N] [--repeat R]" >&2; exit 2 ;;
     esac
   done
+}
+
+copy_rounds_setup() {
+  local script="$1"
+  shift
+  rounds_args "$script" scale 10 "$@"
   bench_setup "$scale"
   psql "$db" -qc "VACUUM ANALYZE pgbench_accounts"
   rows=$(psql "$db" -tAc "SELECT count(*) FROM pgbench_accounts")

@@ -12,16 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-docs=50000 repeat=3
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --docs) docs="$2"; shift 2 ;;
-    --repeat) repeat="$2"; shift 2 ;;
-    *) echo "usage: benches/mongo_copy.sh [--docs N] [--repeat R]" >&2; exit 2 ;;
-  esac
-done
-
 . benches/common.sh
+rounds_args benches/mongo_copy.sh docs 50000 "$@"
 command -v bc >/dev/null && [ -x /usr/bin/time ] || { apt-get update -qq && apt-get install -y -qq bc time >/dev/null; }
 eval "$(scripts/services up)"
 python=$(scripts/services mongo-venv)/bin/python
@@ -70,12 +62,7 @@ collection = "$1"
 [copy]
 batch_size = 10000
 concurrency = 2
-[catch_up]
-method = "none"
-[verify]
-method = "$2"
-[cutover]
-mode = "manual"
+$(manual_job_tail "$2")
 TOML
   echo "$work/jobs/$1.toml"
 }
@@ -96,11 +83,5 @@ done
 echo "copy of $docs documents into a new collection, $repeat rounds, medians ($SWITCHYARD_TEST_MONGODB_URL)"
 rounds_table "$work/rounds" "driver copy (pymongo find → insert_many)|0|1" \
   "switchyard copy (no catch-up, no verify)|2|3" "switchyard copy + checksum verify|4|5"
-python3 - "$work/rounds" "$docs" <<'PY'
-import statistics, sys
-rounds = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
-docs = int(sys.argv[2])
-for name, i in [("driver copy", 0), ("switchyard copy", 2), ("switchyard copy + verify", 4)]:
-    print(f"{name:<28} {docs / statistics.median(r[i] for r in rounds):>10.0f} documents/s")
-PY
+rates_table "$work/rounds" "$docs" documents "driver copy|0" "switchyard copy|2" "switchyard copy + verify|4"
 mongo <<<'import sys, pymongo; c = pymongo.MongoClient(sys.argv[1]); c.drop_database(c.get_default_database().name)'

@@ -9,6 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::elastic::Elastic;
 use common::Project;
@@ -16,6 +17,10 @@ use elasticsearch::http::Method;
 use serde_json::{json, Value};
 
 const DOCUMENTS: usize = 20_000;
+/// The writer's load: steady, and light enough for the in-memory stand-in (which
+/// serves one request at a time, about 100 single-document writes a second on an index
+/// of this size) to keep serving the job.
+const WRITES_PER_SECOND: u32 = 40;
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -35,8 +40,8 @@ fn document(n: usize, round: u64) -> Value {
     })
 }
 
-/// `<prefix>_catalog` → `<prefix>_catalog_v1` holding [`DOCUMENTS`] documents.
-fn catalog(elastic: &Elastic) -> (String, BTreeMap<String, Value>) {
+/// `<prefix>_catalog` → `<prefix>_catalog_v1` holding `count` documents.
+fn catalog(elastic: &Elastic, count: usize) -> (String, BTreeMap<String, Value>) {
     let alias = elastic.index("catalog");
     let v1 = format!("{alias}_v1");
     elastic.ok(
@@ -44,7 +49,7 @@ fn catalog(elastic: &Elastic) -> (String, BTreeMap<String, Value>) {
         &format!("/{v1}"),
         Some(&json!({"mappings": {"properties": {"sku": {"type": "keyword"}, "updated_at": {"type": "date"}}}})),
     );
-    let documents: BTreeMap<String, Value> = (0..DOCUMENTS)
+    let documents: BTreeMap<String, Value> = (0..count)
         .map(|n| (n.to_string(), document(n, 0)))
         .collect();
     elastic.put_documents(&v1, documents.clone());
@@ -84,8 +89,9 @@ after = "manual"
     (name, text)
 }
 
-/// Writes through the alias until stopped: updates, inserts, and deletes while `deletes`
-/// holds; remembers what each acknowledged write left.
+/// Writes through the alias until stopped, about [`WRITES_PER_SECOND`] a second:
+/// updates, inserts, and deletes while `deletes` holds; remembers what each acknowledged
+/// write left.
 fn writer(
     alias: String,
     stop: Arc<AtomicBool>,
@@ -95,7 +101,9 @@ fn writer(
         let elastic = Elastic::new();
         let mut written = BTreeMap::new();
         let mut round = 1;
+        let pace = Duration::from_secs(1) / WRITES_PER_SECOND;
         while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(pace);
             round += 1;
             let n = (round as usize * 7919) % (DOCUMENTS + 500);
             let id = n.to_string();
@@ -121,7 +129,7 @@ fn writer(
 #[test]
 fn a_reindex_under_writes_moves_the_alias_onto_an_equal_new_index() {
     let elastic = Elastic::new();
-    let (alias, mut expected) = catalog(&elastic);
+    let (alias, mut expected) = catalog(&elastic, DOCUMENTS);
     let project = Project::with_config(&elastic.config());
     let (name, text) = job(
         &elastic,
@@ -238,7 +246,7 @@ fn a_reindex_under_writes_moves_the_alias_onto_an_equal_new_index() {
 #[test]
 fn a_killed_reindex_resumes_and_abort_leaves_the_alias_and_old_index_as_they_were() {
     let elastic = Elastic::new();
-    let (alias, documents) = catalog(&elastic);
+    let (alias, documents) = catalog(&elastic, 6000);
     let project = Project::with_config(&elastic.config());
     let (name, text) = job(
         &elastic,
@@ -278,7 +286,7 @@ fn a_killed_reindex_resumes_and_abort_leaves_the_alias_and_old_index_as_they_wer
 #[test]
 fn abort_after_cutover_swaps_back_with_the_writes_made_since() {
     let elastic = Elastic::new();
-    let (alias, mut documents) = catalog(&elastic);
+    let (alias, mut documents) = catalog(&elastic, 3000);
     let project = Project::with_config(&elastic.config());
     let (name, text) = job(
         &elastic,
@@ -318,7 +326,7 @@ fn abort_after_cutover_swaps_back_with_the_writes_made_since() {
 #[test]
 fn documents_the_new_mapping_refuses_are_reported_and_not_counted() {
     let elastic = Elastic::new();
-    let (alias, _) = catalog(&elastic);
+    let (alias, _) = catalog(&elastic, 3000);
     // `code` is text in the old index, an integer in the new mapping.
     elastic.ok(
         Method::Put,

@@ -112,38 +112,44 @@ impl Elastic {
 
     /// One request: the status and the JSON body (`Null` when empty).
     pub fn call(&self, method: Method, path: &str, body: Option<&Value>) -> (u16, Value) {
-        self.runtime.block_on(async {
-            let reply = self
-                .client
-                .send::<String, ()>(
-                    method,
-                    path,
-                    HeaderMap::new(),
-                    None,
-                    body.map(Value::to_string),
-                    None,
-                )
-                .await
-                .expect("the Elasticsearch server answers");
-            let status = reply.status_code().as_u16();
-            let text = reply.text().await.unwrap();
-            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-        })
+        self.send(method, path, HeaderMap::new(), body.map(Value::to_string))
     }
 
     /// A request with an NDJSON body (`_bulk`).
     pub fn call_ndjson(&self, path: &str, body: String) -> (u16, Value) {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            elasticsearch::http::headers::CONTENT_TYPE,
+            elasticsearch::http::headers::HeaderValue::from_static("application/x-ndjson"),
+        );
+        self.send(Method::Post, path, headers, Some(body))
+    }
+
+    /// Sends a request, once more when the first found its kept-alive connection closed
+    /// (the server closes idle ones, and this client's runtime only runs during a call,
+    /// so it cannot see that happen).
+    fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+        body: Option<String>,
+    ) -> (u16, Value) {
         self.runtime.block_on(async {
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                elasticsearch::http::headers::CONTENT_TYPE,
-                elasticsearch::http::headers::HeaderValue::from_static("application/x-ndjson"),
-            );
-            let reply = self
-                .client
-                .send::<String, ()>(Method::Post, path, headers, None, Some(body), None)
-                .await
-                .expect("the Elasticsearch server answers");
+            let send = || {
+                self.client.send::<String, ()>(
+                    method,
+                    path,
+                    headers.clone(),
+                    None,
+                    body.clone(),
+                    None,
+                )
+            };
+            let reply = match send().await {
+                Ok(reply) => reply,
+                Err(_) => send().await.expect("the Elasticsearch server answers"),
+            };
             let status = reply.status_code().as_u16();
             let text = reply.text().await.unwrap();
             (status, serde_json::from_str(&text).unwrap_or(Value::Null))

@@ -377,15 +377,17 @@ impl Project {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
             let run = self.run(&["job", "status", name, "--json"]);
+            let mut last = run.stdout.clone() + &run.stderr;
             if run.code == 0 {
                 let rows: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
                 if check(&rows[0]) {
                     return rows[0].clone();
                 }
+                last = rows[0].to_string();
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "timed out waiting for job {name}: {what}"
+                "timed out waiting for job {name}: {what}; its status: {last}"
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }

@@ -133,15 +133,11 @@ async fn scan(pages: &Pages, mut each: impl FnMut(&str, Option<&Value>)) -> Resu
         for hit in &page.hits {
             each(hit["_id"].as_str().unwrap_or_default(), hit.get("_source"));
         }
-        let full = page.hits.len() == PAGE;
-        match page.after {
-            Some(next) if full => after = Some(next),
-            Some(last) => {
-                pages.close(&last).await;
-                return Ok(());
-            }
-            None => return Ok(()),
+        if page.hits.len() < PAGE {
+            pages.close(&page.pit).await;
+            return Ok(());
         }
+        after = page.after();
     }
 }
 

@@ -177,6 +177,20 @@ impl Es {
             .await
     }
 
+    /// How many documents `index` (an index or an alias) has, as of its last refresh.
+    pub async fn count(&self, index: &str) -> Result<u64> {
+        let path = format!("/{}/_count", path_segment(index));
+        let reply = self
+            .expect(
+                Method::Get,
+                &path,
+                None,
+                &format!("cannot count the documents of `{index}`"),
+            )
+            .await?;
+        Ok(reply["count"].as_u64().unwrap_or(0))
+    }
+
     /// Whether the server is OpenSearch, whose point-in-time API lives under another
     /// path (`/_search/point_in_time`) than Elasticsearch's (`/_pit`).
     pub async fn is_opensearch(&self) -> Result<bool> {
@@ -194,11 +208,19 @@ impl Es {
         body: Option<String>,
         timeout: Option<Duration>,
     ) -> Result<Reply> {
-        let sent = self
+        let mut sent = self
             .client
-            .send::<String, ()>(method, path, headers, None, body, timeout)
-            .await
-            .map_err(|e| self.unreachable(path, &e))?;
+            .send::<String, ()>(method, path, headers.clone(), None, body.clone(), timeout)
+            .await;
+        if sent.as_ref().is_err_and(closed_while_idle) {
+            // The server closed a kept-alive connection as the request went out on it,
+            // so the request was never read: sent again on a new connection.
+            sent = self
+                .client
+                .send::<String, ()>(method, path, headers, None, body, timeout)
+                .await;
+        }
+        let sent = sent.map_err(|e| self.unreachable(path, &e))?;
         let status = sent.status_code().as_u16();
         let text = sent.text().await.map_err(|e| self.unreachable(path, &e))?;
         let body = if text.trim().is_empty() {
@@ -261,6 +283,22 @@ impl Es {
             _ => message,
         }
     }
+}
+
+/// Whether `error` is a kept-alive connection the server had closed (servers close idle
+/// ones, Elasticsearch's and proxies' alike) before it read the request.
+fn closed_while_idle(error: &elasticsearch::Error) -> bool {
+    let mut cause: Option<&dyn std::error::Error> = Some(error);
+    while let Some(inner) = cause {
+        if inner
+            .to_string()
+            .contains("connection closed before message completed")
+        {
+            return true;
+        }
+        cause = inner.source();
+    }
+    false
 }
 
 /// `name` as one segment of a request path (an index, alias or document id).

@@ -10,6 +10,9 @@
 //! - A point in time that expired (a process that stood still too long) cannot be
 //!   continued: [`Pages::next`] then starts again from the first document, and says so
 //!   ([`Page::restarted`]): a reader whose writes are idempotent loses nothing by it.
+//! - A reader that has read its last page closes the point in time ([`Pages::close`]):
+//!   an open one keeps the server holding the index as it was (and a write to it, on
+//!   some servers, copying it).
 
 use elasticsearch::http::Method;
 use serde_json::{json, Value};
@@ -47,10 +50,20 @@ impl After {
 /// One page of hits.
 pub struct Page {
     pub hits: Vec<Value>,
-    /// Where the next page starts (`None` when the page was empty).
-    pub after: Option<After>,
+    /// The point in time the page was read in (to go on in, or to close).
+    pub pit: String,
     /// The point in time was gone, so the read started again from the first document.
     pub restarted: bool,
+}
+
+impl Page {
+    /// Where the next page starts (`None` when the page was empty).
+    pub fn after(&self) -> Option<After> {
+        self.hits.last().map(|hit| After {
+            pit: self.pit.clone(),
+            sort: hit["sort"].clone(),
+        })
+    }
 }
 
 /// Pages of one index (or of the documents of `query` in it).
@@ -122,13 +135,9 @@ impl Pages {
             .as_array()
             .cloned()
             .unwrap_or_default();
-        let after = hits.last().map(|hit| After {
-            pit: pit.clone(),
-            sort: hit["sort"].clone(),
-        });
         Ok(Page {
             hits,
-            after,
+            pit,
             restarted,
         })
     }
@@ -162,11 +171,11 @@ impl Pages {
     }
 
     /// Frees the point in time on the server (it would expire anyway).
-    pub async fn close(&self, after: &After) {
+    pub async fn close(&self, pit: &str) {
         let (path, body) = if self.opensearch {
-            ("/_search/point_in_time", json!({"pit_id": [after.pit]}))
+            ("/_search/point_in_time", json!({"pit_id": [pit]}))
         } else {
-            ("/_pit", json!({"id": after.pit}))
+            ("/_pit", json!({"id": pit}))
         };
         if let Err(error) = self.es.call(Method::Delete, path, Some(&body)).await {
             tracing::debug!(%error, "a point in time was not closed; it expires by itself");

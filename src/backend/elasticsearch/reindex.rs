@@ -273,14 +273,7 @@ pub async fn plan_job(config: &Config, spec: &JobSpec) -> Result<JobPlan> {
     )?;
     let indexes = indexes(&es, spec).await?;
     let Indexes { alias, old, new } = &indexes;
-    let count = es
-        .expect(
-            Method::Get,
-            &format!("/{}/_count", path_segment(old)),
-            None,
-            "cannot count the old index's documents",
-        )
-        .await?;
+    let count = es.count(old).await?;
     let watermark = watermark_field(spec);
     let whose = |given: bool| match given {
         true => "the job's".to_string(),
@@ -336,7 +329,7 @@ pub async fn plan_job(config: &Config, spec: &JobSpec) -> Result<JobPlan> {
         }],
     ));
     Ok(JobPlan {
-        rows_estimate: count["count"].as_u64().unwrap_or(0),
+        rows_estimate: count,
         phases,
         dependents: Vec::new(),
     })

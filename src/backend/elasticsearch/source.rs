@@ -208,13 +208,11 @@ impl BatchReader for PitReader {
         let page = self.pages.next(after.as_ref(), limit).await?;
         let done = page.hits.len() < limit;
         if done {
-            if let Some(last) = page.after.as_ref().or(after.as_ref()) {
-                self.pages.close(last).await;
-            }
+            self.pages.close(&page.pit).await;
         }
         Ok(Batch {
             rows: Rows::Values(page.hits.iter().map(row_of).collect()),
-            last_key: page.after.map(|a| a.to_key()).or(after.map(|a| a.to_key())),
+            last_key: page.after().or(after).map(|a| a.to_key()),
             done,
         })
     }
@@ -242,17 +240,7 @@ impl Source for ElasticSource {
     }
 
     async fn estimate_rows(&mut self) -> Result<u64> {
-        let path = format!("/{}/_count", path_segment(&self.index));
-        let count = self
-            .es
-            .expect(
-                Method::Get,
-                &path,
-                None,
-                "cannot count the source's documents",
-            )
-            .await?;
-        Ok(count["count"].as_u64().unwrap_or(0))
+        self.es.count(&self.index).await
     }
 
     async fn plan_ranges(&mut self, _concurrency: usize) -> Result<Vec<KeyRange>> {
@@ -343,14 +331,11 @@ impl Source for ElasticSource {
                 changes.push(Change::Upsert { old_key: None, row });
             }
             let full = page.hits.len() == CHANGES_PAGE;
-            match page.after {
-                Some(next) if full && read < limit => page_after = Some(next),
-                Some(last) => {
-                    pages.close(&last).await;
-                    break !full;
-                }
-                None => break true,
+            if !full || read >= limit {
+                pages.close(&page.pit).await;
+                break !full;
             }
+            page_after = page.after();
         };
         // What lies before the settling window will not be read again.
         let settle = watermark.settle.as_millis() as i64;

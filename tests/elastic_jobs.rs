@@ -254,11 +254,7 @@ fn a_killed_reindex_resumes_and_abort_leaves_the_alias_and_old_index_as_they_wer
     );
     let file = project.job_file(&name, &text);
 
-    let running = common::Running::spawn(&mut project.command(&["job", "run", &file]));
-    project.wait_for_job(&name, "copying", |s| {
-        s["phase"] == "copy" && s["rows_copied"].as_u64().unwrap_or(0) >= 4000
-    });
-    drop(running); // killed
+    project.kill_mid_copy(&name, &file, 4000);
 
     let run = project.run(&["job", "run", &file]).ok();
     assert!(run.stdout.contains("ready to cut over"), "{}", run.stdout);

@@ -130,11 +130,7 @@ fn a_copy_resumes_after_a_kill_and_abort_leaves_the_source_as_it_was() {
             )
             .replace("mode = \"auto\"", "mode = \"manual\""),
     );
-    let running = common::Running::spawn(&mut project.command(&["job", "run", &job]));
-    project.wait_for_job("orders_v2", "copying", |s| {
-        s["phase"] == "copy" && s["rows_copied"].as_u64().unwrap_or(0) >= 2000
-    });
-    drop(running); // killed
+    project.kill_mid_copy("orders_v2", &job, 2000);
 
     project.run(&["job", "run", &job]).ok();
     let status = project.job_status("orders_v2");

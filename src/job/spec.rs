@@ -583,9 +583,12 @@ impl JobSpec {
         target_kind: Option<DatabaseKind>,
     ) -> std::result::Result<(), String> {
         self.validate_kind("PostgreSQL", "table")?;
+        if target_kind == Some(DatabaseKind::Elasticsearch) {
+            return self.validate_into_index();
+        }
         if let Some(kind) = target_kind.filter(|k| *k != DatabaseKind::Postgresql) {
             return Err(format!(
-                "field `target.database`: `{}` is {kind}: there is no path from postgresql to {kind} in this version (PostgreSQL copies into PostgreSQL, on the same or another server)",
+                "field `target.database`: `{}` is {kind}: there is no path from postgresql to {kind} in this version (PostgreSQL copies into PostgreSQL, on the same or another server, or into an Elasticsearch index)",
                 self.target.as_ref().map_or("", |t| t.database.as_str())
             ));
         }
@@ -605,6 +608,40 @@ impl JobSpec {
             && self.catch_up.requested == Some(CatchUpMethod::LogicalReplication)
         {
             return Err("field `catch_up.method`: a PostgreSQL backfill keeps the rows written meanwhile filled with its dual-write trigger, not from the replication log: leave `catch_up` out (or say `none`)".into());
+        }
+        Ok(())
+    }
+
+    /// `[expand] mapping` and `settings` of a new index: tables.
+    fn validate_new_index(&self) -> std::result::Result<(), String> {
+        for (name, value) in [
+            ("mapping", &self.expand.mapping),
+            ("settings", &self.expand.settings),
+        ] {
+            if value.as_ref().is_some_and(|v| !v.is_object()) {
+                return Err(format!("field `expand.{name}`: a table (JSON object)"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A PostgreSQL table copied into an index (see `backend::elasticsearch::copy`).
+    fn validate_into_index(&self) -> std::result::Result<(), String> {
+        if !self.transform.columns.is_empty() || !self.transform.pipeline.is_empty() {
+            return Err("field `transform`: a copy into an index writes every column as a field of its document in this version; shape the documents with `[expand] mapping` (and a view as the source for computed fields)".into());
+        }
+        if !self.expand.sql.is_empty()
+            || !self.expand.operations.is_empty()
+            || !self.contract.sql.is_empty()
+        {
+            return Err("field `expand`: a copy into an index takes `[expand] mapping` and `settings` for the new index; the table is not changed".into());
+        }
+        self.validate_new_index()?;
+        if matches!(
+            self.catch_up.requested,
+            Some(CatchUpMethod::ChangeStream | CatchUpMethod::Watermark)
+        ) {
+            return Err("field `catch_up.method`: a PostgreSQL table catches up by `logical_replication` (or `none`)".into());
         }
         Ok(())
     }
@@ -675,14 +712,7 @@ impl JobSpec {
         {
             return Err("field `expand`: an Elasticsearch reindex takes `[expand] mapping` and `settings`; `sql` and `operations` are for PostgreSQL and MongoDB".into());
         }
-        for (name, value) in [
-            ("mapping", &self.expand.mapping),
-            ("settings", &self.expand.settings),
-        ] {
-            if value.as_ref().is_some_and(|v| !v.is_object()) {
-                return Err(format!("field `expand.{name}`: a table (JSON object)"));
-            }
-        }
+        self.validate_new_index()?;
         match (self.catch_up.requested, &self.catch_up.field) {
             (None | Some(CatchUpMethod::Watermark), Some(field)) if !field.is_empty() => Ok(()),
             (None | Some(CatchUpMethod::Watermark), _) => Err("field `catch_up.field`: a reindex catches up the documents written during the copy by a date field that every write sets (`field = \"updated_at\"`); name it, or say `method = \"none\"` when nothing writes to the index meanwhile".into()),

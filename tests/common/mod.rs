@@ -367,6 +367,15 @@ impl Project {
         rows[0].clone()
     }
 
+    /// Runs the job of `file` and kills the process once it has copied `rows` rows.
+    pub fn kill_mid_copy(&self, name: &str, file: &str, rows: u64) {
+        let running = Running::spawn(&mut self.command(&["job", "run", file]));
+        self.wait_for_job(name, "copying", |s| {
+            s["phase"] == "copy" && s["rows_copied"].as_u64().unwrap_or(0) >= rows
+        });
+        drop(running); // killed
+    }
+
     /// Waits (up to 60 s) until the job's status satisfies `check`.
     pub fn wait_for_job(
         &self,

@@ -11,6 +11,8 @@
 //!   point-in-time order ([`pit`]) and catches up by a watermark field, [`sink`] writes
 //!   the new index with `_bulk` and moves the alias; [`checkpoints`] keeps the job's
 //!   progress, [`digest`] compares the two indexes for verify
+//! - [`copy`]: a copy of another store's table into a new index behind an alias, on the
+//!   same sink: [`documents`] makes rows documents, [`verify_rows`] compares them
 //!
 //! The client is the `elasticsearch` crate's transport; requests are JSON over its
 //! `send`, so that every call reads the server's status and error body the same way.
@@ -19,7 +21,9 @@
 //! server's certificate. None of them is ever printed.
 
 mod checkpoints;
+mod copy;
 mod digest;
+mod documents;
 mod lease;
 mod migrations;
 mod operations;
@@ -27,7 +31,9 @@ mod pit;
 mod reindex;
 mod sink;
 mod source;
+mod verify_rows;
 
+pub use copy::{open_job as open_copy_job, plan_job as plan_copy_job};
 pub use migrations::ElasticMigrations;
 pub use reindex::{open_job, plan_job};
 
@@ -189,6 +195,25 @@ impl Es {
             )
             .await?;
         Ok(reply["count"].as_u64().unwrap_or(0))
+    }
+
+    /// Deletes `index`, a job's old index, unless `alias` names it (a contract resumed
+    /// after its checkpoints went sees the alias's index as the old one: the index
+    /// applications use is never deleted).
+    pub async fn delete_old_index(&self, alias: &str, index: &str) -> Result<()> {
+        let path = format!("/_alias/{}", path_segment(alias));
+        let named = self.call(Method::Get, &path, None).await?;
+        if named.is_success() && named.body.get(index).is_some() {
+            tracing::info!(index, "the alias names this index; contract keeps it");
+            return Ok(());
+        }
+        let path = format!("/{}", path_segment(index));
+        let reply = self.call(Method::Delete, &path, None).await?;
+        if reply.is_success() || reply.status == 404 {
+            Ok(())
+        } else {
+            Err(self.refused(&format!("cannot delete the old index `{index}`"), &reply))
+        }
     }
 
     /// Whether the server is OpenSearch, whose point-in-time API lives under another

@@ -12,10 +12,10 @@
 use std::sync::Arc;
 
 use elasticsearch::http::Method;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use super::checkpoints::Checkpoints;
-use super::sink::{Direction, ElasticSink, Indexes};
+use super::sink::{Direction, ElasticSink, Indexes, Origin};
 use super::source::ElasticSource;
 use super::{path_segment, Es};
 use crate::backend::plan::JobPlan;
@@ -42,31 +42,25 @@ pub async fn open_job(config: &Config, spec: &JobSpec) -> Result<Pipeline> {
         config.database(&spec.source.database)?,
     )?;
     let opensearch = es.is_opensearch().await?;
-    let indexes = indexes(&es, spec).await?;
+    let alias = spec.source.index.as_deref().unwrap_or_default();
+    let indexes = indexes(&es, spec, alias, false).await?;
+    let old = old_of(&indexes)?;
     let field = watermark_field(spec);
-    let source = ElasticSource::open(&es, &indexes.alias, &indexes.old, opensearch, field);
+    let source = ElasticSource::open(&es, &indexes.alias, &old, opensearch, field);
     // Once expand ran (its names saved), the new index has its mapping and settings,
     // and the old index may be gone (contract deleted it).
     let expanded = Checkpoints::new(&es, &spec.name)
         .state()
         .await?
         .contains_key("new");
-    let direction = match expanded {
-        true => Direction::Forward {
-            mapping: Value::Null,
-            settings: Map::new(),
-        },
-        false => Direction::Forward {
-            mapping: mapping(&es, spec, &indexes.old).await?,
-            settings: settings(&es, spec, &indexes.old).await?,
-        },
-    };
+    let direction = new_index(&es, spec, expanded, Some(&old)).await?;
     let sink = ElasticSink::new(
         &es,
         opensearch,
         &spec.name,
         indexes.clone(),
         direction,
+        Origin::Index,
         field.is_some(),
     );
     if field.is_none() {
@@ -108,6 +102,7 @@ fn open_way_back(
         &name,
         indexes.clone(),
         Direction::Back,
+        Origin::Index,
         true,
     );
     (source, sink)
@@ -119,17 +114,49 @@ fn watermark_field(spec: &JobSpec) -> Option<&str> {
         .flatten()
 }
 
-/// The job's indexes: as its checkpoints say once expand ran, else from the alias.
-async fn indexes(es: &Es, spec: &JobSpec) -> Result<Indexes> {
-    let alias = spec.source.index.clone().unwrap_or_default();
+/// A reindex's old index (its alias names one, or [`indexes`] refused).
+fn old_of(indexes: &Indexes) -> Result<String> {
+    indexes
+        .old
+        .clone()
+        .ok_or_else(|| Error::State(format!("the alias `{}` names no index", indexes.alias)))
+}
+
+/// How expand is to create the new index: with `[expand] mapping` and `settings`, else
+/// `old`'s (none for a copy that creates its alias). Nothing once expand ran (the index
+/// has them, and `old` may be gone).
+pub(super) async fn new_index(
+    es: &Es,
+    spec: &JobSpec,
+    expanded: bool,
+    old: Option<&str>,
+) -> Result<Direction> {
+    if expanded {
+        return Ok(Direction::Forward {
+            mapping: Value::Null,
+            settings: Map::new(),
+        });
+    }
+    Ok(Direction::Forward {
+        mapping: mapping(es, spec, old).await?,
+        settings: settings(es, spec, old).await?,
+    })
+}
+
+/// A job's indexes: as its checkpoints say once expand ran, else from the alias. With
+/// `may_create` (a copy), an alias that does not exist yet is created at cutover.
+pub(super) async fn indexes(
+    es: &Es,
+    spec: &JobSpec,
+    alias: &str,
+    may_create: bool,
+) -> Result<Indexes> {
+    let alias = alias.to_string();
     let state = Checkpoints::new(es, &spec.name).state().await?;
-    if let (Some(old), Some(new)) = (
-        state.get("old").and_then(Value::as_str),
-        state.get("new").and_then(Value::as_str),
-    ) {
+    if let Some(new) = state.get("new").and_then(Value::as_str) {
         return Ok(Indexes {
             alias,
-            old: old.to_string(),
+            old: state.get("old").and_then(Value::as_str).map(str::to_string),
             new: new.to_string(),
         });
     }
@@ -150,14 +177,16 @@ async fn indexes(es: &Es, spec: &JobSpec) -> Result<Indexes> {
         _ => return Err(es.refused("cannot read the alias", &reply)),
     };
     let old = match pointed.as_slice() {
-        [one] => one.clone(),
+        [one] => Some(one.clone()),
         [] => {
             let is_index = es.call(Method::Head, &format!("/{}", path_segment(&alias)), None).await?.is_success();
-            return Err(Error::Refused(if is_index {
-                format!("job `{}`: `{alias}` is an index, not an alias: a reindex moves an alias from one index to the next. Give the index an alias (a migration with `reindex` into `{alias}_v1` and `create_alias`), let applications use the alias, then run the job", spec.name)
-            } else {
-                format!("job `{}`: no alias or index is named `{alias}` in `{}`", spec.name, es.name())
-            }));
+            if is_index {
+                return Err(Error::Refused(format!("job `{}`: `{alias}` is an index, not an alias: a job moves an alias from one index to the next. Give the index an alias (a migration with `reindex` into `{alias}_v1` and `create_alias`), let applications use the alias, then run the job", spec.name)));
+            }
+            if !may_create {
+                return Err(Error::Refused(format!("job `{}`: no alias or index is named `{alias}` in `{}`", spec.name, es.name())));
+            }
+            None
         }
         many => {
             return Err(Error::Refused(format!(
@@ -180,7 +209,7 @@ async fn indexes(es: &Es, spec: &JobSpec) -> Result<Indexes> {
         .as_object()
         .map(|o| o.keys().cloned().collect())
         .unwrap_or_default();
-    names.push(old.clone());
+    names.extend(old.clone());
     let highest = names
         .iter()
         .filter_map(|name| {
@@ -197,10 +226,13 @@ async fn indexes(es: &Es, spec: &JobSpec) -> Result<Indexes> {
     })
 }
 
-async fn mapping(es: &Es, spec: &JobSpec, old: &str) -> Result<Value> {
+async fn mapping(es: &Es, spec: &JobSpec, old: Option<&str>) -> Result<Value> {
     if let Some(mapping) = &spec.expand.mapping {
         return Ok(mapping.clone());
     }
+    let Some(old) = old else {
+        return Ok(json!({}));
+    };
     let reply = es
         .expect(
             Method::Get,
@@ -213,7 +245,7 @@ async fn mapping(es: &Es, spec: &JobSpec, old: &str) -> Result<Value> {
 }
 
 /// The new index's settings, flat (`index.analysis.analyzer.x.type`).
-async fn settings(es: &Es, spec: &JobSpec, old: &str) -> Result<Map<String, Value>> {
+async fn settings(es: &Es, spec: &JobSpec, old: Option<&str>) -> Result<Map<String, Value>> {
     if let Some(settings) = &spec.expand.settings {
         let mut flat = Map::new();
         flatten("", settings, &mut flat);
@@ -225,6 +257,9 @@ async fn settings(es: &Es, spec: &JobSpec, old: &str) -> Result<Map<String, Valu
             })
             .collect());
     }
+    let Some(old) = old else {
+        return Ok(Map::new());
+    };
     let path = format!("/{}/_settings?flat_settings=true", path_segment(old));
     let reply = es
         .expect(
@@ -271,8 +306,10 @@ pub async fn plan_job(config: &Config, spec: &JobSpec) -> Result<JobPlan> {
         &spec.source.database,
         config.database(&spec.source.database)?,
     )?;
-    let indexes = indexes(&es, spec).await?;
-    let Indexes { alias, old, new } = &indexes;
+    let alias = spec.source.index.as_deref().unwrap_or_default();
+    let indexes = indexes(&es, spec, alias, false).await?;
+    let old = &old_of(&indexes)?;
+    let Indexes { new, .. } = &indexes;
     let count = es.count(old).await?;
     let watermark = watermark_field(spec);
     let whose = |given: bool| match given {

@@ -1,4 +1,6 @@
-//! The new index as a reindex job's sink, and the alias it takes at cutover.
+//! The new index as a job's sink, and the alias it takes at cutover. Its documents come
+//! from another index of the cluster (a reindex, [`Origin::Index`]) or from the rows of
+//! another store (a copy, [`Origin::Rows`], made documents by [`Documents`]).
 //!
 //! Invariants:
 //! - Documents are written with `_bulk`, each with the source's `_version` as an
@@ -13,7 +15,11 @@
 //! - Expand creates `<alias>_vN` (its name saved before it is created) with refresh off
 //!   and no replicas; cutover restores both (from the new settings, else the source's)
 //!   before anything else.
-//! - Cutover: the source index is write-blocked, refreshed, its last changes drained,
+//! - A copy's documents are versioned by change position ([`super::documents`]); its
+//!   source stays in use (it is the source of truth: never fenced), so its cutover
+//!   drains the changes committed so far and moves (or creates) the alias; deletes come
+//!   as changes.
+//! - Cutover of a reindex: the source index is write-blocked, refreshed, its last changes drained,
 //!   documents deleted from it meanwhile deleted from the new index (found by `_id`),
 //!   the way back's capture started, and then one `_aliases` request moves the alias
 //!   (with `is_write_index` when the old index had it); it is recorded once the alias
@@ -31,6 +37,7 @@ use serde_json::{json, Map, Value};
 
 use super::checkpoints::Checkpoints;
 use super::digest;
+use super::documents::{version_of, Documents};
 use super::pit::Pages;
 use super::source::ElasticSource;
 use super::{path_segment, Es};
@@ -52,12 +59,12 @@ const NAMED: usize = 3;
 const MAX_SETTLED: usize = 10_000;
 const SETTLE_ROUNDS: usize = 5;
 
-/// The indexes of a reindex job.
+/// The indexes of a job.
 #[derive(Debug, Clone)]
 pub struct Indexes {
     pub alias: String,
-    /// The index the alias named when the job began.
-    pub old: String,
+    /// The index the alias named when the job began (a copy may create the alias).
+    pub old: Option<String>,
     /// `<alias>_vN`, built by the job.
     pub new: String,
 }
@@ -74,12 +81,22 @@ pub enum Direction {
     Back,
 }
 
+/// Where a sink's documents come from.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// The old index (a reindex): documents as they are, with their versions.
+    Index,
+    /// Rows of another store (a copy), made documents so.
+    Rows(Documents),
+}
+
 pub struct ElasticSink {
-    es: Es,
+    pub(super) es: Es,
     opensearch: bool,
     job: String,
-    indexes: Indexes,
+    pub(super) indexes: Indexes,
     direction: Direction,
+    pub(super) origin: Origin,
     checkpoints: Checkpoints,
     /// The job's claim; `None` in a copy worker's handle.
     lease: Option<Lease>,
@@ -97,6 +114,7 @@ impl ElasticSink {
         job: &str,
         indexes: Indexes,
         direction: Direction,
+        origin: Origin,
         catches_up: bool,
     ) -> ElasticSink {
         let holder = format!("{} pid {}", crate::state::actor(), std::process::id());
@@ -106,6 +124,7 @@ impl ElasticSink {
             job: job.to_string(),
             indexes,
             direction,
+            origin,
             checkpoints: Checkpoints::new(es, job),
             lease: Some(super::lease::lease(es, &format!("job:{job}"), holder)),
             way_back: None,
@@ -119,17 +138,17 @@ impl ElasticSink {
     }
 
     /// The index written.
-    fn target(&self) -> &str {
+    pub(super) fn target(&self) -> &str {
         match self.direction {
             Direction::Forward { .. } => &self.indexes.new,
-            Direction::Back => &self.indexes.old,
+            Direction::Back => self.indexes.old.as_deref().unwrap_or_default(),
         }
     }
 
-    /// The index read.
+    /// The index read (a reindex's).
     fn source(&self) -> &str {
         match self.direction {
-            Direction::Forward { .. } => &self.indexes.old,
+            Direction::Forward { .. } => self.indexes.old.as_deref().unwrap_or_default(),
             Direction::Back => &self.indexes.new,
         }
     }
@@ -138,11 +157,13 @@ impl ElasticSink {
         Pages::new(&self.es, index, self.opensearch)
     }
 
-    fn writer(&self) -> ElasticWriter {
+    pub(super) fn writer(&self) -> ElasticWriter {
         ElasticWriter {
             es: self.es.clone(),
             index: self.target().to_string(),
             checkpoints: self.checkpoints.clone(),
+            origin: self.origin.clone(),
+            version: 1,
         }
     }
 
@@ -162,7 +183,7 @@ impl ElasticSink {
             .map(drop)
     }
 
-    async fn refresh(&self, index: &str) -> Result<()> {
+    pub(super) async fn refresh(&self, index: &str) -> Result<()> {
         let path = format!("/{}/_refresh", path_segment(index));
         self.es
             .expect(
@@ -176,7 +197,7 @@ impl ElasticSink {
     }
 
     /// Applies every change the source has from the saved position on; returns how many.
-    async fn drain(&mut self, source: &mut dyn Source) -> Result<u64> {
+    pub(super) async fn drain(&mut self, source: &mut dyn Source) -> Result<u64> {
         let mut applied = 0;
         loop {
             let Some(after) = self.position().await? else {
@@ -219,6 +240,35 @@ impl ElasticSink {
         let count = gone.len() as u64;
         self.writer().send(gone).await?;
         Ok(count)
+    }
+
+    /// Where change capture started, once saved.
+    async fn start(&self) -> Result<Option<Position>> {
+        let state = self.checkpoints.state().await?;
+        Ok(state
+            .get("start")
+            .and_then(Value::as_str)
+            .map(|p| Position(p.to_string())))
+    }
+
+    /// The write of a changed row that did not carry every value: the row as the source
+    /// has it now (a delete when it is gone).
+    async fn read_again(&self, source: &mut dyn Source, row: &Row, version: i64) -> Result<Action> {
+        let Origin::Rows(documents) = &self.origin else {
+            return Err(Error::State("a document change lacks its document".into()));
+        };
+        let key = documents.key(row);
+        let now = source.fetch(&key).await?;
+        Ok(match now.as_ref().and_then(|row| documents.document(row)) {
+            Some((id, source)) => Action::Index {
+                id,
+                source,
+                version,
+            },
+            None => Action::Delete {
+                id: Documents::id_of_key(&key),
+            },
+        })
     }
 
     /// Where the alias points now, and whether it is the write index there.
@@ -274,8 +324,8 @@ impl ElasticSink {
             .map(drop)
     }
 
-    /// The documents of `ids` as they are on `index`, by real-time get.
-    async fn get(&self, index: &str, id: &str) -> Result<Option<Value>> {
+    /// The document `id` as it is on `index`, by real-time get.
+    pub(super) async fn get(&self, index: &str, id: &str) -> Result<Option<Value>> {
         let path = format!("/{}/_doc/{}", path_segment(index), path_segment(id));
         let reply = self.es.call(Method::Get, &path, None).await?;
         match reply.status {
@@ -386,7 +436,7 @@ impl ElasticSink {
 
 /// One write of a bulk request.
 #[derive(Debug, Clone)]
-enum Action {
+pub(super) enum Action {
     Index {
         id: String,
         source: Value,
@@ -398,14 +448,24 @@ enum Action {
 }
 
 impl Action {
-    fn of(row: &Row) -> Result<Action> {
+    /// The write of `row`: a document of the old index with its own version, or a row
+    /// of another store made a document at `version`. `None` when the row lacks a value
+    /// (read it again from the source).
+    fn of(origin: &Origin, row: &Row, version: i64) -> Result<Option<Action>> {
+        if let Origin::Rows(documents) = origin {
+            return Ok(documents.document(row).map(|(id, source)| Action::Index {
+                id,
+                source,
+                version,
+            }));
+        }
         match row.0.as_slice() {
             [RowValue::Text(id), RowValue::Json(source), RowValue::Int(version)] => {
-                Ok(Action::Index {
+                Ok(Some(Action::Index {
                     id: id.clone(),
                     source: source.clone(),
                     version: *version,
-                })
+                }))
             }
             _ => Err(Error::State(
                 "an Elasticsearch sink takes documents from an Elasticsearch source".into(),
@@ -440,16 +500,19 @@ impl Action {
 }
 
 /// Writes batches into one index, with their checkpoints after.
-struct ElasticWriter {
+pub(super) struct ElasticWriter {
     es: Es,
     index: String,
     checkpoints: Checkpoints,
+    origin: Origin,
+    /// The version of a copy's rows (where its change capture starts).
+    version: i64,
 }
 
 impl ElasticWriter {
     /// Sends `actions` in one bulk request (again for the items refused for load);
     /// fails naming the documents the server refused.
-    async fn send(&self, mut actions: Vec<Action>) -> Result<()> {
+    pub(super) async fn send(&self, mut actions: Vec<Action>) -> Result<()> {
         let mut refused: Vec<String> = Vec::new();
         let mut refused_count = 0;
         for attempt in 0..=LOAD_RETRIES {
@@ -535,7 +598,13 @@ impl BatchWriter for ElasticWriter {
         let Rows::Values(rows) = batch.rows else {
             return Err(Error::State("an Elasticsearch sink takes documents".into()));
         };
-        let actions = rows.iter().map(Action::of).collect::<Result<Vec<_>>>()?;
+        let mut actions = Vec::with_capacity(rows.len());
+        for row in &rows {
+            actions.push(
+                Action::of(&self.origin, row, self.version)?
+                    .ok_or_else(|| Error::State("a copied row lacks a value".into()))?,
+            );
+        }
         let count = actions.len() as u64;
         self.send(actions).await?;
         crate::crash_point!("copy.after_write");
@@ -575,7 +644,7 @@ impl Sink for ElasticSink {
         if let Some(created) = state.get("created_target").and_then(Value::as_bool) {
             return Ok(created);
         }
-        if !self.exists(self.source()).await? {
+        if matches!(self.origin, Origin::Index) && !self.exists(self.source()).await? {
             return Err(Error::Refused(format!(
                 "job `{}`: the source index `{}` does not exist",
                 self.job,
@@ -642,23 +711,40 @@ impl Sink for ElasticSink {
     }
 
     async fn copy_worker(&mut self, source: &dyn Source) -> Result<Box<dyn CopyWorker>> {
+        let mut writer = self.writer();
+        if let (Origin::Rows(_), Some(start)) = (&self.origin, self.start().await?) {
+            writer.version = version_of(&start)?;
+        }
         Ok(Box::new(PairedWorker {
             reader: source.reader(&Vec::new(), RowFormat::Values).await?,
-            writer: Box::new(self.writer()),
+            writer: Box::new(writer),
         }))
     }
 
-    async fn apply(&mut self, changes: &ChangeBatch, _source: &mut dyn Source) -> Result<u64> {
-        let actions = changes
-            .changes
-            .iter()
-            .map(|change| match change {
-                Change::Upsert { row, .. } => Action::of(row),
-                Change::Delete { key } => Ok(Action::Delete {
-                    id: key.first().cloned().unwrap_or_default(),
+    async fn apply(&mut self, changes: &ChangeBatch, source: &mut dyn Source) -> Result<u64> {
+        let version = match (&self.origin, &changes.end) {
+            (Origin::Rows(_), Some(end)) => version_of(end)?,
+            _ => 0,
+        };
+        let mut actions = Vec::with_capacity(changes.changes.len());
+        for change in &changes.changes {
+            match change {
+                Change::Upsert { row, old_key } => {
+                    if let (Origin::Rows(_), Some(old)) = (&self.origin, old_key) {
+                        actions.push(Action::Delete {
+                            id: Documents::id_of_key(old),
+                        });
+                    }
+                    match Action::of(&self.origin, row, version)? {
+                        Some(action) => actions.push(action),
+                        None => actions.push(self.read_again(source, row, version).await?),
+                    }
+                }
+                Change::Delete { key } => actions.push(Action::Delete {
+                    id: Documents::id_of_key(key),
                 }),
-            })
-            .collect::<Result<Vec<_>>>()?;
+            }
+        }
         self.writer().send(actions).await?;
         crate::crash_point!("catch_up.after_write");
         if let Some(end) = &changes.end {
@@ -672,11 +758,17 @@ impl Sink for ElasticSink {
     async fn compare(
         &mut self,
         source: &mut dyn Source,
-        _chunk: &KeyRange,
+        chunk: &KeyRange,
         checksum: bool,
     ) -> Result<Option<String>> {
         self.refresh(self.target()).await?;
-        self.settle(source, checksum).await
+        match &self.origin {
+            Origin::Index => self.settle(source, checksum).await,
+            Origin::Rows(documents) => {
+                let documents = documents.clone();
+                self.compare_rows(&documents, source, chunk, checksum).await
+            }
+        }
     }
 
     async fn cutover(&mut self, source: &mut dyn Source) -> Result<CutoverReport> {
@@ -686,9 +778,15 @@ impl Sink for ElasticSink {
         }
         source.fence().await?;
         crate::crash_point!("cutover.after_lock");
-        self.refresh(self.source()).await?;
-        let mut drained = self.drain(source).await?;
-        drained += self.delete_gone().await?;
+        let mut drained;
+        if matches!(self.origin, Origin::Index) {
+            self.refresh(self.source()).await?;
+            drained = self.drain(source).await?;
+            drained += self.delete_gone().await?;
+        } else {
+            drained = self.drain(source).await?;
+            self.refresh(self.target()).await?;
+        }
         crate::crash_point!("cutover.after_drain");
         if let Some(back) = self.way_back.as_deref_mut() {
             let start = back.0.start_capture().await?;
@@ -697,7 +795,11 @@ impl Sink for ElasticSink {
         }
         self.move_alias().await?;
         crate::crash_point!("cutover.after_swap");
-        let blocked = started.elapsed();
+        // A copy's source is never blocked.
+        let blocked = match self.origin {
+            Origin::Index => started.elapsed(),
+            Origin::Rows(_) => Duration::ZERO,
+        };
         self.checkpoints
             .update_state(json!({"cutover": {"writes_blocked_ms": blocked.as_millis() as u64, "changes": drained}}))
             .await?;
@@ -729,6 +831,10 @@ impl Sink for ElasticSink {
     }
 
     async fn contract(&mut self) -> Result<()> {
+        // A reindex's old index is its source's to delete.
+        if let (Origin::Rows(_), Some(old)) = (&self.origin, &self.indexes.old) {
+            self.es.delete_old_index(&self.indexes.alias, old).await?;
+        }
         self.start_fresh().await
     }
 }

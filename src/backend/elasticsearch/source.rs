@@ -403,30 +403,7 @@ impl Source for ElasticSource {
     }
 
     async fn contract(&mut self) -> Result<()> {
-        // A contract resumed after its checkpoints went sees the alias's index as the
-        // old one: the index applications use is never deleted.
-        let path = format!("/_alias/{}", path_segment(&self.alias));
-        let named = self.es.call(Method::Get, &path, None).await?;
-        if named.is_success() && named.body.get(&self.index).is_some() {
-            tracing::info!(index = %self.index, "the alias names this index; contract keeps it");
-            return Ok(());
-        }
-        let reply = self
-            .es
-            .call(
-                Method::Delete,
-                &format!("/{}", path_segment(&self.index)),
-                None,
-            )
-            .await?;
-        if reply.is_success() || reply.status == 404 {
-            Ok(())
-        } else {
-            Err(self.es.refused(
-                &format!("cannot delete the old index `{}`", self.index),
-                &reply,
-            ))
-        }
+        self.es.delete_old_index(&self.alias, &self.index).await
     }
 
     async fn forget(&mut self) -> Result<()> {

@@ -215,6 +215,24 @@ pub(crate) fn way_back(spec: &JobSpec) -> (JobSpec, TableName) {
     (back, aside)
 }
 
+/// A table as the source of a job into another store (which keeps the checkpoints).
+pub async fn open_source(
+    config: &Config,
+    spec: &JobSpec,
+) -> Result<Box<dyn crate::engine::Source>> {
+    let sessions = session::Sessions::new(&spec.name);
+    let source = source::PgSource::open(
+        spec,
+        &config.database(&spec.source.database)?.url,
+        &sessions,
+        config.migrations.lock_timeout,
+        forward_aside(spec),
+        false,
+    )
+    .await?;
+    Ok(Box::new(source))
+}
+
 /// What `job plan` prints for a PostgreSQL job.
 pub async fn plan_job(config: &Config, spec: &JobSpec) -> Result<JobPlan> {
     let (mut source, mut sink) =

@@ -307,10 +307,11 @@ impl Source for PgSource {
         format: RowFormat,
     ) -> Result<Box<dyn BatchReader>> {
         let RowFormat::PostgresCopy { binary } = format else {
-            return Err(Error::Refused(format!(
-                "a PostgreSQL source ({}) reads rows for PostgreSQL targets only",
-                self.side.database
-            )));
+            return Ok(Box::new(TextReader {
+                database: self.side.database.clone(),
+                client: self.side.connect().await?,
+                table: self.table()?.clone(),
+            }));
         };
         let columns: Vec<String> = projection
             .iter()
@@ -326,15 +327,9 @@ impl Source for PgSource {
     }
 
     async fn fetch(&mut self, key: &Key) -> Result<Option<Row>> {
-        let columns: Vec<String> = self
-            .table()?
-            .columns
-            .iter()
-            .map(|c| format!("s.{}::text", ident(&c.name)))
-            .collect();
         let sql = format!(
             "SELECT {} FROM {} AS s WHERE ({}) = {}",
-            columns.join(", "),
+            text_columns(self.table()?),
             self.table()?.name.sql(),
             self.table()?.key_list(Some("s")),
             self.table()?.key_params(1)
@@ -349,14 +344,7 @@ impl Source for PgSource {
             .query_opt(&sql, &params)
             .await
             .map_err(self.side.failed("cannot read a row of the source"))?;
-        Ok(row.map(|row| {
-            Row((0..row.len())
-                .map(|i| match row.get::<_, Option<String>>(i) {
-                    Some(text) => Value::Text(text),
-                    None => Value::Null,
-                })
-                .collect())
-        }))
+        Ok(row.map(|row| text_row(&row, row.len())))
     }
 
     async fn start_capture(&mut self) -> Result<Position> {
@@ -522,6 +510,68 @@ impl Source for PgSource {
 
 /// Reads a range's batches as `COPY` data on a session of its own: first the batch's
 /// last key (an index walk), then the rows up to it, streamed.
+/// `s."column"::text, …` of every column of `table`, in order.
+fn text_columns(table: &TableInfo) -> String {
+    let columns: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| format!("s.{}::text", ident(&c.name)))
+        .collect();
+    columns.join(", ")
+}
+
+/// The first `width` values of `row`, selected as text.
+fn text_row(row: &tokio_postgres::Row, width: usize) -> Row {
+    Row((0..width)
+        .map(|i| match row.get::<_, Option<String>>(i) {
+            Some(text) => Value::Text(text),
+            None => Value::Null,
+        })
+        .collect())
+}
+
+/// Batches as rows of text values (each column's text form, in the schema's order), for
+/// sinks of other stores.
+struct TextReader {
+    database: String,
+    client: Client,
+    table: TableInfo,
+}
+
+#[async_trait]
+impl BatchReader for TextReader {
+    async fn read(&mut self, range: &KeyRange, after: Option<&Key>, limit: usize) -> Result<Batch> {
+        let sql = format!(
+            "SELECT {columns}, {key} FROM {source} AS s WHERE {within} ORDER BY {keys} LIMIT {limit}",
+            columns = text_columns(&self.table),
+            key = self.table.key_text_array(Some("s")),
+            source = self.table.name.sql(),
+            within = self
+                .table
+                .range_condition_literal(Some("s"), after, range.upper.as_ref()),
+            keys = self.table.key_list(Some("s")),
+        );
+        let found = self.client.query(&sql, &[]).await.map_err(|e| {
+            Error::database(
+                &self.database,
+                format!("batch of range {} failed", range.number),
+                e,
+            )
+        })?;
+        let width = self.table.columns.len();
+        let last_key: Option<Key> = found.last().map(|row| row.get(width));
+        let rows = found
+            .iter()
+            .map(|row| text_row(row, width))
+            .collect::<Vec<_>>();
+        Ok(Batch {
+            done: rows.len() < limit,
+            rows: Rows::Values(rows),
+            last_key: last_key.or_else(|| after.cloned()),
+        })
+    }
+}
+
 struct CopyReader {
     database: String,
     client: Client,

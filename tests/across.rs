@@ -304,7 +304,7 @@ fn targets_that_cannot_be_reached_or_cannot_take_the_rows_are_refused() {
         ),
         (
             items_across("").replace("database = \"other\"", "database = \"mongodb\""),
-            "jobs/items.toml: field `target.database`: `mongodb` is mongodb: there is no path from postgresql to mongodb in this version (PostgreSQL copies into PostgreSQL, on the same or another server)\n",
+            "jobs/items.toml: field `target.database`: `mongodb` is mongodb: there is no path from postgresql to mongodb in this version (PostgreSQL copies into PostgreSQL, on the same or another server, or into an Elasticsearch index)\n",
         ),
         (
             items_across("").replace("v text NOT NULL", "v integer NOT NULL"),

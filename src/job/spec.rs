@@ -628,7 +628,7 @@ impl JobSpec {
     /// A PostgreSQL table copied into an index (see `backend::elasticsearch::copy`).
     fn validate_into_index(&self) -> std::result::Result<(), String> {
         if !self.transform.columns.is_empty() || !self.transform.pipeline.is_empty() {
-            return Err("field `transform`: a copy into an index writes every column as a field of its document in this version; shape the documents with `[expand] mapping` (and a view as the source for computed fields)".into());
+            return Err("field `transform`: a copy into an index writes every column as a field of its document in this version; shape the documents with `[expand] mapping`".into());
         }
         if !self.expand.sql.is_empty()
             || !self.expand.operations.is_empty()

@@ -32,8 +32,7 @@ pub async fn open_job(config: &Config, spec: &JobSpec, store: &dyn StateStore) -
         .await?
         .is_some_and(|record| record.source_may_be_gone());
     if into_index(config, spec)? {
-        let source = postgres::open_source(config, spec).await?;
-        return elasticsearch::open_copy_job(config, spec, source).await;
+        return elasticsearch::open_copy_job(config, spec).await;
     }
     match config.database(&spec.source.database)?.kind {
         DatabaseKind::Postgresql => postgres::open_job(config, spec, source_may_be_gone).await,
@@ -45,8 +44,7 @@ pub async fn open_job(config: &Config, spec: &JobSpec, store: &dyn StateStore) -
 /// What `job plan` prints for a job, changing nothing.
 pub async fn plan_job(config: &Config, spec: &JobSpec) -> Result<plan::JobPlan> {
     if into_index(config, spec)? {
-        let source = postgres::open_source(config, spec).await?;
-        return elasticsearch::plan_copy_job(config, spec, source).await;
+        return elasticsearch::plan_copy_job(config, spec).await;
     }
     match config.database(&spec.source.database)?.kind {
         DatabaseKind::Postgresql => postgres::plan_job(config, spec).await,
@@ -55,7 +53,7 @@ pub async fn plan_job(config: &Config, spec: &JobSpec) -> Result<plan::JobPlan> 
     }
 }
 
-/// Whether `spec` copies a table of another store into an Elasticsearch index (the
+/// Whether `spec` copies a table or collection of another store into an index (the
 /// only path into an index besides a reindex; the job's validation allows no other).
 fn into_index(config: &Config, spec: &JobSpec) -> Result<bool> {
     Ok(match &spec.target {

@@ -584,6 +584,12 @@ impl JobSpec {
     ) -> std::result::Result<(), String> {
         self.validate_kind("PostgreSQL", "table")?;
         if target_kind == Some(DatabaseKind::Elasticsearch) {
+            if !self.transform.columns.is_empty() || !self.transform.pipeline.is_empty() {
+                return Err("field `transform`: a copy of a table into an index writes every column as a field of its document in this version; shape the documents with `[expand] mapping`".into());
+            }
+            if self.catch_up.requested == Some(CatchUpMethod::ChangeStream) {
+                return Err("field `catch_up.method`: a PostgreSQL table catches up by `logical_replication` (or `none`)".into());
+            }
             return self.validate_into_index();
         }
         if let Some(kind) = target_kind.filter(|k| *k != DatabaseKind::Postgresql) {
@@ -625,32 +631,27 @@ impl JobSpec {
         Ok(())
     }
 
-    /// A PostgreSQL table copied into an index (see `backend::elasticsearch::copy`).
+    /// A table or collection copied into an index (see `backend::elasticsearch::copy`),
+    /// once the source's own checks passed.
     fn validate_into_index(&self) -> std::result::Result<(), String> {
-        if !self.transform.columns.is_empty() || !self.transform.pipeline.is_empty() {
-            return Err("field `transform`: a copy into an index writes every column as a field of its document in this version; shape the documents with `[expand] mapping`".into());
-        }
         if !self.expand.sql.is_empty()
             || !self.expand.operations.is_empty()
             || !self.contract.sql.is_empty()
         {
-            return Err("field `expand`: a copy into an index takes `[expand] mapping` and `settings` for the new index; the table is not changed".into());
+            return Err("field `expand`: a copy into an index takes `[expand] mapping` and `settings` for the new index; the source is not changed".into());
         }
         self.validate_new_index()?;
-        if matches!(
-            self.catch_up.requested,
-            Some(CatchUpMethod::ChangeStream | CatchUpMethod::Watermark)
-        ) {
-            return Err("field `catch_up.method`: a PostgreSQL table catches up by `logical_replication` (or `none`)".into());
+        if self.catch_up.requested == Some(CatchUpMethod::Watermark) {
+            return Err("field `catch_up.method`: `watermark` is for a reindex; a table catches up by `logical_replication`, a collection by `change_stream` (or `none`)".into());
         }
         Ok(())
     }
 
     fn validate_mongo(&self, target_kind: Option<DatabaseKind>) -> std::result::Result<(), String> {
         self.validate_kind("MongoDB", "collection")?;
-        if let Some(kind) = target_kind.filter(|k| *k != DatabaseKind::Mongodb) {
+        if let Some(kind) = target_kind.filter(|k| *k == DatabaseKind::Postgresql) {
             return Err(format!(
-                "field `target.database`: `{}` is {kind}: there is no path from mongodb to {kind} in this version (MongoDB copies into MongoDB, in the same or another cluster)",
+                "field `target.database`: `{}` is {kind}: there is no path from mongodb to {kind} in this version (MongoDB copies into MongoDB, in the same or another cluster, or into an Elasticsearch index)",
                 self.target.as_ref().map_or("", |t| t.database.as_str())
             ));
         }
@@ -681,6 +682,9 @@ impl JobSpec {
         }
         if self.catch_up.requested == Some(CatchUpMethod::LogicalReplication) {
             return Err("field `catch_up.method`: `logical_replication` is for PostgreSQL; MongoDB uses `change_stream` or `none`".into());
+        }
+        if target_kind == Some(DatabaseKind::Elasticsearch) {
+            return self.validate_into_index();
         }
         Ok(())
     }

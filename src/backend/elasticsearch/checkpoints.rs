@@ -78,10 +78,19 @@ impl Checkpoints {
         self.put("state", &Value::Object(state)).await
     }
 
+    /// The numbers of the job's ranges, once planned (sources number them as they will).
+    async fn range_numbers(&self) -> Result<Vec<i64>> {
+        let state = self.state().await?;
+        Ok(state
+            .get("ranges")
+            .and_then(Value::as_array)
+            .map(|numbers| numbers.iter().filter_map(Value::as_i64).collect())
+            .unwrap_or_default())
+    }
+
     pub async fn ranges(&self) -> Result<Vec<RangeProgress>> {
-        let count = self.state().await?.get("ranges").and_then(Value::as_u64);
         let mut ranges = Vec::new();
-        for number in 0..count.unwrap_or(0) {
+        for number in self.range_numbers().await? {
             let document = self.get(&format!("range:{number}")).await?.ok_or_else(|| {
                 Error::State(format!(
                     "job `{}`: the checkpoint of range {number} is missing from `{INDEX}`",
@@ -93,7 +102,7 @@ impl Checkpoints {
         Ok(ranges)
     }
 
-    /// Saves the planned ranges, then their number (which makes them the job's).
+    /// Saves the planned ranges, then their numbers (which makes them the job's).
     pub async fn save_ranges(&self, ranges: &[KeyRange]) -> Result<()> {
         for range in ranges {
             self.save_range(&RangeProgress {
@@ -104,7 +113,8 @@ impl Checkpoints {
             })
             .await?;
         }
-        self.update_state(json!({"ranges": ranges.len()})).await
+        let numbers: Vec<i32> = ranges.iter().map(|range| range.number).collect();
+        self.update_state(json!({ "ranges": numbers })).await
     }
 
     pub async fn save_range(&self, progress: &RangeProgress) -> Result<()> {
@@ -120,8 +130,7 @@ impl Checkpoints {
 
     /// Removes every checkpoint of the job (idempotent).
     pub async fn forget(&self) -> Result<()> {
-        let count = self.state().await?.get("ranges").and_then(Value::as_u64);
-        for number in 0..count.unwrap_or(0) {
+        for number in self.range_numbers().await? {
             self.delete(&format!("range:{number}")).await?;
         }
         self.delete("state").await

@@ -1,5 +1,5 @@
-//! A copy from another store (a PostgreSQL table) into a new index behind an alias: the
-//! index rebuilt from the source of truth.
+//! A copy from another store (a PostgreSQL table or a MongoDB collection) into a new
+//! index behind an alias: the index rebuilt from the source of truth.
 //!
 //! `[target] index` names the alias; the job builds `<alias>_vN` (N one past the highest
 //! there is), fills it with the source's rows made documents ([`super::documents`]),
@@ -11,7 +11,8 @@
 //!   or runs statements on it ([`KeptSource`]); only verify makes writers wait while it
 //!   compares a chunk (as every PostgreSQL job's verify does: a SHARE lock, readers go
 //!   on), so that the rows and the documents are compared at one moment. Its change
-//!   capture goes at cutover.
+//!   capture goes at cutover. (MongoDB has no such hold: its differences are settled
+//!   by draining the change stream and comparing again.)
 //! - There is no way back after cutover (the old index, if any, got no writes since):
 //!   until contract deletes it, pointing the alias back is one `_aliases` request.
 
@@ -23,36 +24,57 @@ use super::reindex::{indexes, new_index};
 use super::sink::{ElasticSink, Origin};
 use super::Es;
 use crate::backend::plan::JobPlan;
-use crate::config::Config;
+use crate::config::{Config, DatabaseKind};
 use crate::engine::progress::{KeyRange, Lag};
 use crate::engine::row::{Digest, Key, Position, Projection, Row, Schema};
 use crate::engine::source::{BatchReader, ChangeBatch, RowFormat};
 use crate::engine::{Pipeline, Source};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::job::{CatchUpMethod, JobSpec};
 
 /// A copy job's source (opened by its store's backend) and the index sink, joined.
-pub async fn open_job(
-    config: &Config,
-    spec: &JobSpec,
-    source: Box<dyn Source>,
-) -> Result<Pipeline> {
-    let sink = open_sink(config, spec, source.schema()).await?;
+pub async fn open_job(config: &Config, spec: &JobSpec) -> Result<Pipeline> {
+    let (source, documents) = open_source(config, spec).await?;
+    let sink = open_sink(config, spec, documents).await?;
     Ok(Pipeline::new(Box::new(KeptSource(source)), Box::new(sink)))
 }
 
+/// The job's source, and how its rows become documents.
+async fn open_source(config: &Config, spec: &JobSpec) -> Result<(Box<dyn Source>, Documents)> {
+    match config.database(&spec.source.database)?.kind {
+        DatabaseKind::Postgresql => {
+            let source = crate::backend::postgres::open_source(config, spec).await?;
+            let documents = Documents::Columns(source.schema().clone());
+            Ok((source, documents))
+        }
+        DatabaseKind::Mongodb => Ok((
+            crate::backend::mongodb::open_source(config, spec).await?,
+            Documents::Bson,
+        )),
+        DatabaseKind::Elasticsearch => Err(Error::Usage(format!(
+            "job `{}`: an index is rebuilt into another by `kind = \"reindex\"`",
+            spec.name
+        ))),
+    }
+}
+
 /// What `job plan` prints for a copy into an index; reads only.
-pub async fn plan_job(
-    config: &Config,
-    spec: &JobSpec,
-    mut source: Box<dyn Source>,
-) -> Result<JobPlan> {
+pub async fn plan_job(config: &Config, spec: &JobSpec) -> Result<JobPlan> {
+    let (mut source, documents) = open_source(config, spec).await?;
     let target = spec.target.as_ref().expect("a copy has a target");
     let es = Es::connect(&target.database, config.database(&target.database)?)?;
     let alias = target.index.as_deref().unwrap_or_default();
     let found = indexes(&es, spec, alias, true).await?;
     let new = &found.new;
-    let from = spec.source.table.as_deref().unwrap_or_default();
+    let (from, rows, log) = match &documents {
+        Documents::Columns(_) => (spec.source.table.as_deref(), "rows", "logical replication"),
+        Documents::Bson => (
+            spec.source.collection.as_deref(),
+            "documents",
+            "the change stream",
+        ),
+    };
+    let from = from.unwrap_or_default();
     let mut phases = vec![
         (
             "expand".to_string(),
@@ -68,7 +90,7 @@ pub async fn plan_job(
         (
             "copy".to_string(),
             vec![format!(
-                "read {from} in key order, {} rows per `_bulk` into `{new}` as documents (_id = key, external versions)",
+                "read {from} in key order, {} {rows} per `_bulk` into `{new}` as documents (_id = key, external versions)",
                 spec.copy.batch_size
             )],
         ),
@@ -77,14 +99,14 @@ pub async fn plan_job(
         phases.push((
             "catch_up".to_string(),
             vec![format!(
-                "apply the changes to {from} from logical replication (deletes delete by _id)"
+                "apply the changes to {from} from {log} (deletes delete by _id)"
             )],
         ));
     }
     phases.push((
         "verify".to_string(),
         vec![format!(
-            "each row made a document against `{new}`'s (_mget), then the counts"
+            "each of {from}'s {rows} made a document against `{new}`'s (_mget), then the counts"
         )],
     ));
     phases.push((
@@ -107,7 +129,7 @@ pub async fn plan_job(
     })
 }
 
-async fn open_sink(config: &Config, spec: &JobSpec, schema: &Schema) -> Result<ElasticSink> {
+async fn open_sink(config: &Config, spec: &JobSpec, documents: Documents) -> Result<ElasticSink> {
     let target = spec.target.as_ref().expect("a copy has a target");
     let es = Es::connect(&target.database, config.database(&target.database)?)?;
     let opensearch = es.is_opensearch().await?;
@@ -124,7 +146,7 @@ async fn open_sink(config: &Config, spec: &JobSpec, schema: &Schema) -> Result<E
         &spec.name,
         found,
         direction,
-        Origin::Rows(Documents::new(schema)),
+        Origin::Rows(documents),
         spec.catch_up.method != CatchUpMethod::None,
     ))
 }

@@ -1,78 +1,159 @@
 //! Rows of another store as documents (interface.md, "Row → document"): how a
-//! PostgreSQL row becomes what a copy writes into an index, and which version it is
-//! written at.
+//! PostgreSQL row or a MongoDB document becomes what a copy writes into an index, and
+//! which version it is written at.
 //!
 //! Invariants:
-//! - The `_id` is the key, its values (text forms) joined by `:`.
-//! - Fields are the columns by name: `json`/`jsonb` as what they hold, one-dimensional
-//!   arrays as arrays, integers, `numeric`, `real` and `double precision` as numbers,
-//!   `boolean` as `true`/`false`, timestamps as ISO 8601 (`2024-05-01T10:00:00+00:00`),
-//!   anything else as its text. The same function makes documents of copied rows, of
-//!   changes, and of the rows verify reads, so the three always agree.
-//! - A document's external version is the change position it was read at (a WAL
-//!   position as a number): the copy's rows at the capture's start, a change at its
+//! - A table's row: the `_id` is the key, its values (text forms) joined by `:`. Fields
+//!   are the columns by name: `json`/`jsonb` as what they hold, one-dimensional arrays as
+//!   arrays, integers, `numeric`, `real` and `double precision` as numbers, `boolean` as
+//!   `true`/`false`, timestamps as ISO 8601 (`2024-05-01T10:00:00+00:00`), anything else
+//!   as its text.
+//! - A collection's document (after the job's pipeline): the `_id` as a string (an
+//!   ObjectId's hex, a string as it is, a number's digits), the other fields as JSON:
+//!   numbers as numbers (`Decimal128` too, to the nearest double), dates as ISO 8601,
+//!   ObjectIds as hex, embedded documents and arrays as they are, the rare types
+//!   (binary, regular expressions, timestamps) in relaxed extended JSON.
+//! - The same function makes documents of copied rows, of changes, and of the rows
+//!   verify reads, so the three always agree.
+//! - A document's external version is the change position it was read at, as a number
+//!   in the order of positions: the copy's rows at the capture's start, a change at its
 //!   batch's end. A row copied again after a crash never replaces a change applied
 //!   after it.
 
+use mongodb::bson::{Bson, Document};
 use serde_json::{Map, Number, Value};
 
 use crate::engine::row::{Key, Position, Row, Schema, Value as RowValue};
 use crate::error::{Error, Result};
 
-/// Makes documents of the rows of one source schema.
+/// Makes documents of the rows of one source.
 #[derive(Debug, Clone)]
-pub struct Documents {
-    schema: Schema,
+pub enum Documents {
+    /// A table's rows, one field per column of the schema.
+    Columns(Schema),
+    /// A collection's documents: rows of the `_id`'s key text and the document's BSON.
+    Bson,
 }
 
 impl Documents {
-    pub fn new(schema: &Schema) -> Documents {
-        Documents {
-            schema: schema.clone(),
-        }
-    }
-
     /// The `_id` of the row with `key`.
-    pub fn id_of_key(key: &Key) -> String {
-        key.join(":")
+    pub fn id_of_key(&self, key: &Key) -> Result<String> {
+        match self {
+            Documents::Columns(_) => Ok(key.join(":")),
+            Documents::Bson => Ok(id_text(&crate::backend::mongodb::id_of(key)?)),
+        }
     }
 
     /// The row's key, as the source names rows.
     pub fn key(&self, row: &Row) -> Key {
-        self.schema
-            .key
-            .iter()
-            .map(|&i| match &row.0[i] {
-                RowValue::Text(text) => text.clone(),
-                other => json_of(other, "").to_string(),
-            })
-            .collect()
+        let text = |value: &RowValue| match value {
+            RowValue::Text(text) => text.clone(),
+            other => json_of(other, "").to_string(),
+        };
+        match self {
+            Documents::Columns(schema) => schema.key.iter().map(|&i| text(&row.0[i])).collect(),
+            Documents::Bson => vec![text(&row.0[0])],
+        }
     }
 
     /// The row's `_id` and document; `None` when a value is missing from the row (a
-    /// change that did not carry an unchanged large value: read the row again).
-    pub fn document(&self, row: &Row) -> Option<(String, Value)> {
+    /// change that did not carry an unchanged large value, or carried only a patch:
+    /// read the row again).
+    pub fn document(&self, row: &Row) -> Result<Option<(String, Value)>> {
+        let schema = match self {
+            Documents::Columns(schema) => schema,
+            Documents::Bson => return self.of_bson(row),
+        };
         let mut fields = Map::new();
-        for (field, value) in self.schema.fields.iter().zip(&row.0) {
+        for (field, value) in schema.fields.iter().zip(&row.0) {
             if matches!(value, RowValue::Unchanged | RowValue::Patch(_)) {
-                return None;
+                return Ok(None);
             }
             fields.insert(field.name.clone(), json_of(value, &field.type_name));
         }
-        Some((Self::id_of_key(&self.key(row)), Value::Object(fields)))
+        Ok(Some((
+            self.id_of_key(&self.key(row))?,
+            Value::Object(fields),
+        )))
+    }
+
+    fn of_bson(&self, row: &Row) -> Result<Option<(String, Value)>> {
+        let bytes = match row.0.get(1) {
+            Some(RowValue::Bytes(bytes)) => bytes,
+            Some(RowValue::Unchanged | RowValue::Patch(_)) => return Ok(None),
+            _ => return Err(Error::State("a MongoDB row without its document".into())),
+        };
+        let mut document = Document::from_reader(bytes.as_slice())
+            .map_err(|e| Error::State(format!("a document that is not BSON: {e}")))?;
+        let id = document
+            .remove("_id")
+            .ok_or_else(|| Error::State("a document without `_id`".into()))?;
+        let fields = document
+            .into_iter()
+            .map(|(name, value)| (name, json_of_bson(&value)))
+            .collect();
+        Ok(Some((id_text(&id), Value::Object(fields))))
     }
 }
 
-/// A change position as a document version: PostgreSQL's `X/Y` WAL positions and plain
-/// numbers.
+/// A MongoDB `_id` as a document `_id`.
+fn id_text(id: &Bson) -> String {
+    match id {
+        Bson::ObjectId(oid) => oid.to_hex(),
+        Bson::String(text) => text.clone(),
+        Bson::Int32(i) => i.to_string(),
+        Bson::Int64(i) => i.to_string(),
+        other => json_of_bson(other).to_string(),
+    }
+}
+
+/// A BSON value as a document's field.
+fn json_of_bson(value: &Bson) -> Value {
+    match value {
+        Bson::Null | Bson::Undefined => Value::Null,
+        Bson::Boolean(b) => Value::Bool(*b),
+        Bson::Int32(i) => Value::from(*i),
+        Bson::Int64(i) => Value::from(*i),
+        Bson::Double(f) => Number::from_f64(*f).map_or(Value::String(f.to_string()), Value::Number),
+        Bson::Decimal128(d) => number(&d.to_string()).unwrap_or(Value::String(d.to_string())),
+        Bson::String(text) => Value::String(text.clone()),
+        Bson::ObjectId(oid) => Value::String(oid.to_hex()),
+        Bson::DateTime(at) => at
+            .try_to_rfc3339_string()
+            .map_or_else(|_| Value::from(at.timestamp_millis()), Value::String),
+        Bson::Array(items) => Value::Array(items.iter().map(json_of_bson).collect()),
+        Bson::Document(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(name, value)| (name.clone(), json_of_bson(value)))
+                .collect(),
+        ),
+        other => other.clone().into_relaxed_extjson(),
+    }
+}
+
+/// A change position as a document version, in the order of positions: PostgreSQL's
+/// `X/Y` WAL positions; MongoDB's resume tokens (a server's, whose `_data` starts with
+/// the event's cluster time, `82` then 8 bytes of seconds and increment; the test
+/// stand-in's, 16 hex digits of an event number); plain numbers.
 pub fn version_of(position: &Position) -> Result<i64> {
     let text = position.0.as_str();
-    let parsed = match text.split_once('/') {
-        Some((high, low)) => u64::from_str_radix(high, 16)
+    let hex = |digits: &str| u64::from_str_radix(digits, 16).ok();
+    let parsed = if let Some((high, low)) = text.split_once('/') {
+        hex(high)
+            .zip(hex(low))
+            .map(|(high, low)| (high << 32) | low)
+    } else if text.starts_with('{') {
+        serde_json::from_str::<Value>(text)
             .ok()
-            .zip(u64::from_str_radix(low, 16).ok())
-            .map(|(high, low)| (high << 32) | low),
-        None => text.parse::<u64>().ok(),
+            .and_then(|token| token["_data"].as_str().map(str::to_string))
+            .and_then(|data| match data.len() {
+                16 | 18 => hex(&data[..16]),
+                n if n > 18 && data.starts_with("82") => hex(&data[2..18]),
+                _ => None,
+            })
+    } else {
+        text.parse::<u64>().ok()
     };
     parsed.and_then(|v| i64::try_from(v).ok()).ok_or_else(|| {
         Error::State(format!(
@@ -200,7 +281,7 @@ mod tests {
 
     #[test]
     fn a_row_becomes_a_document_with_typed_fields() {
-        let documents = Documents::new(&schema(
+        let documents = Documents::Columns(schema(
             &[
                 ("id", "bigint"),
                 ("region", "text"),
@@ -224,7 +305,7 @@ mod tests {
             text("2024-05-01 10:00:00.5+02"),
             RowValue::Null,
         ]);
-        let (id, document) = documents.document(&row).unwrap();
+        let (id, document) = documents.document(&row).unwrap().unwrap();
         assert_eq!(id, "eu:7");
         assert_eq!(
             document,
@@ -236,9 +317,11 @@ mod tests {
 
     #[test]
     fn a_row_missing_a_value_has_no_document() {
-        let documents = Documents::new(&schema(&[("id", "integer"), ("body", "text")], vec![0]));
+        let documents = Documents::Columns(schema(&[("id", "integer"), ("body", "text")], vec![0]));
         let row = Row(vec![RowValue::Text("1".into()), RowValue::Unchanged]);
-        assert!(documents.document(&row).is_none());
+        assert!(documents.document(&row).unwrap().is_none());
+        let patched = Row(vec![RowValue::Text("1".into()), RowValue::Patch(json!([]))]);
+        assert!(Documents::Bson.document(&patched).unwrap().is_none());
     }
 
     #[test]
@@ -248,5 +331,53 @@ mod tests {
         assert!(v("1/0") > v("0/FFFFFFFF"));
         assert_eq!(v("42"), 42);
         assert!(version_of(&Position("token".into())).is_err());
+    }
+
+    #[test]
+    fn resume_tokens_are_versions_in_their_order() {
+        let v = |data: &str| version_of(&Position(format!(r#"{{"_data": "{data}"}}"#))).unwrap();
+        // A server's: the cluster time (seconds, increment) after the type byte 82.
+        let first = v("8263E0F3A1000000012B022C0100296E5A1004");
+        assert_eq!(first, (0x63E0F3A1 << 32) | 1);
+        assert!(v("8263E0F3A1000000022B0229296E04") > first);
+        assert!(v("8263E0F3A2000000012B0229296E04") > v("8263E0F3A1FFFFFFFF2B0229296E04"));
+        // The stand-in's: an event number (an invalidate's has `01` after it).
+        assert_eq!(v("000000000000002A"), 42);
+        assert_eq!(v("000000000000002A01"), 42);
+        assert!(version_of(&Position(r#"{"_data": "xyz"}"#.into())).is_err());
+    }
+
+    #[test]
+    fn a_mongodb_document_becomes_a_document_with_its_id_as_text() {
+        use mongodb::bson::{doc, oid::ObjectId, DateTime, Decimal128};
+        let oid = ObjectId::parse_str("65f1a2b3c4d5e6f708091a2b").unwrap();
+        let document = doc! {
+            "_id": oid, "n": 7_i32, "big": 1_i64 << 40, "f": 2.5,
+            "price": "12.50".parse::<Decimal128>().unwrap(),
+            "at": DateTime::from_millis(1_714_557_600_500), "ref": oid,
+            "nested": {"tags": ["a", Bson::Null], "ok": true},
+        };
+        let mut bytes = Vec::new();
+        document.to_writer(&mut bytes).unwrap();
+        let row = Row(vec![
+            RowValue::Text(r#"{"$oid":"65f1a2b3c4d5e6f708091a2b"}"#.into()),
+            RowValue::Bytes(bytes),
+        ]);
+        let (id, fields) = Documents::Bson.document(&row).unwrap().unwrap();
+        assert_eq!(id, "65f1a2b3c4d5e6f708091a2b");
+        assert_eq!(
+            fields,
+            json!({"n": 7, "big": 1_i64 << 40, "f": 2.5, "price": 12.5,
+                   "at": "2024-05-01T10:00:00.5Z", "ref": "65f1a2b3c4d5e6f708091a2b",
+                   "nested": {"tags": ["a", null], "ok": true}})
+        );
+        assert_eq!(
+            Documents::Bson.key(&row),
+            vec![r#"{"$oid":"65f1a2b3c4d5e6f708091a2b"}"#.to_string()]
+        );
+        let id_of = |key: &str| Documents::Bson.id_of_key(&vec![key.to_string()]).unwrap();
+        assert_eq!(id_of(r#"{"$numberLong":"7"}"#), "7");
+        assert_eq!(id_of(r#"{"$numberInt":"7"}"#), "7");
+        assert_eq!(id_of(r#""sku-1""#), "sku-1");
     }
 }

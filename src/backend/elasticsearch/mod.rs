@@ -11,7 +11,7 @@
 //!   point-in-time order ([`pit`]) and catches up by a watermark field, [`sink`] writes
 //!   the new index with `_bulk` and moves the alias; [`checkpoints`] keeps the job's
 //!   progress, [`digest`] compares the two indexes for verify
-//! - [`copy`]: a copy of another store's table into a new index behind an alias, on the
+//! - [`copy`]: a copy of a table or a collection into a new index behind an alias, on the
 //!   same sink: [`documents`] makes rows documents, [`verify_rows`] compares them
 //!
 //! The client is the `elasticsearch` crate's transport; requests are JSON over its

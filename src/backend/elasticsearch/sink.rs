@@ -90,6 +90,16 @@ pub enum Origin {
     Rows(Documents),
 }
 
+impl Origin {
+    /// The `_id` of the document a change's key names.
+    fn id_of_key(&self, key: &crate::engine::row::Key) -> Result<String> {
+        match self {
+            Origin::Index => Ok(key.join(":")),
+            Origin::Rows(documents) => documents.id_of_key(key),
+        }
+    }
+}
+
 pub struct ElasticSink {
     pub(super) es: Es,
     opensearch: bool,
@@ -259,14 +269,18 @@ impl ElasticSink {
         };
         let key = documents.key(row);
         let now = source.fetch(&key).await?;
-        Ok(match now.as_ref().and_then(|row| documents.document(row)) {
+        let now = match now {
+            Some(row) => documents.document(&row)?,
+            None => None,
+        };
+        Ok(match now {
             Some((id, source)) => Action::Index {
                 id,
                 source,
                 version,
             },
             None => Action::Delete {
-                id: Documents::id_of_key(&key),
+                id: documents.id_of_key(&key)?,
             },
         })
     }
@@ -453,7 +467,7 @@ impl Action {
     /// (read it again from the source).
     fn of(origin: &Origin, row: &Row, version: i64) -> Result<Option<Action>> {
         if let Origin::Rows(documents) = origin {
-            return Ok(documents.document(row).map(|(id, source)| Action::Index {
+            return Ok(documents.document(row)?.map(|(id, source)| Action::Index {
                 id,
                 source,
                 version,
@@ -730,9 +744,9 @@ impl Sink for ElasticSink {
         for change in &changes.changes {
             match change {
                 Change::Upsert { row, old_key } => {
-                    if let (Origin::Rows(_), Some(old)) = (&self.origin, old_key) {
+                    if let (Origin::Rows(documents), Some(old)) = (&self.origin, old_key) {
                         actions.push(Action::Delete {
-                            id: Documents::id_of_key(old),
+                            id: documents.id_of_key(old)?,
                         });
                     }
                     match Action::of(&self.origin, row, version)? {
@@ -741,7 +755,7 @@ impl Sink for ElasticSink {
                     }
                 }
                 Change::Delete { key } => actions.push(Action::Delete {
-                    id: Documents::id_of_key(key),
+                    id: self.origin.id_of_key(key)?,
                 }),
             }
         }

@@ -61,10 +61,10 @@ impl ElasticSink {
             self.drain(source).await?;
             let mut still = Vec::new();
             for (id, key) in differing {
-                let wanted = source
-                    .fetch(&key)
-                    .await?
-                    .and_then(|row| documents.document(&row));
+                let wanted = match source.fetch(&key).await? {
+                    Some(row) => documents.document(&row)?,
+                    None => None,
+                };
                 let held = self.get(self.target(), &id).await?;
                 let equal = match (&wanted, &held) {
                     (None, None) => true,
@@ -118,13 +118,12 @@ impl ElasticSink {
             let Rows::Values(rows) = batch.rows else {
                 return Err(Error::State("verify reads rows as values".into()));
             };
-            let wanted: Vec<(String, Key, Value)> = rows
-                .iter()
-                .filter_map(|row| {
-                    let (id, document) = documents.document(row)?;
-                    Some((id, documents.key(row), document))
-                })
-                .collect();
+            let mut wanted: Vec<(String, Key, Value)> = Vec::with_capacity(rows.len());
+            for row in &rows {
+                if let Some((id, document)) = documents.document(row)? {
+                    wanted.push((id, documents.key(row), document));
+                }
+            }
             let ids: Vec<&str> = wanted.iter().map(|(id, _, _)| id.as_str()).collect();
             let held = self.documents_of(&ids).await?;
             for (id, key, document) in wanted {

@@ -27,6 +27,7 @@ mod source;
 mod verify;
 
 pub use migrations::MongoMigrations;
+pub(crate) use order::id_of;
 
 use crate::config::Config;
 use crate::engine::Pipeline;
@@ -127,6 +128,34 @@ pub async fn open_job(config: &Config, spec: &JobSpec) -> Result<Pipeline> {
     )
 }
 
+/// A collection as the source of a job into another store (which keeps the
+/// checkpoints). Refused before anything changes: a collection that is not there, and a
+/// standalone server when the job catches up from the change stream.
+pub async fn open_source(
+    config: &Config,
+    spec: &JobSpec,
+) -> Result<Box<dyn crate::engine::Source>> {
+    let name = &spec.source.database;
+    let url = &config.database(name)?.url;
+    let database = connect(name, url).await?;
+    let collection = spec.source.collection.clone().unwrap_or_default();
+    let present = has_collection(&database, &collection).await.map_err(|e| {
+        store_error(
+            name,
+            url,
+            "cannot list the source database's collections",
+            e,
+        )
+    })?;
+    if !present {
+        return Err(missing_source(&spec.name, &collection, &database));
+    }
+    if spec.catch_up.method == CatchUpMethod::ChangeStream {
+        require_replica_set(name, url, &database).await?;
+    }
+    Ok(Box::new(source::MongoSource::open(spec, name, url).await?))
+}
+
 /// Where a job's collections are: names and URLs of both sides.
 struct Sides<'a> {
     source_url: &'a SecretUrl,
@@ -154,6 +183,15 @@ impl<'a> Sides<'a> {
             target_collection,
         })
     }
+}
+
+/// Whether `database` has a collection named `collection`.
+async fn has_collection(database: &Database, collection: &str) -> mongodb::error::Result<bool> {
+    let names = database
+        .list_collection_names()
+        .filter(mongodb::bson::doc! {"name": collection})
+        .await?;
+    Ok(!names.is_empty())
 }
 
 /// A job's source collection is not there: refused before anything changes.

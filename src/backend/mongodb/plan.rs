@@ -27,12 +27,10 @@ pub async fn plan(config: &Config, spec: &JobSpec) -> Result<JobPlan> {
     let read = |context: &'static str| {
         move |e: mongodb::error::Error| store_error(source_name, sides.source_url, context, e)
     };
-    let present = source
-        .list_collection_names()
-        .filter(doc! {"name": name})
+    let present = super::has_collection(&source, name)
         .await
         .map_err(read("cannot list the source database's collections"))?;
-    if present.is_empty() {
+    if !present {
         return Err(super::missing_source(&spec.name, name, &source));
     }
     let rows_estimate = source

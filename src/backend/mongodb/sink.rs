@@ -162,11 +162,8 @@ impl MongoSink {
     }
 
     async fn exists(&self, database: &Database, collection: &str) -> Result<bool> {
-        database
-            .list_collection_names()
-            .filter(doc! {"name": collection})
+        super::has_collection(database, collection)
             .await
-            .map(|names| !names.is_empty())
             .map_err(|e| self.error("cannot list collections", e))
     }
 

@@ -177,10 +177,7 @@ fn a_killed_copy_resumes_and_abort_leaves_the_alias_as_it_was() {
     );
     let file = project.job_file(&name, &text);
 
-    project.kill_mid_copy(&name, &file, 2000);
-
-    let run = project.run(&["job", "run", &file]).ok();
-    assert!(run.stdout.contains("ready to cut over"), "{}", run.stdout);
+    project.resume_after_a_kill_mid_copy(&name, &file, 2000);
     let v1 = format!("{alias}_v1");
     let (found, expected) = (elastic.documents(&v1), rows_as_json(&project));
     assert_eq!(
@@ -384,10 +381,7 @@ fn a_killed_collection_copy_resumes_and_abort_leaves_no_index() {
     );
     let file = project.job_file(&name, &text);
 
-    project.kill_mid_copy(&name, &file, 1000);
-
-    let run = project.run(&["job", "run", &file]).ok();
-    assert!(run.stdout.contains("ready to cut over"), "{}", run.stdout);
+    project.resume_after_a_kill_mid_copy(&name, &file, 1000);
     let v1 = format!("{}_v1", elastic.index("orders"));
     let (found, expected) = (elastic.documents(&v1), orders_as_documents(&mongo));
     assert_eq!(found.len(), 3000);

@@ -19,8 +19,10 @@ What holds (scripts/mongo-fidelity checks each against any server):
   events, 500,000 by default) fails with 286 ChangeStreamHistoryLost.
 - `create`, `createIndexes`, `dropIndexes` and `modify` only with `showExpandedEvents`.
 
-What does not: tokens are the stand-in's own (`{_data: <hex event number>}`), not
-mongod's; no `fullDocumentBeforeChange`; of the stages after `$changeStream`, only
+What does not: tokens are shaped like mongod's (`_data` is `82`, the type of a
+timestamp, then 8 bytes that order tokens as their events are ordered) but carry the event
+number in those bytes, not the cluster time, and nothing after them but `01` for an
+invalidate; no `fullDocumentBeforeChange`; of the stages after `$changeStream`, only
 `$match`; no transactions, so no `lsid`/`txnNumber` in events.
 """
 
@@ -40,16 +42,16 @@ EXPANDED = {"create", "createIndexes", "dropIndexes", "modify"}
 
 
 def token(number, invalidate=False):
-    return {"_data": f"{number:016X}" + ("01" if invalidate else "")}
+    return {"_data": f"82{number:016X}" + ("01" if invalidate else "")}
 
 
 def parse_token(value):
     """The event number a token stands after, and whether it is an invalidate's."""
     data = value.get("_data") if isinstance(value, dict) else None
-    if not isinstance(data, str) or len(data) not in (16, 18):
+    if not isinstance(data, str) or len(data) not in (18, 20) or not data.startswith("82"):
         raise CommandError(INVALID_RESUME_TOKEN, f"invalid resume token: {value!r}", "InvalidResumeToken")
     try:
-        return int(data[:16], 16), data[16:] == "01"
+        return int(data[2:18], 16), data[18:] == "01"
     except ValueError:
         raise CommandError(INVALID_RESUME_TOKEN, f"invalid resume token: {value!r}", "InvalidResumeToken") from None
 

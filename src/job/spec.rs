@@ -583,16 +583,7 @@ impl JobSpec {
         target_kind: Option<DatabaseKind>,
     ) -> std::result::Result<(), String> {
         self.validate_kind("PostgreSQL", "table")?;
-        if target_kind == Some(DatabaseKind::Elasticsearch) {
-            if !self.transform.columns.is_empty() || !self.transform.pipeline.is_empty() {
-                return Err("field `transform`: a copy of a table into an index writes every column as a field of its document in this version; shape the documents with `[expand] mapping`".into());
-            }
-            if self.catch_up.requested == Some(CatchUpMethod::ChangeStream) {
-                return Err("field `catch_up.method`: a PostgreSQL table catches up by `logical_replication` (or `none`)".into());
-            }
-            return self.validate_into_index();
-        }
-        if let Some(kind) = target_kind.filter(|k| *k != DatabaseKind::Postgresql) {
+        if let Some(kind) = target_kind.filter(|k| *k == DatabaseKind::Mongodb) {
             return Err(format!(
                 "field `target.database`: `{}` is {kind}: there is no path from postgresql to {kind} in this version (PostgreSQL copies into PostgreSQL, on the same or another server, or into an Elasticsearch index)",
                 self.target.as_ref().map_or("", |t| t.database.as_str())
@@ -614,6 +605,12 @@ impl JobSpec {
             && self.catch_up.requested == Some(CatchUpMethod::LogicalReplication)
         {
             return Err("field `catch_up.method`: a PostgreSQL backfill keeps the rows written meanwhile filled with its dual-write trigger, not from the replication log: leave `catch_up` out (or say `none`)".into());
+        }
+        if target_kind == Some(DatabaseKind::Elasticsearch) {
+            if !self.transform.columns.is_empty() {
+                return Err("field `transform`: a copy of a table into an index writes every column as a field of its document in this version; shape the documents with `[expand] mapping`".into());
+            }
+            return self.validate_into_index();
         }
         Ok(())
     }

@@ -376,6 +376,14 @@ impl Project {
         drop(running); // killed
     }
 
+    /// [`Project::kill_mid_copy`], then `job run` again until the job is ready to cut
+    /// over.
+    pub fn resume_after_a_kill_mid_copy(&self, name: &str, file: &str, rows: u64) {
+        self.kill_mid_copy(name, file, rows);
+        let run = self.run(&["job", "run", file]).ok();
+        assert!(run.stdout.contains("ready to cut over"), "{}", run.stdout);
+    }
+
     /// Waits (up to 60 s) until the job's status satisfies `check`.
     pub fn wait_for_job(
         &self,

@@ -268,12 +268,7 @@ impl ElasticSink {
             return Err(Error::State("a document change lacks its document".into()));
         };
         let key = documents.key(row);
-        let now = source.fetch(&key).await?;
-        let now = match now {
-            Some(row) => documents.document(&row)?,
-            None => None,
-        };
-        Ok(match now {
+        Ok(match documents.current(source, &key).await? {
             Some((id, source)) => Action::Index {
                 id,
                 source,

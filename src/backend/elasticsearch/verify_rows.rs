@@ -61,10 +61,7 @@ impl ElasticSink {
             self.drain(source).await?;
             let mut still = Vec::new();
             for (id, key) in differing {
-                let wanted = match source.fetch(&key).await? {
-                    Some(row) => documents.document(&row)?,
-                    None => None,
-                };
+                let wanted = documents.current(source, &key).await?;
                 let held = self.get(self.target(), &id).await?;
                 let equal = match (&wanted, &held) {
                     (None, None) => true,

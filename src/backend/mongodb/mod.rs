@@ -137,9 +137,10 @@ pub async fn open_source(
 ) -> Result<Box<dyn crate::engine::Source>> {
     let name = &spec.source.database;
     let url = &config.database(name)?.url;
-    let database = connect(name, url).await?;
+    let source = source::MongoSource::open(spec, name, url).await?;
+    let database = source.database();
     let collection = spec.source.collection.clone().unwrap_or_default();
-    let present = has_collection(&database, &collection).await.map_err(|e| {
+    let present = has_collection(database, &collection).await.map_err(|e| {
         store_error(
             name,
             url,
@@ -148,12 +149,12 @@ pub async fn open_source(
         )
     })?;
     if !present {
-        return Err(missing_source(&spec.name, &collection, &database));
+        return Err(missing_source(&spec.name, &collection, database));
     }
     if spec.catch_up.method == CatchUpMethod::ChangeStream {
-        require_replica_set(name, url, &database).await?;
+        require_replica_set(name, url, database).await?;
     }
-    Ok(Box::new(source::MongoSource::open(spec, name, url).await?))
+    Ok(Box::new(source))
 }
 
 /// Where a job's collections are: names and URLs of both sides.

@@ -109,6 +109,11 @@ impl MongoSource {
         self
     }
 
+    /// The source's database, as connected.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
     fn collection(&self) -> Collection<Document> {
         self.database.collection(&self.collection)
     }

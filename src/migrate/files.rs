@@ -1,16 +1,17 @@
-//! Discovery and parsing of one database's migration folder, in the formats of seed 003.
+//! Discovery and parsing of one database's migration folder, in the formats of
+//! [`super::formats`]: seed 003's and those of sqlx, golang-migrate, Flyway and dbmate.
 //!
-//! A migration is a group of files sharing a base name `NNN_name`:
-//! - PostgreSQL: `NNN_name.sql` (required; its first line may be
-//!   `-- switchyard:no-transaction`), `NNN_name.json` (optional metadata; without it the
-//!   version is `NNN`), `NNN_name_rollback.sql` (optional).
+//! Seed 003's migration is a group of files sharing a base name `NNN_name`:
+//! - PostgreSQL: `NNN_name.sql` (required), `NNN_name.json` (optional metadata; without
+//!   it the version is `NNN`), `NNN_name_rollback.sql` (optional).
 //! - MongoDB and Elasticsearch: `NNN_name.json` with `operations`, and optionally
 //!   `NNN_name_rollback.json`.
 //!
-//! Invariants of a parsed folder: versions are unique, all of one style, and sorted; the
-//! checksum covers the files that define the forward migration (metadata and up script),
-//! so editing one after it was applied is detected, while a rollback script may still be
-//! fixed. Every problem found is reported with its file, not only the first.
+//! Invariants of a parsed folder: one format; versions unique, of one style, and sorted
+//! (repeatable migrations last); the checksum covers what defines the forward migration
+//! (metadata and up script, or dbmate's up section), so editing it after it was applied
+//! is detected while a rollback may still be fixed; an empty script is a migration that
+//! does nothing. Every problem found is reported with its file, not only the first.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,14 +20,13 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::formats::{
+    classify, dbmate_sections, header_dependencies, runs_in_transaction, Format, Role,
+};
 use super::operations::{ElasticOperation, MongoOperation};
 use super::version::{Version, VersionStyle};
 use crate::config::DatabaseKind;
 use crate::error::{at_field, FileProblem};
-
-/// The first line that makes a PostgreSQL script run outside a transaction.
-pub const NO_TRANSACTION_MARKER: &str = "-- switchyard:no-transaction";
-const ROLLBACK_SUFFIX: &str = "_rollback";
 
 /// One SQL script, with whether it runs inside a transaction.
 #[derive(Debug, Clone)]
@@ -37,8 +37,8 @@ pub struct SqlScript {
 }
 
 impl SqlScript {
-    fn new(file: PathBuf, sql: String) -> SqlScript {
-        let transactional = sql.lines().next().map(str::trim) != Some(NO_TRANSACTION_MARKER);
+    fn new(file: PathBuf, sql: String, format: Format) -> SqlScript {
+        let transactional = runs_in_transaction(&sql, format);
         SqlScript {
             file,
             sql,
@@ -64,15 +64,26 @@ pub enum Body {
     },
 }
 
+/// A version another database must have reached before a migration runs
+/// (`"depends_on": {"mongodb": "1.2.0"}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependency {
+    pub database: String,
+    pub version: Version,
+}
+
 #[derive(Debug, Clone)]
 pub struct Migration {
     pub version: Version,
     pub name: String,
     pub description: Option<String>,
-    /// The files the checksum covers, in the order hashed.
+    /// The layout its files are in.
+    pub format: Format,
+    /// The files it was read from, the one a user should look at first.
     pub files: Vec<PathBuf>,
-    /// Hex SHA-256 over the files that define the forward migration.
+    /// Hex SHA-256 over what defines the forward migration.
     pub checksum: String,
+    pub depends_on: Vec<Dependency>,
     pub body: Body,
 }
 
@@ -80,6 +91,19 @@ impl Migration {
     /// The file a user should look at for this migration (metadata, else the script).
     pub fn main_file(&self) -> &Path {
         &self.files[0]
+    }
+
+    /// A repeatable migration (Flyway's `R__name.sql`): re-applied whenever its checksum
+    /// changes, never rolled back.
+    pub fn is_repeatable(&self) -> bool {
+        self.version.is_repeatable()
+    }
+
+    /// An empty script with nothing else: it does nothing, and fits every format.
+    fn is_blank(&self) -> bool {
+        matches!(&self.body, Body::Sql { up, .. } if up.sql.trim().is_empty())
+            && self.files.len() == 1
+            && self.format == Format::Switchyard
     }
 }
 
@@ -100,6 +124,8 @@ struct Metadata {
     #[serde(default, rename = "migration_type")]
     _migration_type: Option<String>,
     #[serde(default)]
+    depends_on: BTreeMap<String, String>,
+    #[serde(default)]
     operations: Option<serde_json::Value>,
 }
 
@@ -109,6 +135,20 @@ struct Group {
     script: Option<PathBuf>,
     rollback_sql: Option<PathBuf>,
     rollback_json: Option<PathBuf>,
+}
+
+impl Group {
+    fn any_file(&self) -> Option<&PathBuf> {
+        [
+            &self.metadata,
+            &self.script,
+            &self.rollback_sql,
+            &self.rollback_json,
+        ]
+        .into_iter()
+        .flatten()
+        .next()
+    }
 }
 
 /// Reads every migration of one database from `dir` (a missing folder has none).
@@ -125,13 +165,14 @@ pub fn load_folder(dir: &Path, kind: DatabaseKind) -> Result<Vec<Migration>, Vec
         }
     };
     let mut migrations = Vec::new();
-    for (base, group) in groups {
-        match load_migration(dir, &base, group, kind) {
+    for ((format, base), group) in groups {
+        match load_migration(format, &base, group, kind) {
             Ok(migration) => migrations.push(migration),
             Err(problem) => problems.push(problem),
         }
     }
-    check_versions(&mut migrations, &mut problems);
+    let one_format = check_format(&migrations, &mut problems);
+    check_versions(&mut migrations, one_format, &mut problems);
     if problems.is_empty() {
         Ok(migrations)
     } else {
@@ -139,7 +180,10 @@ pub fn load_folder(dir: &Path, kind: DatabaseKind) -> Result<Vec<Migration>, Vec
     }
 }
 
-fn group_files(dir: &Path, problems: &mut Vec<FileProblem>) -> Option<BTreeMap<String, Group>> {
+fn group_files(
+    dir: &Path,
+    problems: &mut Vec<FileProblem>,
+) -> Option<BTreeMap<(Format, String), Group>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
@@ -148,91 +192,102 @@ fn group_files(dir: &Path, problems: &mut Vec<FileProblem>) -> Option<BTreeMap<S
             return None;
         }
     };
-    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+    let mut groups: BTreeMap<(Format, String), Group> = BTreeMap::new();
     for entry in entries.flatten() {
         let path = entry.path();
-        let Some(file_name) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .map(str::to_string)
-        else {
+        let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
         if file_name.starts_with('.') || !path.is_file() {
             continue;
         }
-        let (stem, extension) = match file_name.rsplit_once('.') {
-            Some((stem, ext @ ("sql" | "json"))) => (stem.to_string(), ext),
-            _ => continue, // READMEs and other notes live beside migrations
+        // READMEs and other notes live beside migrations.
+        let Some(named) = classify(file_name) else {
+            continue;
         };
-        let (base, rollback) = match stem.strip_suffix(ROLLBACK_SUFFIX) {
-            Some(base) => (base.to_string(), true),
-            None => (stem, false),
-        };
-        let group = groups.entry(base).or_default();
-        let slot = match (extension, rollback) {
-            ("sql", false) => &mut group.script,
-            ("sql", true) => &mut group.rollback_sql,
-            ("json", false) => &mut group.metadata,
-            _ => &mut group.rollback_json,
+        let group = groups.entry((named.format, named.base)).or_default();
+        let slot = match named.role {
+            Role::Metadata => &mut group.metadata,
+            Role::Script => &mut group.script,
+            Role::Rollback => &mut group.rollback_sql,
+            Role::RollbackJson => &mut group.rollback_json,
         };
         *slot = Some(path);
     }
     Some(groups)
 }
 
+/// The version and name a file name gives, before any metadata.
+fn named_version(
+    format: Format,
+    base: &str,
+    file: &Path,
+) -> Result<(Version, String), FileProblem> {
+    if format == Format::Flyway {
+        if let Some(name) = base.strip_prefix(super::version::REPEATABLE_PREFIX) {
+            return Ok((Version::repeatable(name), name.to_string()));
+        }
+        let (version, name) = base.split_once("__").expect("classified as Flyway");
+        let version = Version::parse_flyway(version).map_err(|reason| problem(file, reason))?;
+        return Ok((version, name.to_string()));
+    }
+    let Some((prefix, name)) = split_base(base) else {
+        return Err(problem(
+            file,
+            "the file name must start with a number and `_` (for example 001_create_users.sql, \
+             or another tool's name: 1_name.up.sql, V1__name.sql)",
+        ));
+    };
+    let version = Version::parse(prefix).map_err(|reason| problem(file, reason))?;
+    Ok((version, name.to_string()))
+}
+
 fn load_migration(
-    dir: &Path,
+    format: Format,
     base: &str,
     group: Group,
     kind: DatabaseKind,
 ) -> Result<Migration, FileProblem> {
-    let any_file = [
-        &group.metadata,
-        &group.script,
-        &group.rollback_sql,
-        &group.rollback_json,
-    ]
-    .into_iter()
-    .flatten()
-    .next()
-    .cloned()
-    .unwrap_or_else(|| dir.join(base));
-    let Some((prefix, file_name_part)) = split_base(base) else {
-        return Err(problem(
-            &any_file,
-            "the file name must start with a number and `_` (for example 001_create_users.sql)",
-        ));
-    };
+    let any_file = group.any_file().expect("a group has a file").clone();
+    let (mut version, mut name) = named_version(format, base, &any_file)?;
     let metadata = match &group.metadata {
         Some(path) => Some(parse_json::<Metadata>(path)?),
         None => None,
     };
-    if let Some(Metadata {
-        database_type: Some(declared),
-        ..
-    }) = &metadata
-    {
-        if declared != kind.as_str() {
-            return Err(problem(
-                group.metadata.as_ref().unwrap(),
-                format!("field `database_type`: `{declared}` does not match this folder's database kind `{kind}`"),
-            ));
+    let metadata_text = match &group.metadata {
+        Some(path) => Some(read_text(path)?),
+        None => None,
+    };
+    if let (Some(meta), Some(path)) = (&metadata, &group.metadata) {
+        if let Some(declared) = &meta.database_type {
+            if declared != kind.as_str() {
+                return Err(problem(
+                    path,
+                    format!("field `database_type`: `{declared}` does not match this folder's database kind `{kind}`"),
+                ));
+            }
+        }
+        if let Some(text) = &meta.version {
+            version = Version::parse(text)
+                .map_err(|reason| problem(path, format!("field `version`: {reason}")))?;
+        }
+        if let Some(text) = &meta.name {
+            name = text.clone();
         }
     }
-    let version_text = metadata
-        .as_ref()
-        .and_then(|m| m.version.as_deref())
-        .unwrap_or(prefix);
-    let version_file = group.metadata.as_ref().unwrap_or(&any_file);
-    let version = Version::parse(version_text)
-        .map_err(|reason| problem(version_file, format!("field `version`: {reason}")))?;
-    let name = metadata
-        .as_ref()
-        .and_then(|m| m.name.clone())
-        .unwrap_or_else(|| file_name_part.to_string());
     let description = metadata.as_ref().and_then(|m| m.description.clone());
     let mut files: Vec<PathBuf> = group.metadata.iter().cloned().collect();
+    let mut hashed: Vec<String> = metadata_text.into_iter().collect();
+    let mut format = format;
+    let mut dependencies: Vec<(String, String, PathBuf)> = metadata
+        .as_ref()
+        .map(|m| {
+            m.depends_on
+                .iter()
+                .map(|(d, v)| (d.clone(), v.clone(), group.metadata.clone().unwrap()))
+                .collect()
+        })
+        .unwrap_or_default();
 
     let body = match kind {
         DatabaseKind::Postgresql => {
@@ -258,18 +313,58 @@ fn load_migration(
                     .as_ref()
                     .or(group.rollback_sql.as_ref())
                     .unwrap();
+                let expected = match format {
+                    Format::UpDown => format!("{base}.up.sql"),
+                    Format::Flyway => format!("V{base}.sql"),
+                    _ => format!("{base}.sql"),
+                };
                 return Err(problem(
                     path,
-                    format!("no SQL file: expected `{base}.sql` beside it"),
+                    format!("no SQL file: expected `{expected}` beside it"),
                 ));
             };
             files.push(script_path.clone());
-            let up = SqlScript::new(script_path.clone(), read_text(&script_path)?);
-            let down = match &group.rollback_sql {
-                Some(path) => Some(SqlScript::new(path.clone(), read_text(path)?)),
-                None => None,
+            let text = read_text(&script_path)?;
+            for (database, version) in
+                header_dependencies(&text).map_err(|reason| problem(&script_path, reason))?
+            {
+                dependencies.push((database, version, script_path.clone()));
+            }
+            let sections = match format {
+                Format::Switchyard => dbmate_sections(&text),
+                _ => None,
             };
-            Body::Sql { up, down }
+            match sections {
+                Some(sections) => {
+                    let sections = sections.map_err(|reason| problem(&script_path, reason))?;
+                    format = Format::Dbmate;
+                    if let Some(path) = &group.rollback_sql {
+                        return Err(problem(
+                            path,
+                            format!("`{}` is a dbmate file: its rollback is its `-- migrate:down` section", script_path.display()),
+                        ));
+                    }
+                    hashed.push(sections.up.clone());
+                    let script = |sql: String, transactional: bool| SqlScript {
+                        file: script_path.clone(),
+                        sql,
+                        transactional,
+                    };
+                    Body::Sql {
+                        up: script(sections.up, sections.up_transactional),
+                        down: sections.down.map(|(sql, t)| script(sql, t)),
+                    }
+                }
+                None => {
+                    hashed.push(text.clone());
+                    let up = SqlScript::new(script_path.clone(), text, format);
+                    let down = match &group.rollback_sql {
+                        Some(path) => Some(SqlScript::new(path.clone(), read_text(path)?, format)),
+                        None => None,
+                    };
+                    Body::Sql { up, down }
+                }
+            }
         }
         DatabaseKind::Mongodb | DatabaseKind::Elasticsearch => {
             if let Some(path) = group.script.as_ref().or(group.rollback_sql.as_ref()) {
@@ -301,13 +396,34 @@ fn load_migration(
             }
         }
     };
-    let checksum = checksum(&files)?;
+    if let Some(path) = group
+        .rollback_sql
+        .as_ref()
+        .filter(|_| format == Format::Flyway)
+    {
+        if version.is_repeatable() {
+            return Err(problem(path, "a repeatable migration has no undo file"));
+        }
+    }
+    let depends_on = dependencies
+        .into_iter()
+        .map(|(database, text, file)| {
+            Version::parse(&text)
+                .map(|version| Dependency {
+                    database: database.clone(),
+                    version,
+                })
+                .map_err(|reason| problem(&file, format!("depends_on `{database}`: {reason}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Migration {
         version,
         name,
         description,
+        format,
         files,
-        checksum,
+        checksum: checksum(&hashed),
+        depends_on,
         body,
     })
 }
@@ -361,35 +477,72 @@ fn read_text(path: &Path) -> Result<String, FileProblem> {
     std::fs::read_to_string(path).map_err(|e| problem(path, format!("cannot read: {e}")))
 }
 
-fn checksum(files: &[PathBuf]) -> Result<String, FileProblem> {
+/// SHA-256 over each part's length and bytes (for seed 003's files, the files as read).
+fn checksum(parts: &[String]) -> String {
     let mut hasher = Sha256::new();
-    for file in files {
-        let bytes = std::fs::read(file).map_err(|e| problem(file, format!("cannot read: {e}")))?;
-        hasher.update((bytes.len() as u64).to_le_bytes());
-        hasher.update(&bytes);
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
     }
-    Ok(hex::encode(hasher.finalize()))
+    hex::encode(hasher.finalize())
 }
 
-/// Refuses mixed version styles and duplicate versions, then sorts by version.
-fn check_versions(migrations: &mut [Migration], problems: &mut Vec<FileProblem>) {
+/// Refuses a folder whose migrations are in more than one format, naming a file of each;
+/// true when there is one format.
+fn check_format(migrations: &[Migration], problems: &mut Vec<FileProblem>) -> bool {
+    let mut counts: BTreeMap<Format, (usize, &Migration)> = BTreeMap::new();
+    for migration in migrations.iter().filter(|m| !m.is_blank()) {
+        counts.entry(migration.format).or_insert((0, migration)).0 += 1;
+    }
+    let Some((&format, &(_, example))) = counts.iter().max_by_key(|(_, (count, _))| *count) else {
+        return true;
+    };
+    for other in migrations
+        .iter()
+        .filter(|m| !m.is_blank() && m.format != format)
+    {
+        problems.push(problem(
+            other.main_file(),
+            format!(
+                "this file is in {}, but `{}` is in {}: one folder uses one format",
+                other.format,
+                example.main_file().display(),
+                format
+            ),
+        ));
+    }
+    counts.len() < 2
+}
+
+/// Refuses duplicate versions and (in a folder of one format, where the style follows
+/// from it) mixed version styles, then sorts by version.
+fn check_versions(
+    migrations: &mut [Migration],
+    check_style: bool,
+    problems: &mut Vec<FileProblem>,
+) {
     migrations.sort_by(|a, b| {
         a.version
             .cmp(&b.version)
             .then_with(|| a.main_file().cmp(b.main_file()))
     });
-    // The folder's style is its majority's; each file of the other style is reported.
-    let semver = migrations
-        .iter()
-        .filter(|m| m.version.style() == VersionStyle::Semver)
-        .count();
-    let style = if semver * 2 >= migrations.len() {
-        VersionStyle::Semver
-    } else {
-        VersionStyle::Number
-    };
-    if let Some(example) = migrations.iter().find(|m| m.version.style() == style) {
-        for other in migrations.iter().filter(|m| m.version.style() != style) {
+    // The folder's style is its majority's; each file of another style is reported.
+    let numbered: Vec<&Migration> = migrations.iter().filter(|m| !m.is_repeatable()).collect();
+    let mut counts: BTreeMap<String, (usize, VersionStyle)> = BTreeMap::new();
+    for m in &numbered {
+        let style = m.version.style();
+        counts.entry(style.to_string()).or_insert((0, style)).0 += 1;
+    }
+    if let Some(&(_, style)) = counts
+        .values()
+        .max_by_key(|(count, _)| *count)
+        .filter(|_| check_style)
+    {
+        let example = numbered
+            .iter()
+            .find(|m| m.version.style() == style)
+            .unwrap();
+        for other in numbered.iter().filter(|m| m.version.style() != style) {
             problems.push(problem(
                 other.main_file(),
                 format!(
@@ -595,6 +748,129 @@ mod tests {
             &[ElasticOperation::DeleteIndex {
                 index: "users".into()
             }]
+        );
+    }
+
+    #[test]
+    fn up_down_pairs_are_one_migration_each() {
+        let dir = folder(&[
+            ("2_b.up.sql", "CREATE INDEX CONCURRENTLY i ON t (x);"),
+            ("2_b.down.sql", "DROP INDEX CONCURRENTLY i;"),
+            ("10_c.up.sql", "SELECT 1;"),
+            ("1_a.up.sql", "CREATE TABLE t (x int);"),
+            ("1_a.down.sql", "DROP TABLE t;"),
+            ("3_empty.up.sql", ""),
+        ]);
+        let migrations = load_folder(dir.path(), DatabaseKind::Postgresql).unwrap();
+        let names: Vec<(&str, &str)> = migrations
+            .iter()
+            .map(|m| (m.version.as_str(), m.name.as_str()))
+            .collect();
+        assert_eq!(names, [("1", "a"), ("2", "b"), ("3", "empty"), ("10", "c")]);
+        let Body::Sql { up, down } = &migrations[1].body else {
+            panic!()
+        };
+        assert!(
+            !up.transactional,
+            "golang-migrate runs CONCURRENTLY outside a transaction"
+        );
+        assert!(!down.as_ref().unwrap().transactional);
+        assert!(matches!(&migrations[3].body, Body::Sql { down: None, .. }));
+        assert!(migrations.iter().all(|m| m.format == Format::UpDown));
+    }
+
+    #[test]
+    fn flyway_versions_undo_files_and_repeatables() {
+        let dir = folder(&[
+            ("V1__init.sql", "CREATE TABLE t (x int);"),
+            ("U1__init.sql", "DROP TABLE t;"),
+            ("V1_1__more.sql", "ALTER TABLE t ADD y int;"),
+            ("V1.10__later.sql", "SELECT 1;"),
+            ("V2__two.sql", "SELECT 2;"),
+            (
+                "R__views.sql",
+                "CREATE OR REPLACE VIEW v AS SELECT x FROM t;",
+            ),
+        ]);
+        let migrations = load_folder(dir.path(), DatabaseKind::Postgresql).unwrap();
+        let versions: Vec<&str> = migrations.iter().map(|m| m.version.as_str()).collect();
+        assert_eq!(versions, ["1", "1.1", "1.10", "2", "R__views"]);
+        assert!(migrations[4].is_repeatable());
+        assert_eq!(migrations[4].name, "views");
+        assert!(matches!(
+            &migrations[0].body,
+            Body::Sql { down: Some(_), .. }
+        ));
+    }
+
+    #[test]
+    fn dbmate_files_are_split_and_checksummed_by_their_up_section() {
+        let up = "-- migrate:up\nCREATE TABLE t (x int);\n";
+        let dir = folder(&[(
+            "20240101000000_t.sql",
+            &format!("{up}-- migrate:down\nDROP TABLE t;\n"),
+        )]);
+        let first = load_folder(dir.path(), DatabaseKind::Postgresql).unwrap();
+        assert_eq!(first[0].format, Format::Dbmate);
+        let Body::Sql { up: script, down } = &first[0].body else {
+            panic!()
+        };
+        assert_eq!(script.sql, "CREATE TABLE t (x int);\n");
+        assert_eq!(down.as_ref().unwrap().sql, "DROP TABLE t;\n");
+        std::fs::write(
+            dir.path().join("20240101000000_t.sql"),
+            format!("{up}-- migrate:down\nDROP TABLE IF EXISTS t;\n"),
+        )
+        .unwrap();
+        let second = load_folder(dir.path(), DatabaseKind::Postgresql).unwrap();
+        assert_eq!(
+            first[0].checksum, second[0].checksum,
+            "a fixed down section is not a changed migration"
+        );
+    }
+
+    #[test]
+    fn one_folder_uses_one_format() {
+        let dir = folder(&[
+            ("1_a.up.sql", "SELECT 1;"),
+            ("2_b.up.sql", "SELECT 1;"),
+            ("V3__c.sql", "SELECT 1;"),
+            ("4_empty.sql", ""),
+        ]);
+        let reasons = reasons(load_folder(dir.path(), DatabaseKind::Postgresql));
+        assert_eq!(reasons.len(), 1, "{reasons:#?}");
+        assert!(
+            reasons[0].starts_with(
+                "V3__c.sql: this file is in Flyway's format (V<version>__name.sql), but `"
+            ) && reasons[0].contains("1_a.up.sql` is in the up/down format"),
+            "{reasons:#?}"
+        );
+    }
+
+    #[test]
+    fn depends_on_is_read_from_metadata_and_headers() {
+        let dir = folder(&[
+            (
+                "001_a.json",
+                r#"{"version":"1.0.0","depends_on":{"mongodb":"2"}}"#,
+            ),
+            (
+                "001_a.sql",
+                "-- switchyard:depends_on elasticsearch=1.0.0\nSELECT 1;",
+            ),
+        ]);
+        let migrations = load_folder(dir.path(), DatabaseKind::Postgresql).unwrap();
+        let found: Vec<(String, String)> = migrations[0]
+            .depends_on
+            .iter()
+            .map(|d| (d.database.clone(), d.version.to_string()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("mongodb".to_string(), "2".to_string()),
+                ("elasticsearch".to_string(), "1.0.0".to_string())
+            ]
         );
     }
 }

@@ -7,6 +7,7 @@
 //! [`MigrationTarget`] that a backend implements.
 
 mod files;
+mod formats;
 mod history;
 mod operations;
 mod plan;
@@ -15,7 +16,8 @@ mod target;
 pub mod undo;
 mod version;
 
-pub use files::{load_folder, Body, Migration, SqlScript, NO_TRANSACTION_MARKER};
+pub use files::{load_folder, Body, Dependency, Migration, SqlScript};
+pub use formats::{Format, DEPENDS_ON_MARKER, NO_TRANSACTION_MARKER};
 pub use history::{HistoryRow, Status};
 pub use operations::{index_name, ElasticOperation, IndexKey, MongoOperation, Operation};
 pub use plan::{check_applied_unchanged, status_rows, StatusRow};

@@ -17,17 +17,24 @@ fn recorded<'h>(history: &'h [HistoryRow], version: &Version) -> Option<&'h Hist
         .find(|row| Version::parse(&row.version).is_ok_and(|v| &v == version))
 }
 
-fn is_applied(history: &[HistoryRow], version: &Version) -> bool {
-    recorded(history, version).is_some_and(|row| row.status == Status::Completed)
+/// Applied: recorded COMPLETED, and for a repeatable migration with the checksum it has
+/// now (a changed repeatable is due again).
+fn is_applied(history: &[HistoryRow], migration: &Migration) -> bool {
+    recorded(history, &migration.version).is_some_and(|row| {
+        row.status == Status::Completed
+            && (!migration.is_repeatable() || row.checksum == migration.checksum)
+    })
 }
 
-/// The applied migrations whose files changed since they were applied.
+/// The applied migrations whose files changed since they were applied (repeatable ones
+/// are meant to change: they are re-applied instead).
 fn changed_since_applied<'m>(
     migrations: &'m [Migration],
     history: &[HistoryRow],
 ) -> Vec<(&'m Migration, String)> {
     migrations
         .iter()
+        .filter(|m| !m.is_repeatable())
         .filter_map(|m| {
             recorded(history, &m.version)
                 .filter(|row| row.status == Status::Completed && row.checksum != m.checksum)
@@ -69,7 +76,7 @@ fn short(checksum: &str) -> &str {
 }
 
 /// Migrations not applied (never run, failed, or rolled back), in version order, up to
-/// and including `up_to`.
+/// and including `up_to`; then the repeatable ones new or changed since last applied.
 pub fn pending<'m>(
     migrations: &'m [Migration],
     history: &[HistoryRow],
@@ -77,8 +84,8 @@ pub fn pending<'m>(
 ) -> Vec<&'m Migration> {
     migrations
         .iter()
-        .filter(|m| !is_applied(history, &m.version))
-        .filter(|m| up_to.is_none_or(|limit| &m.version <= limit))
+        .filter(|m| !is_applied(history, m))
+        .filter(|m| m.is_repeatable() || up_to.is_none_or(|limit| &m.version <= limit))
         .collect()
 }
 
@@ -96,7 +103,7 @@ pub fn to_revert<'m>(
         .iter()
         .filter(|row| row.status == Status::Completed)
         .filter_map(|row| Version::parse(&row.version).ok().map(|v| (v, row)))
-        .filter(|(v, _)| v > target)
+        .filter(|(v, _)| v > target && !v.is_repeatable())
         .collect();
     applied_after.sort_by(|a, b| b.0.cmp(&a.0));
     for (version, row) in applied_after {
@@ -183,15 +190,27 @@ pub fn status_rows(
         .iter()
         .map(|m| {
             let row = recorded(history, &m.version);
-            let warning = changed
-                .iter()
-                .any(|(c, _)| c.version == m.version)
-                .then(|| "the files changed after this migration was applied".to_string());
+            let repeat_due = m.is_repeatable()
+                && row.is_some_and(|r| r.status == Status::Completed)
+                && !is_applied(history, m);
+            let warning = if repeat_due {
+                Some("changed since it was last applied: `migrate` applies it again".to_string())
+            } else {
+                changed
+                    .iter()
+                    .any(|(c, _)| c.version == m.version)
+                    .then(|| "the files changed after this migration was applied".to_string())
+            };
+            let status = match row {
+                _ if repeat_due => Status::Pending,
+                Some(r) => r.status,
+                None => Status::Pending,
+            };
             let status_row = StatusRow {
                 database: database.to_string(),
                 version: m.version.to_string(),
                 name: m.name.clone(),
-                status: row.map_or(Status::Pending, |r| r.status),
+                status,
                 applied_at: row.map(|r| r.applied_at),
                 duration_ms: row.map(|r| r.duration_ms),
                 error: row.and_then(|r| r.error.clone()),
@@ -243,8 +262,10 @@ mod tests {
             version: Version::parse(version).unwrap(),
             name: format!("m{version}"),
             description: None,
+            format: crate::migrate::Format::Switchyard,
             files: vec![PathBuf::from(format!("{version}_m.sql"))],
             checksum: checksum.to_string(),
+            depends_on: Vec::new(),
             body: Body::Sql {
                 up: script("up"),
                 down: reversible.then(|| script("down")),

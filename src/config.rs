@@ -25,7 +25,7 @@ const DEFAULT_JOBS_DIR: &str = "jobs";
 const DEFAULT_DDL_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_MIGRATION_LOCK_WAIT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]

@@ -22,3 +22,4 @@ pub mod shutdown;
 pub mod state;
 
 pub use error::{Error, Result};
+pub use migrate::Migrator;

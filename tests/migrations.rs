@@ -451,8 +451,8 @@ fn malformed_files_exit_2_naming_file_and_reason() {
         (&[("001_a.sql", "SELECT 1;"), ("01_b.sql", "SELECT 1;")], "migrations/postgresql/01_b.sql: duplicate version `01`: `migrations/postgresql/001_a.sql` has it too"),
         (&[("001_a.json", "{\"version\": \"1.0.0\"}"), ("001_a.sql", ""), ("002_b.sql", "")], "migrations/postgresql/001_a.json: version `1.0.0` is semver (like 1.2.0), but `migrations/postgresql/000_good.sql` uses a plain number (like 3): one folder uses one version style"),
         (&[("001_a.json", "{\"version\": \"1.0\"}"), ("001_a.sql", "")], "migrations/postgresql/001_a.json: field `version`: version `1.0` is neither semver (1.2.0) nor a plain number: unexpected end of input while parsing minor version number"),
-        (&[("001_a.json", "{\"version\": \"1.0.0\", \"nmae\": \"x\"}"), ("001_a.sql", "")], "migrations/postgresql/001_a.json: unknown field `nmae`, expected one of `version`, `name`, `description`, `database_type`, `migration_type`, `operations` at line 1 column 27"),
-        (&[("create_users.sql", "SELECT 1;")], "migrations/postgresql/create_users.sql: the file name must start with a number and `_` (for example 001_create_users.sql)"),
+        (&[("001_a.json", "{\"version\": \"1.0.0\", \"nmae\": \"x\"}"), ("001_a.sql", "")], "migrations/postgresql/001_a.json: unknown field `nmae`, expected one of `version`, `name`, `description`, `database_type`, `migration_type`, `depends_on`, `operations` at line 1 column 27"),
+        (&[("create_users.sql", "SELECT 1;")], "migrations/postgresql/create_users.sql: the file name must start with a number and `_` (for example 001_create_users.sql, or another tool's name: 1_name.up.sql, V1__name.sql)"),
         (&[("001_a_rollback.sql", "SELECT 1;")], "migrations/postgresql/001_a_rollback.sql: no SQL file: expected `001_a.sql` beside it"),
     ];
     for (files, expected) in cases {

@@ -7,16 +7,32 @@ use super::table::Table;
 use crate::config::{Config, DatabaseKind};
 use crate::error::{Error, Result};
 use crate::migrate::{
-    self, check_applied_unchanged, load_databases, load_every_folder, open_target, status_rows,
-    Body, DatabaseMigrations, Event, Runner, Status, Step, Version, NO_TRANSACTION_MARKER,
+    self, check_applied_unchanged, load_every_folder, open_target, Body, DatabaseMigrations, Event,
+    Migrator, Status, Step, Version, NO_TRANSACTION_MARKER,
 };
-use crate::state::{self, actor, Outcome, StateStore};
+use crate::state::{self, Outcome, StateStore};
+
+/// Parses a version given on the command line: Flyway's dotted versions where a
+/// selected folder uses them, else semver or a plain number.
+fn parse_version(text: &str, databases: &[DatabaseMigrations]) -> Result<Version> {
+    let dotted = databases.iter().any(|d| {
+        d.migrations
+            .iter()
+            .any(|m| m.version.style() == migrate::VersionStyle::Dotted)
+    });
+    if dotted {
+        Version::parse_any(text)
+    } else {
+        Version::parse(text)
+    }
+    .map_err(Error::Usage)
+}
 
 /// Parses a version given on the command line. It must name a version of the selected
 /// folders (or one recorded in their databases), so that a typo never silently means
 /// "everything"; `recorded` says whether a database knows it.
 fn version_arg(text: &str, databases: &[DatabaseMigrations], recorded: bool) -> Result<Version> {
-    let version = Version::parse(text).map_err(Error::Usage)?;
+    let version = parse_version(text, databases)?;
     let in_files = databases
         .iter()
         .any(|d| d.migrations.iter().any(|m| m.version == version));
@@ -33,7 +49,7 @@ fn version_arg(text: &str, databases: &[DatabaseMigrations], recorded: bool) -> 
     )))
 }
 
-fn show_event(database: &str, event: Event<'_>) {
+fn show_event(event: Event<'_>) {
     let mut out = std::io::stdout().lock();
     let verb = |step| {
         if step == Step::Up {
@@ -43,7 +59,7 @@ fn show_event(database: &str, event: Event<'_>) {
         }
     };
     match event {
-        Event::Started(m, step) => {
+        Event::Started(database, m, step) => {
             let _ = write!(
                 out,
                 "{database}: {} {} {} ... ",
@@ -52,10 +68,10 @@ fn show_event(database: &str, event: Event<'_>) {
                 m.name
             );
         }
-        Event::Finished(_, _, took) => {
+        Event::Finished(.., took) => {
             let _ = writeln!(out, "done in {}ms", took.as_millis());
         }
-        Event::WouldRun(m, step) => {
+        Event::WouldRun(database, m, step) => {
             let action = if step == Step::Up {
                 "would apply"
             } else {
@@ -89,15 +105,82 @@ fn show_event(database: &str, event: Event<'_>) {
     let _ = out.flush();
 }
 
+/// What a run did, followed through its events: the versions finished per database, and
+/// the database of a migration started and not finished (where a failure happened).
+#[derive(Default)]
+struct Progress {
+    finished: Vec<(String, String)>,
+    running: Option<String>,
+}
+
+impl Progress {
+    fn follow(&mut self, event: &Event<'_>) {
+        match event {
+            Event::Started(database, ..) => self.running = Some(database.to_string()),
+            Event::Finished(database, m, ..) => {
+                self.running = None;
+                self.finished
+                    .push((database.to_string(), m.version.to_string()));
+            }
+            Event::WouldRun(..) => {}
+        }
+    }
+
+    fn done_in(&self, database: &str) -> Vec<String> {
+        self.finished
+            .iter()
+            .filter(|(d, _)| d == database)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+/// Ends a run: finishes a FAILED progress line, and writes one audit entry per database
+/// (`verb` for the versions that ran, `nothing` when none did) unless `store` is `None`
+/// (dry run). A failure is the entry of the database it happened in, or of every
+/// database when it came before any migration ran.
+async fn conclude<T>(
+    store: Option<&dyn StateStore>,
+    databases: &[DatabaseMigrations],
+    outcome: &Result<T>,
+    progress: &Progress,
+    verb: &str,
+    nothing: &str,
+) {
+    if matches!(outcome, Err(Error::MigrationFailed { .. })) {
+        println!("FAILED");
+    }
+    let Some(store) = store else {
+        return;
+    };
+    let before_any = progress.running.is_none() && progress.finished.is_empty();
+    for database in databases {
+        let name = database.name.as_str();
+        let done = progress.done_in(name);
+        let failed_here = progress.running.as_deref() == Some(name) || before_any;
+        let (result, detail) = match outcome {
+            Err(e) if failed_here && done.is_empty() => (Outcome::Failed, e.to_string()),
+            Err(e) if failed_here => (
+                Outcome::Failed,
+                format!("{verb} {} before: {e}", done.join(", ")),
+            ),
+            _ if done.is_empty() => (Outcome::Ok, nothing.to_string()),
+            _ => (Outcome::Ok, format!("{verb} {}", done.join(", "))),
+        };
+        audit::record(store, Some(name), result, detail).await;
+    }
+}
+
 pub async fn migrate(
     config: &Config,
     version: Option<&str>,
     selected: &[String],
     dry_run: bool,
 ) -> Result<()> {
-    let databases = load_databases(config, selected)?;
+    let migrator = Migrator::from_config(config.clone(), selected)?.dry_run(dry_run);
+    let databases = migrator.databases();
     let up_to = version
-        .map(|v| version_arg(v, &databases, false))
+        .map(|v| version_arg(v, databases, false))
         .transpose()?;
     // A dry run changes nothing, so it writes no audit entry.
     let store = if dry_run {
@@ -105,41 +188,27 @@ pub async fn migrate(
     } else {
         Some(state::open(&config.state.url).await?)
     };
-    let actor = actor();
-    let runner = Runner {
-        lock_wait: config.migrations.lock_wait,
-        actor: &actor,
-        dry_run,
-    };
-    for database in &databases {
+    let mut progress = Progress::default();
+    let outcome = migrator
+        .migrate_to(up_to.as_ref(), &mut |event| {
+            progress.follow(&event);
+            show_event(event);
+        })
+        .await;
+    conclude(
+        store.as_deref(),
+        databases,
+        &outcome,
+        &progress,
+        "applied",
+        "nothing to apply",
+    )
+    .await;
+    let done = outcome?;
+    for database in databases {
         let name = database.name.as_str();
-        let mut target = open_target(config, name).await?;
-        let mut applied = Vec::new();
-        let outcome = runner
-            .migrate(
-                target.as_mut(),
-                &database.migrations,
-                up_to.as_ref(),
-                &mut |event| {
-                    if let Event::Finished(m, ..) = &event {
-                        applied.push(m.version.to_string());
-                    }
-                    show_event(name, event);
-                },
-            )
-            .await;
-        let nothing = "nothing to apply".to_string();
-        let count = conclude(
-            store.as_deref(),
-            name,
-            outcome,
-            &applied,
-            "applied",
-            nothing,
-        )
-        .await?;
         let total = database.migrations.len();
-        match (dry_run, count) {
+        match (dry_run, done.iter().filter(|a| a.database == name).count()) {
             (true, 0) => {
                 println!("{name}: dry run: nothing to apply ({total} migrations, all applied)")
             }
@@ -151,90 +220,49 @@ pub async fn migrate(
     Ok(())
 }
 
-/// Ends one database's run: finishes a FAILED progress line, and writes the audit entry
-/// (`done`: the versions that ran, `verb` for them) unless `store` is `None` (dry run).
-async fn conclude(
-    store: Option<&dyn StateStore>,
-    name: &str,
-    outcome: Result<usize>,
-    done: &[String],
-    verb: &str,
-    nothing: String,
-) -> Result<usize> {
-    if matches!(outcome, Err(Error::MigrationFailed { .. })) {
-        println!("FAILED");
-    }
-    if let Some(store) = store {
-        let (result, detail) = match &outcome {
-            Ok(_) if done.is_empty() => (Outcome::Ok, nothing),
-            Ok(_) => (Outcome::Ok, format!("{verb} {}", done.join(", "))),
-            Err(e) if done.is_empty() => (Outcome::Failed, e.to_string()),
-            Err(e) => (
-                Outcome::Failed,
-                format!("{verb} {} before: {e}", done.join(", ")),
-            ),
-        };
-        audit::record(store, Some(name), result, detail).await;
-    }
-    outcome
-}
-
 pub async fn rollback(
     config: &Config,
     version: &str,
     selected: &[String],
     dry_run: bool,
 ) -> Result<()> {
-    let databases = load_databases(config, selected)?;
-    let wanted = Version::parse(version).map_err(Error::Usage)?;
-    let mut recorded = wanted.is_zero();
-    let mut targets = Vec::new();
-    for database in &databases {
-        let mut target = open_target(config, &database.name).await?;
-        if !recorded {
-            let history = target.history().await?;
-            recorded = history
-                .iter()
-                .any(|row| Version::parse(&row.version).is_ok_and(|v| v == wanted));
-        }
-        targets.push(target);
-    }
-    let to = version_arg(version, &databases, recorded)?;
+    let migrator = Migrator::from_config(config.clone(), selected)?.dry_run(dry_run);
+    let databases = migrator.databases();
+    let wanted = parse_version(version, databases)?;
+    let recorded = wanted.is_zero()
+        || migrator.status().await?.iter().any(|row| {
+            row.status != Status::Pending
+                && Version::parse_any(&row.version).is_ok_and(|v| v == wanted)
+        });
+    let to = version_arg(version, databases, recorded)?;
     // A dry run changes nothing, so it writes no audit entry.
     let store = if dry_run {
         None
     } else {
         Some(state::open(&config.state.url).await?)
     };
-    let actor = actor();
-    let runner = Runner {
-        lock_wait: config.migrations.lock_wait,
-        actor: &actor,
-        dry_run,
-    };
-    for (database, mut target) in databases.iter().zip(targets) {
+    let mut progress = Progress::default();
+    let outcome = migrator
+        .rollback(&to, &mut |event| {
+            progress.follow(&event);
+            show_event(event);
+        })
+        .await;
+    let nothing = format!("nothing to roll back after {to}");
+    conclude(
+        store.as_deref(),
+        databases,
+        &outcome,
+        &progress,
+        "rolled back",
+        &nothing,
+    )
+    .await;
+    let done = outcome?;
+    for database in databases {
         let name = database.name.as_str();
-        let mut reverted = Vec::new();
-        let outcome = runner
-            .rollback(target.as_mut(), &database.migrations, &to, &mut |event| {
-                if let Event::Finished(m, ..) = &event {
-                    reverted.push(m.version.to_string());
-                }
-                show_event(name, event);
-            })
-            .await;
-        let nothing = format!("nothing to roll back after {to}");
-        let count = conclude(
-            store.as_deref(),
-            name,
-            outcome,
-            &reverted,
-            "rolled back",
-            nothing,
-        )
-        .await?;
-        match (dry_run, count) {
-            (true, 0) | (false, 0) => println!("{name}: nothing applied after {to}"),
+        match (dry_run, done.iter().filter(|a| a.database == name).count()) {
+            (_, 0) => println!("{name}: nothing applied after {to}"),
             (true, n) => println!("{name}: dry run: {n} would be rolled back; nothing was changed"),
             (false, n) => println!("{name}: {n} rolled back; now at {to}"),
         }
@@ -243,13 +271,9 @@ pub async fn rollback(
 }
 
 pub async fn status(config: &Config, selected: &[String], json: bool) -> Result<()> {
-    let databases = load_databases(config, selected)?;
-    let mut rows = Vec::new();
-    for database in &databases {
-        let mut target = open_target(config, &database.name).await?;
-        let history = target.history().await?;
-        rows.extend(status_rows(&database.name, &database.migrations, &history));
-    }
+    let migrator = Migrator::from_config(config.clone(), selected)?;
+    let databases = migrator.databases();
+    let rows = migrator.status().await?;
     if json {
         println!(
             "{}",

@@ -408,7 +408,7 @@ fn load_migration(
     let depends_on = dependencies
         .into_iter()
         .map(|(database, text, file)| {
-            Version::parse(&text)
+            Version::parse_any(&text)
                 .map(|version| Dependency {
                     database: database.clone(),
                     version,

@@ -9,9 +9,10 @@
 mod files;
 mod formats;
 mod history;
+mod migrator;
 mod operations;
+mod order;
 mod plan;
-mod runner;
 mod target;
 pub mod undo;
 mod version;
@@ -19,9 +20,9 @@ mod version;
 pub use files::{load_folder, Body, Dependency, Migration, SqlScript};
 pub use formats::{Format, DEPENDS_ON_MARKER, NO_TRANSACTION_MARKER};
 pub use history::{HistoryRow, Status};
+pub use migrator::{Applied, Event, Migrator};
 pub use operations::{index_name, ElasticOperation, IndexKey, MongoOperation, Operation};
 pub use plan::{check_applied_unchanged, status_rows, StatusRow};
-pub use runner::{Event, Runner};
 pub use target::{MigrationTarget, Step};
 pub use version::{Version, VersionStyle};
 
@@ -34,6 +35,7 @@ use crate::config::{Config, DatabaseKind};
 use crate::error::{Error, FileProblem, Result};
 
 /// One configured database with its parsed migration folder.
+#[derive(Debug, Clone)]
 pub struct DatabaseMigrations {
     pub name: String,
     pub kind: DatabaseKind,
@@ -75,14 +77,10 @@ fn load_named(
     let mut loaded = Vec::new();
     for (name, kind) in named {
         let folder = config.migrations.dir.join(&name);
-        match load_folder(&folder, kind) {
-            Ok(migrations) => loaded.push(DatabaseMigrations {
-                name,
-                kind,
-                folder,
-                migrations,
-            }),
-            Err(mut found) => problems.append(&mut found),
+        match load_folder_of(name, kind, folder) {
+            Ok(database) => loaded.push(database),
+            Err(Error::InvalidFiles(mut found)) => problems.append(&mut found),
+            Err(other) => return Err(other),
         }
     }
     if problems.is_empty() {
@@ -92,8 +90,20 @@ fn load_named(
     }
 }
 
+/// Parses one database's folder.
+fn load_folder_of(name: String, kind: DatabaseKind, folder: PathBuf) -> Result<DatabaseMigrations> {
+    let migrations = load_folder(&folder, kind).map_err(Error::InvalidFiles)?;
+    Ok(DatabaseMigrations {
+        name,
+        kind,
+        folder,
+        migrations,
+    })
+}
+
 /// Every folder under the migrations directory, configured or not, parsed; a folder that
-/// is neither configured nor one of the default names is a problem. For `validate`.
+/// is neither configured nor one of the default names is a problem, as is a `depends_on`
+/// that names an unknown version or makes a cycle. For `validate`.
 pub fn load_every_folder(config: &Config) -> Result<Vec<DatabaseMigrations>> {
     let dir = &config.migrations.dir;
     let mut names: Vec<String> = config.databases.keys().cloned().collect();
@@ -128,7 +138,13 @@ pub fn load_every_folder(config: &Config) -> Result<Vec<DatabaseMigrations>> {
             }),
         }
     }
-    load_named(config, named, problems)
+    let loaded = load_named(config, named, problems)?;
+    let problems = order::check_dependencies(&loaded);
+    if problems.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(Error::InvalidFiles(problems))
+    }
 }
 
 /// Connects to a configured database as a migration target.
@@ -169,7 +185,7 @@ pub fn next_version(migrations: &[Migration], folder: &Path) -> (Version, String
         .max()
         .unwrap_or(0);
     let prefix = format!("{:03}", highest_prefix + 1);
-    let version = match migrations.last() {
+    let version = match migrations.iter().rfind(|m| !m.is_repeatable()) {
         Some(last) => last.version.next(),
         None => Version::parse("1.0.0").expect("a valid version"),
     };

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 fn recorded<'h>(history: &'h [HistoryRow], version: &Version) -> Option<&'h HistoryRow> {
     history
         .iter()
-        .find(|row| Version::parse(&row.version).is_ok_and(|v| &v == version))
+        .find(|row| Version::parse_any(&row.version).is_ok_and(|v| &v == version))
 }
 
 /// Applied: recorded COMPLETED, and for a repeatable migration with the checksum it has
@@ -102,7 +102,7 @@ pub fn to_revert<'m>(
     let mut applied_after: Vec<(Version, &HistoryRow)> = history
         .iter()
         .filter(|row| row.status == Status::Completed)
-        .filter_map(|row| Version::parse(&row.version).ok().map(|v| (v, row)))
+        .filter_map(|row| Version::parse_any(&row.version).ok().map(|v| (v, row)))
         .filter(|(v, _)| v > target && !v.is_repeatable())
         .collect();
     applied_after.sort_by(|a, b| b.0.cmp(&a.0));
@@ -220,7 +220,7 @@ pub fn status_rows(
         })
         .collect();
     for row in history {
-        let version = Version::parse(&row.version).ok();
+        let version = Version::parse_any(&row.version).ok();
         let has_file = version
             .as_ref()
             .is_some_and(|v| migrations.iter().any(|m| &m.version == v));

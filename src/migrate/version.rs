@@ -63,16 +63,22 @@ pub struct Version {
 }
 
 impl Version {
-    /// Parses a version as files, history rows and the command line write it.
+    /// Any version a history row or a dependency may name: [`Version::parse`]'s, and
+    /// Flyway's dotted ones (`1.1`).
+    pub fn parse_any(text: &str) -> Result<Version, String> {
+        let text = text.trim();
+        match parse_dotted(text) {
+            Some(dotted) if text.contains('.') && semver::Version::parse(text).is_err() => dotted,
+            _ => Version::parse(text),
+        }
+    }
+
+    /// Parses a version of a switchyard folder: semver or a plain number (or a
+    /// repeatable migration's `R__name`).
     pub fn parse(text: &str) -> Result<Version, String> {
         let text = text.trim();
         if let Some(name) = text.strip_prefix(REPEATABLE_PREFIX) {
             return Ok(Version::repeatable(name));
-        }
-        if let Some(dotted) = parse_dotted(text).filter(|_| text.contains('.')) {
-            if semver::Version::parse(text).is_err() {
-                return dotted;
-            }
         }
         if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
             let number = text
@@ -251,11 +257,12 @@ mod tests {
         let a = Version::parse_flyway("1_1").unwrap();
         assert_eq!(a.as_str(), "1.1");
         assert_eq!(a.style(), VersionStyle::Dotted);
-        assert_eq!(a, Version::parse("1.1").unwrap());
+        assert_eq!(a, Version::parse_any("1.1").unwrap());
+        assert!(Version::parse("1.1").is_err());
         assert!(Version::parse_flyway("1.10").unwrap() > Version::parse_flyway("1.9").unwrap());
         assert_eq!(
             Version::parse_flyway("2").unwrap(),
-            Version::parse("2.0").unwrap()
+            Version::parse_any("2.0").unwrap()
         );
         assert_eq!(
             Version::parse_flyway("2").unwrap().style(),
@@ -277,7 +284,8 @@ mod tests {
 
     #[test]
     fn garbage_is_refused() {
-        assert!(Version::parse("1..2").is_err());
+        assert!(Version::parse("1.2").is_err());
+        assert!(Version::parse_any("1..2").is_err());
         assert!(Version::parse("v1").is_err());
         assert!(Version::parse("").is_err());
     }

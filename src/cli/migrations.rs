@@ -1,4 +1,4 @@
-//! `migrate`, `status`, `rollback`, `create` and `validate`.
+//! `migrate`, `status`, `rollback`, `baseline`, `create` and `validate`.
 
 use std::io::Write;
 
@@ -7,8 +7,8 @@ use super::table::Table;
 use crate::config::{Config, DatabaseKind};
 use crate::error::{Error, Result};
 use crate::migrate::{
-    self, check_applied_unchanged, load_every_folder, open_target, Body, DatabaseMigrations, Event,
-    Migrator, Status, Step, Version, NO_TRANSACTION_MARKER,
+    self, check_applied_unchanged, load_every_folder, open_target, Baseline, Body,
+    DatabaseMigrations, Event, Migrator, Status, Step, Tool, Version, NO_TRANSACTION_MARKER,
 };
 use crate::state::{self, Outcome, StateStore};
 
@@ -265,6 +265,72 @@ pub async fn rollback(
             (_, 0) => println!("{name}: nothing applied after {to}"),
             (true, n) => println!("{name}: dry run: {n} would be rolled back; nothing was changed"),
             (false, n) => println!("{name}: {n} rolled back; now at {to}"),
+        }
+    }
+    Ok(())
+}
+
+pub async fn baseline(
+    config: &Config,
+    version: Option<&str>,
+    from: Option<Tool>,
+    selected: &[String],
+    dry_run: bool,
+) -> Result<()> {
+    let migrator = Migrator::from_config(config.clone(), selected)?.dry_run(dry_run);
+    let databases = migrator.databases();
+    let how = match (version, from) {
+        (_, Some(tool)) => Baseline::From(tool),
+        (Some(version), None) => Baseline::UpTo(version_arg(version, databases, false)?),
+        (None, None) => {
+            return Err(Error::Usage(
+                "give a version (switchyard baseline 1.4.0) or a tool (--from flyway)".into(),
+            ))
+        }
+    };
+    let source = match from {
+        Some(tool) => format!(" from {}'s {}", tool.name(), tool.table()),
+        None => String::new(),
+    };
+    let outcome = migrator.baseline(&how).await;
+    if !dry_run {
+        let store = state::open(&config.state.url).await?;
+        for database in databases {
+            let (result, detail) = match &outcome {
+                Ok(done) => {
+                    let versions: Vec<&str> = done
+                        .iter()
+                        .filter(|a| a.database == database.name)
+                        .map(|a| a.version.as_str())
+                        .collect();
+                    (
+                        Outcome::Ok,
+                        format!("baseline{source}: recorded {}", versions.join(", ")),
+                    )
+                }
+                Err(e) => (Outcome::Failed, format!("baseline{source}: {e}")),
+            };
+            audit::record(store.as_ref(), Some(&database.name), result, detail).await;
+        }
+    }
+    let done = outcome?;
+    for database in databases {
+        let versions: Vec<String> = done
+            .iter()
+            .filter(|a| a.database == database.name)
+            .map(|a| format!("{} {}", a.version, a.name))
+            .collect();
+        let name = &database.name;
+        match (dry_run, versions.is_empty()) {
+            (_, true) => println!("{name}: nothing to record{source}: every version it names is recorded already"),
+            (true, false) => println!(
+                "{name}: dry run: would record as applied{source}, without running them:\n  {}",
+                versions.join("\n  ")
+            ),
+            (false, false) => println!(
+                "{name}: recorded as applied{source}, without running them:\n  {}\n`switchyard migrate` now runs only what comes after",
+                versions.join("\n  ")
+            ),
         }
     }
     Ok(())

@@ -103,6 +103,33 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         database: String,
     },
+    /// Record migrations as applied without running them: up to a version, or what another tool applied
+    #[command(
+        after_help = "For a database another tool already migrated: its history table \
+        (flyway_schema_history, _sqlx_migrations, schema_migrations, alembic_version) is read and \
+        those versions are recorded with the local files' checksums, so `migrate` runs only newer ones. \
+        Refused, changing nothing, when that history names a version the folder lacks or a failed or \
+        dirty migration. Alembic revisions match the file whose name starts with the revision \
+        (0003_ae1027a6acf_add_email.sql).\n\nExamples:\n  switchyard baseline --from flyway --databases postgresql\n  \
+        switchyard baseline 1.4.0 --databases postgresql"
+    )]
+    Baseline {
+        /// Mark every version up to and including V applied (Flyway's baselineVersion)
+        #[arg(
+            value_name = "V",
+            required_unless_present = "from",
+            conflicts_with = "from"
+        )]
+        version: Option<String>,
+        /// Read the versions another tool applied from its history table
+        #[arg(long, value_enum, value_name = "TOOL")]
+        from: Option<crate::migrate::Tool>,
+        #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "NAME")]
+        databases: Vec<String>,
+        /// Print what would be recorded, change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Check every migration file (format, versions) and, unless --offline, that applied files are unchanged
     Validate {
         /// Check the files only; do not connect to the databases
@@ -196,6 +223,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             databases,
             dry_run,
         } => migrations::rollback(&config, &version, &databases, dry_run).await,
+        Command::Baseline {
+            version,
+            from,
+            databases,
+            dry_run,
+        } => migrations::baseline(&config, version.as_deref(), from, &databases, dry_run).await,
         Command::Create { name, database } => migrations::create(&config, &name, &database),
         Command::Validate { offline } => migrations::validate(&config, offline).await,
         Command::Job(command) => match command {

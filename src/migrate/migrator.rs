@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::baseline::{to_record, Baseline};
 use super::files::Migration;
 use super::order::{check_dependencies, order_down, order_up, Step as Planned};
 use super::plan::{check_applied_unchanged, pending, status_rows, to_revert, StatusRow};
@@ -216,6 +217,52 @@ impl Migrator {
             }
             let order = order_down(queues, &applied)?;
             self.run(&mut targets, &order, Step::Down, on_event).await
+        }
+        .await;
+        self.release(&mut targets, outcome).await
+    }
+
+    /// Records migrations as applied without running them: every version up to one, or
+    /// what another tool's history says it applied. Everything is decided (and a failed
+    /// or unknown version refused) before anything is recorded.
+    pub async fn baseline(&self, baseline: &Baseline) -> Result<Vec<Applied>> {
+        let mut targets = self.open_all().await?;
+        let outcome = async {
+            let histories = self.prepare(&mut targets).await?;
+            let mut chosen = Vec::new();
+            for ((d, history), target) in self
+                .databases
+                .iter()
+                .zip(&histories)
+                .zip(targets.iter_mut())
+            {
+                let rows = match baseline {
+                    Baseline::From(tool) => target.foreign_history(*tool).await?,
+                    Baseline::UpTo(_) => None,
+                };
+                chosen.push(to_record(
+                    baseline,
+                    &d.name,
+                    &d.migrations,
+                    rows.as_deref(),
+                    history,
+                )?);
+            }
+            let mut done = Vec::new();
+            for ((d, list), target) in self.databases.iter().zip(chosen).zip(targets.iter_mut()) {
+                for migration in list {
+                    if !self.dry_run {
+                        target.record_applied(migration, &self.actor).await?;
+                    }
+                    done.push(Applied {
+                        database: d.name.clone(),
+                        version: migration.version.to_string(),
+                        name: migration.name.clone(),
+                        duration: Duration::ZERO,
+                    });
+                }
+            }
+            Ok(done)
         }
         .await;
         self.release(&mut targets, outcome).await

@@ -6,6 +6,7 @@
 //! against the recorded [`HistoryRow`]s, [`runner`] applies through a
 //! [`MigrationTarget`] that a backend implements.
 
+mod baseline;
 mod files;
 mod formats;
 mod history;
@@ -17,6 +18,7 @@ mod target;
 pub mod undo;
 mod version;
 
+pub use baseline::{Baseline, Tool};
 pub use files::{load_folder, Body, Dependency, Migration, SqlScript};
 pub use formats::{Format, DEPENDS_ON_MARKER, NO_TRANSACTION_MARKER};
 pub use history::{HistoryRow, Status};

@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::baseline::{ForeignRow, Tool};
 use super::files::Migration;
 use super::history::HistoryRow;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Which way a migration runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +48,20 @@ pub trait MigrationTarget: Send {
 
     /// The recorded history; empty when there is no history table yet. Reads only.
     async fn history(&mut self) -> Result<Vec<HistoryRow>>;
+
+    /// Records `migration` as applied without running it (a baseline): COMPLETED, with
+    /// its checksum and no duration.
+    async fn record_applied(&mut self, migration: &Migration, applied_by: &str) -> Result<()>;
+
+    /// The rows of another tool's history table ([`Tool::query`]), or `None` when the
+    /// table does not exist. Reads only.
+    async fn foreign_history(&mut self, tool: Tool) -> Result<Option<Vec<ForeignRow>>> {
+        Err(Error::Refused(format!(
+            "database `{}`: baseline --from {} reads a SQL history table, which only PostgreSQL databases have",
+            self.database(),
+            tool.name()
+        )))
+    }
 
     /// Runs one migration in the given direction and records the outcome.
     async fn apply(

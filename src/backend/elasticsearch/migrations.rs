@@ -266,6 +266,17 @@ impl MigrationTarget for ElasticMigrations {
             .collect()
     }
 
+    async fn record_applied(&mut self, migration: &Migration, applied_by: &str) -> Result<()> {
+        self.record(
+            migration,
+            Status::Completed,
+            Duration::ZERO,
+            None,
+            applied_by,
+        )
+        .await
+    }
+
     async fn apply(
         &mut self,
         migration: &Migration,

@@ -179,6 +179,17 @@ impl MigrationTarget for MongoMigrations {
         documents.iter().map(|d| self.history_row(d)).collect()
     }
 
+    async fn record_applied(&mut self, migration: &Migration, applied_by: &str) -> Result<()> {
+        self.record(
+            migration,
+            Status::Completed,
+            Duration::ZERO,
+            None,
+            applied_by,
+        )
+        .await
+    }
+
     async fn apply(
         &mut self,
         migration: &Migration,

@@ -20,7 +20,7 @@ use tokio_postgres::Client;
 
 use super::{connect, millis_literal, split_statements};
 use crate::error::{describe_postgres_error, Error, Result};
-use crate::migrate::{Body, HistoryRow, Migration, MigrationTarget, SqlScript, Status, Step};
+use crate::migrate::{Body, HistoryRow, Migration, MigrationTarget, SqlScript, Status, Step, Tool};
 use crate::secret::SecretUrl;
 
 /// The advisory lock key of migrations ("SWITCHYD" in ASCII).
@@ -274,6 +274,41 @@ impl MigrationTarget for PostgresMigrations {
                 })
             })
             .collect()
+    }
+
+    async fn record_applied(&mut self, migration: &Migration, applied_by: &str) -> Result<()> {
+        self.record(
+            migration,
+            Status::Completed,
+            Duration::ZERO,
+            None,
+            applied_by,
+        )
+        .await
+        .map_err(|e| Error::database(&self.database, "cannot record the baseline", e))
+    }
+
+    async fn foreign_history(&mut self, tool: Tool) -> Result<Option<Vec<Vec<Option<String>>>>> {
+        let read = |e| Error::database(&self.database, format!("cannot read {}", tool.table()), e);
+        let exists: bool = self
+            .client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&tool.table()])
+            .await
+            .map_err(read)?
+            .get(0);
+        if !exists {
+            return Ok(None);
+        }
+        let rows = self.client.query(tool.query(), &[]).await.map_err(read)?;
+        Ok(Some(
+            rows.iter()
+                .map(|row| {
+                    (0..row.len())
+                        .map(|i| row.get::<_, Option<String>>(i))
+                        .collect()
+                })
+                .collect(),
+        ))
     }
 
     async fn apply(

@@ -357,9 +357,12 @@ fn load_migration(
                 }
                 None => {
                     hashed.push(text.clone());
+                    let blank = text.trim().is_empty();
                     let up = SqlScript::new(script_path.clone(), text, format);
+                    // An empty migration changes nothing, so undoing it is nothing too.
                     let down = match &group.rollback_sql {
                         Some(path) => Some(SqlScript::new(path.clone(), read_text(path)?, format)),
+                        None if blank => Some(up.clone()),
                         None => None,
                     };
                     Body::Sql { up, down }
@@ -776,6 +779,13 @@ mod tests {
         );
         assert!(!down.as_ref().unwrap().transactional);
         assert!(matches!(&migrations[3].body, Body::Sql { down: None, .. }));
+        let Body::Sql {
+            down: Some(undo), ..
+        } = &migrations[2].body
+        else {
+            panic!("an empty migration is undone by doing nothing")
+        };
+        assert!(undo.sql.is_empty());
         assert!(migrations.iter().all(|m| m.format == Format::UpDown));
     }
 

@@ -595,3 +595,31 @@ fn the_start_up_example_migrates_through_the_library() {
         "the CLI sees what the library applied"
     );
 }
+
+/// `create` in another tool's folder writes that tool's file names.
+#[test]
+fn create_follows_the_folder_s_format() {
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (
+            &[("V1_1__users.sql", USERS)],
+            "created migrations/postgresql/V1.2__add_email.sql\ncreated migrations/postgresql/U1.2__add_email.sql\n",
+        ),
+        (
+            &[("7_users.up.sql", USERS)],
+            "created migrations/postgresql/8_add_email.up.sql\ncreated migrations/postgresql/8_add_email.down.sql\n",
+        ),
+        (
+            &[("3_users.sql", "-- migrate:up\nSELECT 1;\n")],
+            "created migrations/postgresql/4_add_email.sql\n",
+        ),
+    ];
+    for (files, expected) in cases {
+        let project = Project::new();
+        write_all(&project, files);
+        let run = project
+            .run(&["create", "Add email", "--database", "postgresql"])
+            .ok();
+        assert!(run.stdout.starts_with(expected), "{}", run.stdout);
+        project.run(&["validate", "--offline"]).ok();
+    }
+}

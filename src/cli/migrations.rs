@@ -2,13 +2,16 @@
 
 use std::io::Write;
 
+use chrono::Utc;
+
 use super::audit;
 use super::table::Table;
 use crate::config::{Config, DatabaseKind};
 use crate::error::{Error, Result};
 use crate::migrate::{
     self, check_applied_unchanged, load_every_folder, open_target, Baseline, Body,
-    DatabaseMigrations, Event, Migrator, Status, Step, Tool, Version, NO_TRANSACTION_MARKER,
+    DatabaseMigrations, Event, Format, Migrator, Status, Step, Tool, Version,
+    NO_TRANSACTION_MARKER,
 };
 use crate::state::{self, Outcome, StateStore};
 
@@ -403,27 +406,64 @@ pub fn create(config: &Config, description: &str, database: &str) -> Result<()> 
     let existing = migrate::load_folder(&folder, kind).map_err(Error::InvalidFiles)?;
     let (version, prefix) = migrate::next_version(&existing, &folder);
     std::fs::create_dir_all(&folder).map_err(|e| Error::io(&folder, e))?;
-    let base = format!("{prefix}_{slug}");
-    let metadata = serde_json::json!({
-        "version": version.to_string(),
-        "name": slug,
-        "description": description,
-        "database_type": kind.as_str(),
-        "migration_type": "schema",
-    });
+    let format = existing
+        .iter()
+        .rfind(|m| !m.is_repeatable() && !m.files.is_empty())
+        .map_or(Format::Switchyard, |m| m.format);
+    let last = existing.iter().rfind(|m| !m.is_repeatable());
+    // Another tool's folder gets its next file in that tool's naming: the next number,
+    // or a timestamp where the folder's versions are timestamps.
+    let next = || match last {
+        Some(m) if m.version.as_str().len() >= 14 => Utc::now().format("%Y%m%d%H%M%S").to_string(),
+        Some(m) => m.version.next().to_string(),
+        None => "1".to_string(),
+    };
+    let header = format!("-- {description}\n");
     let mut files: Vec<(String, String)> = Vec::new();
-    match kind {
-        DatabaseKind::Postgresql => {
-            files.push((format!("{base}.json"), pretty(&metadata)));
-            files.push((format!("{base}.sql"), format!("-- {description}\n-- Runs in one transaction. Put `{NO_TRANSACTION_MARKER}` on the first line for CREATE INDEX CONCURRENTLY.\n\n")));
+    let version = match (kind, format) {
+        (DatabaseKind::Postgresql, Format::UpDown) => {
+            let v = next();
+            files.push((format!("{v}_{slug}.up.sql"), header.clone()));
+            files.push((
+                format!("{v}_{slug}.down.sql"),
+                format!("-- Undo: {description}\n"),
+            ));
+            v
+        }
+        (DatabaseKind::Postgresql, Format::Flyway) => {
+            let v = next();
+            files.push((format!("V{v}__{slug}.sql"), header.clone()));
+            files.push((
+                format!("U{v}__{slug}.sql"),
+                format!("-- Undo: {description}\n"),
+            ));
+            v
+        }
+        (DatabaseKind::Postgresql, Format::Dbmate) => {
+            let v = next();
+            files.push((
+                format!("{v}_{slug}.sql"),
+                format!("-- migrate:up\n{header}\n-- migrate:down\n"),
+            ));
+            v
+        }
+        (DatabaseKind::Postgresql, Format::Switchyard) => {
+            let base = format!("{prefix}_{slug}");
+            files.push((
+                format!("{base}.json"),
+                pretty(&metadata(&version, &slug, description, kind)),
+            ));
+            files.push((format!("{base}.sql"), format!("{header}-- Runs in one transaction. Put `{NO_TRANSACTION_MARKER}` on the first line for CREATE INDEX CONCURRENTLY.\n\n")));
             files.push((format!("{base}_rollback.sql"), format!("-- Undo: {description}\n-- Delete this file if the migration cannot be undone.\n\n")));
+            version.to_string()
         }
-        DatabaseKind::Mongodb | DatabaseKind::Elasticsearch => {
-            let mut metadata = metadata;
+        (DatabaseKind::Mongodb | DatabaseKind::Elasticsearch, _) => {
+            let mut metadata = metadata(&version, &slug, description, kind);
             metadata["operations"] = serde_json::json!([]);
-            files.push((format!("{base}.json"), pretty(&metadata)));
+            files.push((format!("{prefix}_{slug}.json"), pretty(&metadata)));
+            version.to_string()
         }
-    }
+    };
     for (name, _) in &files {
         let path = folder.join(name);
         if path.exists() {
@@ -442,6 +482,22 @@ pub fn create(config: &Config, description: &str, database: &str) -> Result<()> 
         "version {version}: edit the files, then run `switchyard migrate --databases {database}`"
     );
     Ok(())
+}
+
+/// Seed 003's metadata file of a new migration.
+fn metadata(
+    version: &Version,
+    slug: &str,
+    description: &str,
+    kind: DatabaseKind,
+) -> serde_json::Value {
+    serde_json::json!({
+        "version": version.to_string(),
+        "name": slug,
+        "description": description,
+        "database_type": kind.as_str(),
+        "migration_type": "schema",
+    })
 }
 
 fn pretty(value: &serde_json::Value) -> String {

@@ -5,6 +5,9 @@
 //! decisions are made without side effects ([`migrate`]'s plan), and a backend
 //! ([`backend`]) carries them out against a database. [`state`] keeps what must
 //! outlive a process; [`cli`] is the only place that prints.
+//!
+//! An application that migrates its database at start-up uses [`Migrator`]:
+//! `Migrator::new(url, folder)?.migrate().await?` (see `examples/migrate_on_startup.rs`).
 
 pub mod backend;
 pub mod cli;

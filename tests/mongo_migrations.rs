@@ -97,7 +97,13 @@ fn every_operation_applies_rolls_back_and_applies_again() {
         ["1.0.0 COMPLETED", "1.1.0 COMPLETED", "1.2.0 COMPLETED"]
     );
     let applied = |mongo: &MongoDb| {
-        assert!(mongo.collections().contains(&"accounts".to_string()));
+        let collections = mongo
+            .block(mongo.database().list_collection_names())
+            .unwrap();
+        assert!(
+            collections.contains(&"accounts".to_string()),
+            "{collections:?}"
+        );
         assert_eq!(
             mongo.index_keys("accounts"),
             [
@@ -360,4 +366,58 @@ fn bad_operation_files_exit_2_naming_the_file_and_operation() {
         );
     }
     assert!(mongo.collections().is_empty(), "nothing ran");
+}
+
+/// A PostgreSQL and a MongoDB migration depending on each other: one run applies them
+/// interleaved (MongoDB's name sorts first, so only the edges put PostgreSQL's 1 first),
+/// and a rollback undoes them in reverse.
+#[test]
+fn depends_on_orders_postgresql_and_mongodb_in_one_run() {
+    let (project, mongo) = project();
+    write(
+        &project,
+        "001_accounts.json",
+        r#"{"version": "1.0.0", "name": "accounts", "depends_on": {"postgresql": "1"},
+            "operations": [{"type": "create_collection", "collection": "accounts"}]}"#,
+    );
+    project.migration("1_users.up.sql", "CREATE TABLE users (id int);");
+    project.migration("1_users.down.sql", "DROP TABLE users;");
+    project.migration(
+        "2_orders.up.sql",
+        "-- switchyard:depends_on mongodb=1.0.0\nCREATE TABLE orders (id int);",
+    );
+    project.migration("2_orders.down.sql", "DROP TABLE orders;");
+    let order = |stdout: &str| -> Vec<String> {
+        stdout
+            .lines()
+            .filter(|l| l.contains(": applying ") || l.contains(": rolling back "))
+            .map(|l| l.split(" ... ").next().unwrap().to_string())
+            .collect()
+    };
+    let run = project.run(&["migrate"]).ok();
+    assert_eq!(
+        order(&run.stdout),
+        [
+            "postgresql: applying 1 users",
+            "mongodb: applying 1.0.0 accounts",
+            "postgresql: applying 2 orders"
+        ]
+    );
+    let collections = mongo
+        .block(mongo.database().list_collection_names())
+        .unwrap();
+    assert!(
+        collections.contains(&"accounts".to_string()),
+        "{collections:?}"
+    );
+    let back = project.run(&["rollback", "0"]).ok();
+    assert_eq!(
+        order(&back.stdout),
+        [
+            "postgresql: rolling back 2 orders",
+            "mongodb: rolling back 1.0.0 accounts",
+            "postgresql: rolling back 1 users"
+        ]
+    );
+    assert!(!project.db.exists("users"));
 }

@@ -56,7 +56,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Apply pending migrations in version order; stop at the first failure
     #[command(
-        after_help = "Examples:\n  switchyard migrate\n  switchyard migrate --version 1.2.0 --databases postgresql\n  switchyard migrate --dry-run"
+        after_help = "Folders of sqlx, golang-migrate, Flyway and dbmate are read as they are. Over several \
+        databases, migrations run in one order that honours each one's depends_on.\n\n\
+        Examples:\n  switchyard migrate\n  switchyard migrate --version 1.2.0 --databases postgresql\n  switchyard migrate --dry-run"
     )]
     Migrate {
         /// Apply up to and including this version
@@ -124,6 +126,7 @@ pub enum Command {
         /// Read the versions another tool applied from its history table
         #[arg(long, value_enum, value_name = "TOOL")]
         from: Option<crate::migrate::Tool>,
+        /// Only these databases (names from the configuration)
         #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "NAME")]
         databases: Vec<String>,
         /// Print what would be recorded, change nothing

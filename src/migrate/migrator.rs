@@ -320,11 +320,33 @@ impl Migrator {
         Ok(histories)
     }
 
-    /// The histories of the other databases; one that cannot be read counts as empty,
-    /// so a dependency on it is reported as not applied.
+    /// Whether `other` takes part in the selection's edges: a selected migration depends
+    /// on it, or one of its migrations depends on a selected database.
+    fn is_linked(&self, other: &DatabaseMigrations) -> bool {
+        let needed = self
+            .databases
+            .iter()
+            .flat_map(|d| &d.migrations)
+            .flat_map(|m| &m.depends_on)
+            .any(|dependency| dependency.database == other.name);
+        let needing = other
+            .migrations
+            .iter()
+            .flat_map(|m| &m.depends_on)
+            .any(|dependency| self.databases.iter().any(|d| d.name == dependency.database));
+        needed || needing
+    }
+
+    /// The histories of the other databases linked to the selection (others are not
+    /// contacted and count as empty); one that cannot be read counts as empty too, so a
+    /// dependency on it is reported as not applied.
     async fn other_histories(&self) -> Vec<Vec<HistoryRow>> {
         let mut histories = Vec::new();
         for database in &self.others {
+            if !self.is_linked(database) {
+                histories.push(Vec::new());
+                continue;
+            }
             let history = async {
                 open_target(&self.config, &database.name)
                     .await?
@@ -332,7 +354,10 @@ impl Migrator {
                     .await
             }
             .await;
-            histories.push(history.unwrap_or_default());
+            histories.push(history.unwrap_or_else(|error| {
+                tracing::warn!(database = %database.name, %error, "cannot read the migration history of a database the run depends on");
+                Vec::new()
+            }));
         }
         histories
     }

@@ -38,6 +38,10 @@ pub struct SqlScript {
 
 impl SqlScript {
     fn new(file: PathBuf, sql: String, format: Format) -> SqlScript {
+        let sql = match sql.strip_prefix('\u{feff}') {
+            Some(without_mark) => without_mark.to_string(),
+            None => sql,
+        };
         let transactional = runs_in_transaction(&sql, format);
         SqlScript {
             file,
@@ -324,7 +328,9 @@ fn load_migration(
                 ));
             };
             files.push(script_path.clone());
-            let text = read_text(&script_path)?;
+            let raw = read_text(&script_path)?;
+            // Editors on Windows start files with a byte-order mark; the server must not see it.
+            let text = raw.strip_prefix('\u{feff}').unwrap_or(&raw).to_string();
             for (database, version) in
                 header_dependencies(&text).map_err(|reason| problem(&script_path, reason))?
             {
@@ -356,7 +362,7 @@ fn load_migration(
                     }
                 }
                 None => {
-                    hashed.push(text.clone());
+                    hashed.push(raw.clone());
                     let blank = text.trim().is_empty();
                     let up = SqlScript::new(script_path.clone(), text, format);
                     // An empty migration changes nothing, so undoing it is nothing too.
@@ -837,6 +843,25 @@ mod tests {
             first[0].checksum, second[0].checksum,
             "a fixed down section is not a changed migration"
         );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_sent_to_the_server() {
+        let dir = folder(&[
+            ("1_a.sql", "\u{feff}-- migrate:up\nSELECT 1;\n"),
+            (
+                "2_b.sql",
+                "\u{feff}-- migrate:up\nSELECT 2;\n-- migrate:down\n",
+            ),
+        ]);
+        let migrations = load_folder(dir.path(), DatabaseKind::Postgresql).unwrap();
+        assert!(migrations.iter().all(|m| m.format == Format::Dbmate));
+        let dir = folder(&[("1_a.up.sql", "\u{feff}SELECT 1;")]);
+        let migrations = load_folder(dir.path(), DatabaseKind::Postgresql).unwrap();
+        let Body::Sql { up, .. } = &migrations[0].body else {
+            panic!()
+        };
+        assert_eq!(up.sql, "SELECT 1;");
     }
 
     #[test]

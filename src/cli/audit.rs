@@ -1,41 +1,40 @@
-//! `switchyard audit`, and the one helper every changing command uses to write its entry.
+//! `switchyard audit`: the audit log, newest first.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use super::table::Table;
 use crate::config::Config;
 use crate::error::Result;
-use crate::state::{self, actor, AuditEntry, Outcome, StateStore};
+use crate::state;
 
-/// The command line as typed, less the binary (it holds no secrets: those live in the
-/// configuration).
-pub fn command_line() -> String {
-    std::env::args().skip(1).collect::<Vec<_>>().join(" ")
-}
-
-/// Records one entry; a failure to record is logged, not fatal to work already done.
-pub async fn record(
-    store: &dyn StateStore,
-    database: Option<&str>,
-    outcome: Outcome,
-    detail: String,
-) {
-    let entry = AuditEntry {
-        at: Utc::now(),
-        actor: actor(),
-        command: command_line(),
-        database: database.map(str::to_string),
-        outcome,
-        detail,
-    };
-    if let Err(error) = store.append_audit(&entry).await {
-        tracing::error!(%error, "could not write the audit log");
+/// `--since`: an RFC 3339 time (`2026-12-01T09:00:00Z`), a UTC date (`2026-12-01`), or a
+/// span back from now (`24h`, `7days`).
+pub fn parse_since(text: &str) -> std::result::Result<DateTime<Utc>, String> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Ok(at.to_utc());
     }
+    if let Ok(day) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(day.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
+    }
+    humantime::parse_duration(text)
+        .map_err(|_| {
+            format!("`{text}` is neither a time (2026-12-01T09:00:00Z), a date (2026-12-01) nor a span (24h, 7days)")
+        })
+        .and_then(|span| {
+            chrono::Duration::from_std(span)
+                .map(|span| Utc::now() - span)
+                .map_err(|_| format!("`{text}` reaches too far back"))
+        })
 }
 
-pub async fn show(config: &Config, limit: usize, json: bool) -> Result<()> {
+pub async fn show(
+    config: &Config,
+    limit: usize,
+    since: Option<DateTime<Utc>>,
+    json: bool,
+) -> Result<()> {
     let store = state::open(&config.state.url).await?;
-    let entries = store.recent_audit(limit).await?;
+    let entries = store.recent_audit(limit, since).await?;
     if json {
         println!(
             "{}",

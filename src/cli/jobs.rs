@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::audit;
 use super::table::Table;
 use crate::config::Config;
 use crate::engine::{self, JobObserver, JobRecord, Phase, Request, RunEnd, RunOptions};
@@ -145,7 +144,7 @@ async fn drive(
         (Ok(end), None) => (Outcome::Ok, format!("{end:?}")),
         (Err(e), _) => (Outcome::Failed, e.to_string()),
     };
-    audit::record(store.as_ref(), Some(&spec.source.database), result, detail).await;
+    state::audit(store.as_ref(), Some(&spec.source.database), result, detail).await;
     let end = outcome?;
     let name = &spec.name;
     match &end {
@@ -266,7 +265,7 @@ pub async fn status(config: &Config, name: Option<&str>, json: bool) -> Result<(
 pub async fn control(config: &Config, name: &str, command: Request) -> Result<()> {
     let store = state::open(&config.state.url).await?;
     let record = engine::request(store.as_ref(), name, command).await?;
-    audit::record(
+    state::audit(
         store.as_ref(),
         None,
         Outcome::Ok,

@@ -4,7 +4,6 @@ use std::io::Write;
 
 use chrono::Utc;
 
-use super::audit;
 use super::table::Table;
 use crate::config::{Config, DatabaseKind};
 use crate::error::{Error, Result};
@@ -170,7 +169,7 @@ async fn conclude<T>(
             _ if done.is_empty() => (Outcome::Ok, nothing.to_string()),
             _ => (Outcome::Ok, format!("{verb} {}", done.join(", "))),
         };
-        audit::record(store, Some(name), result, detail).await;
+        state::audit(store, Some(name), result, detail).await;
     }
 }
 
@@ -313,7 +312,7 @@ pub async fn baseline(
                 }
                 Err(e) => (Outcome::Failed, format!("baseline{source}: {e}")),
             };
-            audit::record(store.as_ref(), Some(&database.name), result, detail).await;
+            state::audit(store.as_ref(), Some(&database.name), result, detail).await;
         }
     }
     let done = outcome?;

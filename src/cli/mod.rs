@@ -155,6 +155,9 @@ pub enum Command {
         /// How many entries, newest first
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Only entries from this time on: 2026-12-01T09:00:00Z, 2026-12-01 (UTC), or 24h / 7days ago
+        #[arg(long, value_name = "WHEN", value_parser = audit::parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
         /// Print a JSON array instead of a table
         #[arg(long)]
         json: bool,
@@ -255,6 +258,6 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Serve => {
             crate::serve::serve(config, std::sync::Arc::new(crate::serve::SystemClock)).await
         }
-        Command::Audit { limit, json } => audit::show(&config, limit, json).await,
+        Command::Audit { limit, since, json } => audit::show(&config, limit, since, json).await,
     }
 }

@@ -16,7 +16,7 @@ use super::sink::CopyWorker;
 use super::throttle::Throttle;
 use crate::error::{Error, Result};
 use crate::job::{ContractAfter, CutoverMode, JobSpec, VerifyMethod};
-use crate::state::StateStore;
+use crate::state::{Outcome, StateStore};
 
 /// How often the running process reads the job's control and saves its progress.
 const CONTROL_INTERVAL: Duration = Duration::from_millis(250);
@@ -109,6 +109,8 @@ struct Engine<'a> {
     throttle: Arc<Throttle>,
     /// Whether the control read last (by [`Engine::interrupted`]) asked for cutover.
     cutover_requested: bool,
+    /// The phase the audit log last heard of: each change is one entry.
+    audited_phase: Phase,
 }
 
 /// Runs the job from wherever its record says it is.
@@ -144,6 +146,7 @@ pub async fn run(
         spec.copy.rows_per_second,
         spec.copy.batch_size,
     ));
+    let audited_phase = record.phase;
     let mut engine = Engine {
         spec,
         backend,
@@ -152,6 +155,7 @@ pub async fn run(
         options,
         throttle,
         cutover_requested: false,
+        audited_phase,
     };
     engine.drive().await
 }
@@ -325,6 +329,26 @@ impl Engine<'_> {
     async fn save(&mut self) -> Result<()> {
         self.record.save(self.store).await?;
         self.options.observer.progress(&self.record);
+        if self.record.phase != self.audited_phase {
+            let (outcome, why) = match (&self.record.phase, &self.record.error) {
+                (Phase::Failed, Some(error)) => (Outcome::Failed, format!(": {error}")),
+                _ => (Outcome::Ok, String::new()),
+            };
+            let detail = format!(
+                "job {}: {} → {}{why}",
+                self.spec.name,
+                self.audited_phase.as_str(),
+                self.record.phase.as_str()
+            );
+            crate::state::audit(
+                self.store,
+                Some(&self.spec.source.database),
+                outcome,
+                detail,
+            )
+            .await;
+            self.audited_phase = self.record.phase;
+        }
         Ok(())
     }
 

@@ -68,8 +68,12 @@ pub struct AuditEntry {
 pub trait StateStore: Send + Sync {
     async fn append_audit(&self, entry: &AuditEntry) -> Result<()>;
 
-    /// The newest `limit` entries, newest first.
-    async fn recent_audit(&self, limit: usize) -> Result<Vec<AuditEntry>>;
+    /// The newest `limit` entries (at or after `since`, when given), newest first.
+    async fn recent_audit(
+        &self,
+        limit: usize,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<AuditEntry>>;
 
     /// Saves a job's record (JSON written by the process running the job).
     async fn put_job(&self, name: &str, record: &str) -> Result<()>;
@@ -101,6 +105,28 @@ pub async fn open(url: &SecretUrl) -> Result<Arc<dyn StateStore>> {
             file: "state.url".into(),
             reason: format!("`{url}` is neither sqlite://PATH nor postgres://…"),
         })
+    }
+}
+
+/// Records one audit entry for this process (its command line as typed, less the binary:
+/// it holds no secrets, those live in the configuration). A failure to record is logged,
+/// not fatal to work already done.
+pub async fn audit(
+    store: &dyn StateStore,
+    database: Option<&str>,
+    outcome: Outcome,
+    detail: String,
+) {
+    let entry = AuditEntry {
+        at: Utc::now(),
+        actor: actor(),
+        command: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+        database: database.map(str::to_string),
+        outcome,
+        detail,
+    };
+    if let Err(error) = store.append_audit(&entry).await {
+        tracing::error!(%error, "could not write the audit log");
     }
 }
 

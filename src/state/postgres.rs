@@ -60,12 +60,16 @@ impl StateStore for PostgresState {
             .map_err(|e| Error::database(NAME, "cannot write the audit log", e))
     }
 
-    async fn recent_audit(&self, limit: usize) -> Result<Vec<AuditEntry>> {
+    async fn recent_audit(
+        &self,
+        limit: usize,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<AuditEntry>> {
         let rows = self
             .client
             .query(
-                "SELECT at, actor, command, database, outcome, detail FROM switchyard.audit_log ORDER BY id DESC LIMIT $1",
-                &[&(limit as i64)],
+                "SELECT at, actor, command, database, outcome, detail FROM switchyard.audit_log WHERE $2::timestamptz IS NULL OR at >= $2 ORDER BY id DESC LIMIT $1",
+                &[&(limit as i64), &since],
             )
             .await
             .map_err(|e| Error::database(NAME, "cannot read the audit log", e))?;

@@ -114,12 +114,16 @@ impl StateStore for SqliteState {
         .await
     }
 
-    async fn recent_audit(&self, limit: usize) -> Result<Vec<AuditEntry>> {
+    async fn recent_audit(
+        &self,
+        limit: usize,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<AuditEntry>> {
         self.with_connection(move |c| {
             let mut statement = c.prepare(
-                "SELECT at, actor, command, database, outcome, detail FROM audit_log ORDER BY id DESC LIMIT ?1",
+                "SELECT at, actor, command, database, outcome, detail FROM audit_log ORDER BY id DESC",
             )?;
-            let rows = statement.query_map([limit as i64], |row| {
+            let rows = statement.query_map([], |row| {
                 let at: String = row.get(0)?;
                 let outcome: String = row.get(4)?;
                 Ok(AuditEntry {
@@ -133,7 +137,14 @@ impl StateStore for SqliteState {
                     detail: row.get(5)?,
                 })
             })?;
-            rows.collect()
+            // Entries are appended in time order, so the newest-first scan stops at the
+            // first one before `since`.
+            rows.take_while(|entry| match (entry, since) {
+                (Ok(entry), Some(since)) => entry.at >= since,
+                _ => true,
+            })
+            .take(limit)
+            .collect()
         })
         .await
     }

@@ -103,6 +103,10 @@ pub enum Error {
     #[error("job `{job}`: verification failed, cutover refused:\n{}", .ranges.join("\n"))]
     VerifyFailed { job: String, ranges: Vec<String> },
 
+    /// `health` found something that needs action (each finding was printed).
+    #[error("{0}")]
+    Unhealthy(String),
+
     /// The state store (audit log, job checkpoints) failed.
     #[error("state store: {0}")]
     State(String),
@@ -139,6 +143,7 @@ impl Error {
             | Error::LockTimeout { .. }
             | Error::MigrationFailed { .. }
             | Error::VerifyFailed { .. }
+            | Error::Unhealthy(_)
             | Error::State(_)
             | Error::Io { .. } => 1,
         }
@@ -215,7 +220,7 @@ impl Error {
             | Error::Exhausted { .. } => "database",
             Error::LockTimeout { .. } => "lock_timeout",
             Error::MigrationFailed { .. } => "migration",
-            Error::VerifyFailed { .. } => "verify",
+            Error::VerifyFailed { .. } | Error::Unhealthy(_) => "verify",
             Error::State(_) => "state",
             Error::Io { .. } => "io",
         }

@@ -18,6 +18,7 @@ pub mod failpoint;
 pub mod job;
 pub mod metrics;
 pub mod migrate;
+pub mod ops;
 pub mod secret;
 pub mod serve;
 pub mod server;

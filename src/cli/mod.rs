@@ -4,6 +4,7 @@
 mod audit;
 mod jobs;
 mod migrations;
+mod ops;
 mod table;
 
 use std::path::PathBuf;
@@ -150,6 +151,22 @@ pub enum Command {
         GET /metrics, /healthz, /readyz. With server.token set, changes need `Authorization: Bearer TOKEN`."
     )]
     Serve,
+    /// Check every database and job: reachable, migrations, replication slots and the WAL
+    /// they hold, aliases, failed or stuck jobs; exit 1 when something needs action
+    #[command(
+        after_help = "Each finding is ok, notice (worth knowing) or ACTION (something to do), with the \
+        command or SQL that fixes it. A replication slot named switchyard_* that no unfinished job owns \
+        is an ACTION: the WAL it holds grows until the disk fills.\n\nExamples:\n  switchyard health\n  \
+        switchyard health --databases postgresql --json"
+    )]
+    Health {
+        /// Only these databases (names from the configuration); jobs are always checked
+        #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "NAME")]
+        databases: Vec<String>,
+        /// Print a JSON array of findings instead of a table
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the audit log: who ran what, when, and how it ended
     Audit {
         /// How many entries, newest first
@@ -258,6 +275,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Serve => {
             crate::serve::serve(config, std::sync::Arc::new(crate::serve::SystemClock)).await
         }
+        Command::Health { databases, json } => ops::health(&config, &databases, json).await,
         Command::Audit { limit, since, json } => audit::show(&config, limit, since, json).await,
     }
 }

@@ -432,12 +432,13 @@ impl Sink for MemorySink {
         let report = CutoverReport {
             writes_blocked: std::time::Duration::ZERO,
             changes_drained: drained,
+            alias: None,
         };
-        self.0.state().cutover = Some(report);
+        self.0.state().cutover = Some(report.clone());
         Ok(report)
     }
     async fn completed_cutover(&mut self) -> Result<Option<CutoverReport>> {
-        Ok(self.0.state().cutover)
+        Ok(self.0.state().cutover.clone())
     }
     async fn abort(&mut self, _: &mut dyn Source, created_target: bool) -> Result<()> {
         let mut state = self.0.state();

@@ -75,8 +75,18 @@ pub struct Mismatch {
 }
 
 /// What a cutover did.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CutoverReport {
     pub writes_blocked: Duration,
     pub changes_drained: u64,
+    /// Where the cutover pointed a name that stays (an Elasticsearch alias → its new
+    /// index), for `health` to check it still points there.
+    pub alias: Option<AliasTarget>,
+}
+
+/// An alias and the index a cutover moved it onto.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AliasTarget {
+    pub alias: String,
+    pub index: String,
 }

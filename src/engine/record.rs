@@ -100,6 +100,9 @@ pub struct JobRecord {
     pub updated_at: DateTime<Utc>,
     #[serde(default)]
     pub cutover_at: Option<DateTime<Utc>>,
+    /// Where the cutover pointed an alias (Elasticsearch targets).
+    #[serde(default)]
+    pub alias: Option<crate::engine::progress::AliasTarget>,
     /// How long writes to the source were blocked at cutover.
     #[serde(default)]
     pub writes_blocked_ms: Option<u64>,
@@ -141,6 +144,7 @@ impl JobRecord {
             started_at: now,
             updated_at: now,
             cutover_at: None,
+            alias: None,
             writes_blocked_ms: None,
             waiting: None,
             shape: None,

@@ -750,6 +750,7 @@ impl Engine<'_> {
         self.record.changes_applied += report.changes_drained;
         self.record.writes_blocked_ms = Some(report.writes_blocked.as_millis() as u64);
         self.record.cutover_at = Some(Utc::now());
+        self.record.alias = report.alias;
         self.record.lag_seconds = 0.0;
         JobControl::update(self.store, &self.spec.name, |c| c.cutover_requested = false).await?;
         self.save().await

@@ -339,3 +339,46 @@ pub fn path_segment(name: &str) -> String {
 fn message_is_tls(message: &str) -> bool {
     message.contains("certificate") || message.contains("InvalidCertificate")
 }
+
+/// The cluster's distribution and version (`GET /`), which also proves it answers.
+pub async fn server_version(name: &str, database: &DatabaseConfig) -> Result<String> {
+    let es = Es::connect(name, database)?;
+    let reply = es.call(Method::Get, "/", None).await?;
+    if !reply.is_success() {
+        return Err(es.refused("cannot read the cluster's version", &reply));
+    }
+    let version = &reply.body["version"];
+    let distribution = match version["distribution"].as_str() {
+        Some("opensearch") => "OpenSearch",
+        _ => "Elasticsearch",
+    };
+    Ok(format!(
+        "{distribution} {}",
+        version["number"].as_str().unwrap_or("of unknown version")
+    ))
+}
+
+/// The indexes `alias` points at (none when there is no such alias).
+pub async fn alias_indexes(
+    name: &str,
+    database: &DatabaseConfig,
+    alias: &str,
+) -> Result<Vec<String>> {
+    let es = Es::connect(name, database)?;
+    let reply = es
+        .call(
+            Method::Get,
+            &format!("/_alias/{}", path_segment(alias)),
+            None,
+        )
+        .await?;
+    match reply.status {
+        404 => Ok(Vec::new()),
+        _ if reply.is_success() => Ok(reply
+            .body
+            .as_object()
+            .map(|indexes| indexes.keys().cloned().collect())
+            .unwrap_or_default()),
+        _ => Err(es.refused("cannot read the alias", &reply)),
+    }
+}

@@ -42,7 +42,7 @@ use super::pit::Pages;
 use super::source::ElasticSource;
 use super::{path_segment, Es};
 use crate::backend::lease::Lease;
-use crate::engine::progress::{CutoverReport, KeyRange, RangeProgress};
+use crate::engine::progress::{AliasTarget, CutoverReport, KeyRange, RangeProgress};
 use crate::engine::row::{Change, Position, Row, Value as RowValue};
 use crate::engine::sink::{BatchWriter, CopyWorker, PairedWorker};
 use crate::engine::source::{Batch, ChangeBatch, RowFormat, Rows};
@@ -148,6 +148,13 @@ impl ElasticSink {
     }
 
     /// The index written.
+    fn alias_target(&self) -> AliasTarget {
+        AliasTarget {
+            alias: self.indexes.alias.clone(),
+            index: self.target().to_string(),
+        }
+    }
+
     pub(super) fn target(&self) -> &str {
         match self.direction {
             Direction::Forward { .. } => &self.indexes.new,
@@ -816,6 +823,7 @@ impl Sink for ElasticSink {
         Ok(CutoverReport {
             writes_blocked: blocked,
             changes_drained: drained,
+            alias: Some(self.alias_target()),
         })
     }
 
@@ -824,6 +832,7 @@ impl Sink for ElasticSink {
         Ok(state.get("cutover").map(|c| CutoverReport {
             writes_blocked: Duration::from_millis(c["writes_blocked_ms"].as_u64().unwrap_or(0)),
             changes_drained: c["changes"].as_u64().unwrap_or(0),
+            alias: Some(self.alias_target()),
         }))
     }
 

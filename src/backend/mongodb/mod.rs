@@ -362,3 +362,16 @@ pub fn to_document(value: &serde_json::Value) -> std::result::Result<Document, S
         other => Err(format!("expected a document, found {other}")),
     }
 }
+
+/// The server's version (`buildInfo`), which also proves it answers.
+pub async fn server_version(database: &str, url: &SecretUrl) -> Result<String> {
+    let db = connect(database, url).await?;
+    let info = db
+        .run_command(mongodb::bson::doc! {"buildInfo": 1})
+        .await
+        .map_err(|e| store_error(database, url, "cannot reach the server", e))?;
+    Ok(format!(
+        "MongoDB {}",
+        info.get_str("version").unwrap_or("of unknown version")
+    ))
+}

@@ -755,6 +755,7 @@ impl Sink for MongoSink {
         Ok(CutoverReport {
             writes_blocked: blocked,
             changes_drained: drained,
+            alias: None,
         })
     }
 
@@ -765,6 +766,7 @@ impl Sink for MongoSink {
                 c.get_i64("writes_blocked_ms").unwrap_or_default() as u64,
             ),
             changes_drained: c.get_i64("changes").unwrap_or_default() as u64,
+            alias: None,
         }))
     }
 

@@ -29,6 +29,11 @@ use crate::error::{Error, Result};
 /// The advisory lock key under which jobs count free replication slots and take one.
 const SLOT_ADMISSION_KEY: i64 = 0x5357_534c_4f54_4144;
 
+/// The name of a job's slot and publication in the database with `database_oid`.
+pub fn slot_name(job: &str, database_oid: u32) -> String {
+    format!("switchyard_{}_{database_oid}", job.to_lowercase())
+}
+
 pub struct Capture {
     job: String,
     pub slot: String,
@@ -48,7 +53,7 @@ pub struct Capture {
 impl Capture {
     /// Slots are named per server, so the names carry the database's oid.
     pub fn new(job: &str, database_oid: u32) -> Capture {
-        let name = format!("switchyard_{}_{database_oid}", job.to_lowercase());
+        let name = slot_name(job, database_oid);
         Capture {
             job: job.to_string(),
             slot: name.clone(),

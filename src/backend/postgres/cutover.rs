@@ -145,6 +145,7 @@ impl PgSink {
         Ok(CutoverReport {
             writes_blocked,
             changes_drained,
+            alias: None,
         })
     }
 
@@ -220,6 +221,7 @@ impl PgSink {
         Ok(CutoverReport {
             writes_blocked,
             changes_drained,
+            alias: None,
         })
     }
 

@@ -699,6 +699,7 @@ impl Sink for PgSink {
         Ok(Some(CutoverReport {
             writes_blocked: Duration::from_millis(blocked_ms as u64),
             changes_drained: drained as u64,
+            alias: None,
         }))
     }
 

@@ -241,3 +241,229 @@ fn health_flags_an_alias_moved_by_hand_after_a_reindex() {
         bad.stderr
     );
 }
+
+/// A subject's data in PostgreSQL (a row deleted, rows anonymised in one transaction),
+/// MongoDB (documents deleted by a dotted path) and Elasticsearch (documents
+/// anonymised): a dry run counts and changes nothing; the erasure reports what it did
+/// and is audited under the subject's digest only.
+#[test]
+fn erase_across_postgresql_mongodb_and_elasticsearch() {
+    let mongo = common::mongo::MongoDb::new();
+    let elastic = Elastic::new();
+    let project = Project::with_config(&format!("{}{}", mongo.config(), elastic.config()));
+    project
+        .db
+        .client()
+        .batch_execute(
+            "CREATE TABLE customers (id bigint PRIMARY KEY, email text, name text);
+             INSERT INTO customers SELECT g, 'c' || g || '@example.com', 'Name ' || g FROM generate_series(4700, 4720) g;
+             CREATE TABLE orders (id serial PRIMARY KEY, customer_id bigint, note text, email text);
+             INSERT INTO orders (customer_id, note, email) SELECT 4700 + g % 21, 'note', 'x@example.com' FROM generate_series(1, 210) g;",
+        )
+        .unwrap();
+    mongo.insert(
+        "events",
+        (0..60)
+            .map(|i| mongodb::bson::doc! {"_id": i, "user": {"id": 4700 + i % 20}, "what": "login"})
+            .collect(),
+    );
+    let profiles = elastic.index("profiles");
+    elastic.ok(Method::Put, &format!("/{profiles}"), Some(&json!({"mappings": {"properties": {"uid": {"type": "keyword"}, "email": {"type": "keyword"}}}})));
+    elastic.put_documents(
+        &profiles,
+        (0..10).map(|i| {
+            (
+                i.to_string(),
+                json!({"uid": (4710 + i % 5).to_string(), "email": format!("p{i}@example.com")}),
+            )
+        }),
+    );
+    std::fs::write(
+        project.path("config/erasure.toml"),
+        format!(
+            r#"
+[[erase]]
+database = "postgresql"
+table = "public.orders"
+field = "customer_id"
+action = "anonymise"
+set = {{ note = "'erased'", email = "NULL" }}
+
+[[erase]]
+database = "postgresql"
+table = "public.customers"
+field = "id"
+action = "delete"
+
+[[erase]]
+database = "mongodb"
+collection = "events"
+field = "user.id"
+action = "delete"
+
+[[erase]]
+database = "elasticsearch"
+index = "{profiles}"
+field = "uid"
+action = "anonymise"
+set = {{ email = "erased@invalid" }}
+"#
+        ),
+    )
+    .unwrap();
+    let counts = |run: &common::Run| -> Vec<(String, String, u64)> {
+        let report: Value = serde_json::from_str(&run.stdout).unwrap();
+        report
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["target"].as_str().unwrap().to_string(),
+                    e["action"].as_str().unwrap().to_string(),
+                    e["count"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let expected = [
+        ("public.orders".to_string(), "anonymise".to_string(), 10),
+        ("public.customers".to_string(), "delete".to_string(), 1),
+        ("events".to_string(), "delete".to_string(), 3),
+        (profiles.clone(), "anonymise".to_string(), 2),
+    ];
+
+    let dry = project
+        .run(&["erase", "--subject", "4711", "--dry-run", "--json"])
+        .ok();
+    assert_eq!(counts(&dry), expected);
+    assert_eq!(
+        project.db.column("SELECT count(*)::text FROM customers"),
+        ["21"]
+    );
+    assert_eq!(mongo.count("events", mongodb::bson::doc! {}), 60);
+    let text = project
+        .run(&["erase", "--subject", "4711", "--dry-run"])
+        .ok();
+    assert!(
+        text.stdout.contains("dry run for subject sha256:"),
+        "{}",
+        text.stdout
+    );
+
+    let run = project.run(&["erase", "--subject", "4711", "--json"]).ok();
+    assert_eq!(counts(&run), expected);
+    assert_eq!(
+        project
+            .db
+            .column("SELECT count(*)::text FROM customers WHERE id = 4711"),
+        ["0"]
+    );
+    assert_eq!(
+        project.db.column("SELECT count(*)::text FROM customers"),
+        ["20"]
+    );
+    assert_eq!(
+        project.db.column("SELECT count(*)::text FROM orders WHERE customer_id = 4711 AND note = 'erased' AND email IS NULL"),
+        ["10"]
+    );
+    assert_eq!(
+        project
+            .db
+            .column("SELECT count(*)::text FROM orders WHERE note = 'note' AND email IS NOT NULL"),
+        ["200"]
+    );
+    assert_eq!(
+        mongo.count("events", mongodb::bson::doc! {"user.id": 4711}),
+        0
+    );
+    assert_eq!(mongo.count("events", mongodb::bson::doc! {}), 57);
+    let documents = elastic.documents(&profiles);
+    let erased: Vec<&Value> = documents.values().filter(|d| d["uid"] == "4711").collect();
+    assert_eq!(erased.len(), 2);
+    assert!(
+        erased.iter().all(|d| d["email"] == "erased@invalid"),
+        "{erased:?}"
+    );
+    assert_eq!(
+        documents
+            .values()
+            .filter(|d| d["email"] == "erased@invalid")
+            .count(),
+        2
+    );
+
+    let again = project.run(&["erase", "--subject", "4711", "--json"]).ok();
+    assert_eq!(
+        counts(&again)[1].2,
+        0,
+        "nothing of the subject is left to delete"
+    );
+
+    let audit = project.run(&["audit", "--json"]).ok();
+    assert!(
+        !audit.stdout.contains("4711"),
+        "the subject is never kept in clear: {}",
+        audit.stdout
+    );
+    let entries: Value = serde_json::from_str(&audit.stdout).unwrap();
+    let erasures: Vec<&str> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["detail"].as_str())
+        .filter(|d| d.starts_with("erasure of subject sha256:"))
+        .collect();
+    assert_eq!(
+        erasures.len(),
+        6,
+        "one entry per database per erasure, none for the dry runs: {erasures:#?}"
+    );
+    assert!(
+        erasures.iter().any(|d| d.ends_with(": anonymised 10 in public.orders, deleted 1 in public.customers")),
+        "{erasures:#?}"
+    );
+}
+
+#[test]
+fn a_bad_erasure_mapping_exits_2_and_erases_nothing() {
+    let project = Project::new();
+    project
+        .db
+        .client()
+        .batch_execute("CREATE TABLE customers (id bigint); INSERT INTO customers VALUES (1);")
+        .unwrap();
+    let missing = project.run(&["erase", "--subject", "1"]).expect_code(2);
+    assert!(
+        missing
+            .stderr
+            .starts_with("error: config/erasure.toml: no erasure mapping"),
+        "{}",
+        missing.stderr
+    );
+    std::fs::write(
+        project.path("config/erasure.toml"),
+        "[[erase]]\ndatabase = \"postgresql\"\ntable = \"customers\"\nfield = \"id\"\naction = \"anonymise\"\n",
+    )
+    .unwrap();
+    let run = project.run(&["erase", "--subject", "1"]).expect_code(2);
+    assert_eq!(
+        run.stderr,
+        "error: config/erasure.toml: erase[1] (postgresql customers): `anonymise` needs `set` (what to write instead)\n"
+    );
+    std::fs::write(
+        project.path("config/erasure.toml"),
+        "[[erase]]\ndatabase = \"postgresql\"\ntable = \"customers\"\nfield = \"customer\"\naction = \"delete\"\n",
+    )
+    .unwrap();
+    let run = project.run(&["erase", "--subject", "1"]).expect_code(2);
+    assert!(
+        run.stderr.contains("customers has no column `customer`"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        project.db.column("SELECT count(*)::text FROM customers"),
+        ["1"]
+    );
+}

@@ -167,6 +167,29 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Erase a data subject's personal data from every configured database (GDPR / DSGVO)
+    #[command(
+        after_help = "The mapping file (default config/erasure.toml) says where personal data lives: \
+        [[erase]] entries with database, table|collection|index, field (the column or dotted path \
+        holding the subject's id), action = \"delete\" or \"anonymise\" with set = { column = \"SQL\" } \
+        (MongoDB, Elasticsearch: JSON values). PostgreSQL's entries run in one transaction. The \
+        subject is recorded in the audit log only as a digest.\n\nExamples:\n  \
+        switchyard erase --subject 4711 --dry-run\n  switchyard erase --subject 4711 --json"
+    )]
+    Erase {
+        /// The data subject's id, as the mapping's fields hold it
+        #[arg(long, value_name = "ID")]
+        subject: String,
+        /// The mapping file
+        #[arg(long, value_name = "FILE", default_value = crate::ops::erase::DEFAULT_MAP)]
+        map: PathBuf,
+        /// Count what would be erased, change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the audit log: who ran what, when, and how it ended
     Audit {
         /// How many entries, newest first
@@ -276,6 +299,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             crate::serve::serve(config, std::sync::Arc::new(crate::serve::SystemClock)).await
         }
         Command::Health { databases, json } => ops::health(&config, &databases, json).await,
+        Command::Erase {
+            subject,
+            map,
+            dry_run,
+            json,
+        } => ops::erase(&config, &subject, &map, dry_run, json).await,
         Command::Audit { limit, since, json } => audit::show(&config, limit, since, json).await,
     }
 }

@@ -120,7 +120,7 @@ pub async fn audit(
     let entry = AuditEntry {
         at: Utc::now(),
         actor: actor(),
-        command: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+        command: command_line(std::env::args().skip(1)),
         database: database.map(str::to_string),
         outcome,
         detail,
@@ -130,10 +130,52 @@ pub async fn audit(
     }
 }
 
+/// The command as typed, with what must not be kept in clear (`--subject ID`, an erasure's
+/// data subject) replaced by `…`.
+fn command_line(args: impl Iterator<Item = String>) -> String {
+    let mut words = Vec::new();
+    let mut hide_next = false;
+    for arg in args {
+        if hide_next {
+            words.push("…".to_string());
+            hide_next = false;
+        } else if arg == "--subject" {
+            hide_next = true;
+            words.push(arg);
+        } else if arg.starts_with("--subject=") {
+            words.push("--subject=…".to_string());
+        } else {
+            words.push(arg);
+        }
+    }
+    words.join(" ")
+}
+
 /// `user@host` of this process (the OS account), for audit entries and
 /// history rows.
 pub fn actor() -> String {
     let user = whoami::username().unwrap_or_else(|_| "unknown".to_string());
     let host = whoami::hostname().unwrap_or_else(|_| "unknown".to_string());
     format!("{user}@{host}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_erasure_s_subject_is_not_kept_in_the_command_line() {
+        let args = |text: &str| {
+            text.split(' ')
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+                .into_iter()
+        };
+        assert_eq!(
+            super::command_line(args("erase --subject 4711 --json")),
+            "erase --subject … --json"
+        );
+        assert_eq!(
+            super::command_line(args("erase --subject=4711")),
+            "erase --subject=…"
+        );
+    }
 }

@@ -24,6 +24,7 @@ mod checkpoints;
 mod copy;
 mod digest;
 mod documents;
+pub mod erase;
 mod lease;
 mod migrations;
 mod operations;

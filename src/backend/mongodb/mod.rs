@@ -17,6 +17,7 @@
 //! URL options (`tls=true`, `tlsCAFile=…`, `replicaSet=…`) are honoured as they are.
 
 mod capture;
+pub mod erase;
 mod lease;
 mod migrations;
 mod operations;

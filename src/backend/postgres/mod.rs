@@ -19,6 +19,7 @@ mod checkpoints;
 mod cutover;
 mod ddl;
 mod dependents;
+pub mod erase;
 pub mod health;
 mod migrations;
 mod pgoutput;

@@ -467,3 +467,321 @@ fn a_bad_erasure_mapping_exits_2_and_erases_nothing() {
         ["1"]
     );
 }
+
+/// A table with every common column type, a NULL in each, and text that JSON must
+/// escape.
+const EVERY_TYPE: &str = "
+CREATE TABLE things (
+    id bigserial PRIMARY KEY,
+    small smallint, whole integer, big bigint,
+    exact numeric(30, 10), approx double precision, real_ real,
+    label text, code varchar(12), flag boolean,
+    day date, at timestamptz, local_at timestamp, span interval, moment time,
+    uid uuid, doc jsonb, raw bytea, tags text[], address inet,
+    total numeric GENERATED ALWAYS AS (exact * 2) STORED
+)";
+
+const FILL: &str = "
+INSERT INTO things (small, whole, big, exact, approx, real_, label, code, flag, day, at, local_at, span, moment, uid, doc, raw, tags, address)
+SELECT g % 300, g * 7, g::bigint * 1000000007, (g * 1.0000000001)::numeric(30, 10),
+       CASE WHEN g % 97 = 0 THEN 'NaN'::float8 ELSE g / 3.0 END, g / 7.0,
+       CASE WHEN g % 50 = 0 THEN NULL ELSE 'naïve \"quoted\" ' || g || E'\\n\\ttabbed ✓' END,
+       'c' || g, g % 2 = 0, DATE '2024-01-01' + g, TIMESTAMPTZ '2024-03-01 12:00:00.123456+02' + g * INTERVAL '1 minute',
+       TIMESTAMP '2024-03-01 00:00:00' + g * INTERVAL '1 second', g * INTERVAL '1 hour 3 minutes', TIME '10:00' + g * INTERVAL '1 second',
+       md5(g::text)::uuid, jsonb_build_object('n', g, 'nested', jsonb_build_array(1, 'two', NULL)),
+       decode(md5(g::text), 'hex'), ARRAY['a', g::text], ('10.0.' || (g % 250) || '.1')::inet
+FROM generate_series(1, 3500) g";
+
+fn checksum(db: &TestDb, table: &str) -> String {
+    db.column(&format!(
+        "SELECT count(*) || ':' || md5(string_agg(to_jsonb(t)::text, '' ORDER BY id)) FROM {table} t"
+    ))[0]
+        .clone()
+}
+
+/// The project's database with the table filled, and another database (`copy`) with
+/// the same table empty.
+fn two_tables() -> (Project, TestDb) {
+    let copy = TestDb::new();
+    let project = Project::with_config(&format!(
+        "[databases.copy]\nkind = \"postgresql\"\nurl = \"{}\"\n",
+        copy.url
+    ));
+    project.db.client().batch_execute(EVERY_TYPE).unwrap();
+    project.db.client().batch_execute(FILL).unwrap();
+    copy.client().batch_execute(EVERY_TYPE).unwrap();
+    (project, copy)
+}
+
+#[test]
+fn a_table_of_every_common_type_round_trips_equal_by_checksum() {
+    let (project, copy) = two_tables();
+    let source = checksum(&project.db, "things");
+    let run = project
+        .run(&[
+            "export",
+            "--database",
+            "postgresql",
+            "--table",
+            "public.things",
+            "--out",
+            "things.jsonl",
+        ])
+        .ok();
+    assert_eq!(
+        run.stdout,
+        "exported 3500 rows of public.things to things.jsonl\n"
+    );
+    let text = std::fs::read_to_string(project.path("things.jsonl")).unwrap();
+    assert_eq!(text.lines().count(), 3500);
+    assert!(
+        text.lines()
+            .next()
+            .unwrap()
+            .contains("\"at\": \"2024-03-01T12:01:00.123456+02:00\"")
+            || text.contains("\"at\": \"2024-03-01T10:01:00.123456+00:00\""),
+        "{}",
+        text.lines().next().unwrap()
+    );
+
+    let again = project
+        .run(&[
+            "export",
+            "--database",
+            "postgresql",
+            "--table",
+            "public.things",
+            "--out",
+            "things.jsonl",
+        ])
+        .expect_code(2);
+    assert!(
+        again
+            .stderr
+            .contains("things.jsonl: exists, a finished export"),
+        "{}",
+        again.stderr
+    );
+
+    for _ in 0..2 {
+        let run = project
+            .run(&[
+                "import",
+                "--database",
+                "copy",
+                "--table",
+                "public.things",
+                "things.jsonl",
+            ])
+            .ok();
+        assert_eq!(
+            run.stdout,
+            "imported 3500 lines of things.jsonl into public.things\n"
+        );
+        assert_eq!(
+            checksum(&copy, "things"),
+            source,
+            "equal, and the same after a second import"
+        );
+    }
+    copy.client()
+        .batch_execute("INSERT INTO things (label) VALUES ('after the import')")
+        .unwrap();
+    assert_eq!(
+        copy.column("SELECT max(id)::text FROM things"),
+        ["3501"],
+        "the sequence moved past the imported ids"
+    );
+
+    let filtered = project
+        .run(&[
+            "export",
+            "--database",
+            "postgresql",
+            "--table",
+            "things",
+            "--where",
+            "flag AND id <= 100",
+        ])
+        .ok();
+    assert_eq!(
+        filtered.stdout.lines().count(),
+        50,
+        "to standard output, only what --where matches"
+    );
+
+    let wrong = project
+        .run(&[
+            "export",
+            "--database",
+            "postgresql",
+            "--collection",
+            "things",
+        ])
+        .expect_code(2);
+    assert_eq!(wrong.stderr, "error: database `postgresql` is postgresql: name what to transfer with --table NAME (and nothing else)\n");
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_killed_export_and_a_killed_import_resume_with_nothing_lost_or_doubled() {
+    let (project, copy) = two_tables();
+    let source = checksum(&project.db, "things");
+    let export = [
+        "export",
+        "--database",
+        "postgresql",
+        "--table",
+        "things",
+        "--out",
+        "things.jsonl",
+    ];
+    let killed = project
+        .command(&export)
+        .env("FAILPOINTS", "export.after_batch=2*off->return")
+        .output()
+        .unwrap();
+    assert_eq!(
+        killed.status.code(),
+        Some(switchyard::failpoint::CRASH_EXIT_CODE)
+    );
+    assert!(
+        !project.path("things.jsonl").exists(),
+        "an unfinished export is never the file"
+    );
+    let partial = std::fs::read_to_string(project.path("things.jsonl.partial")).unwrap();
+    assert_eq!(partial.lines().count(), 3000);
+    // What a kill leaves half-written after the last recorded batch is cut on resume.
+    std::fs::write(
+        project.path("things.jsonl.partial"),
+        format!("{partial}{{\"id\": 99999, \"lab"),
+    )
+    .unwrap();
+    let resumed = project.run(&export).ok();
+    assert_eq!(
+        resumed.stdout,
+        "exported 3500 rows of things to things.jsonl (resumed where the last run stopped)\n"
+    );
+
+    let import = [
+        "import",
+        "--database",
+        "copy",
+        "--table",
+        "things",
+        "things.jsonl",
+    ];
+    let killed = project
+        .command(&import)
+        .env("FAILPOINTS", "import.after_batch=1*off->return")
+        .output()
+        .unwrap();
+    assert_eq!(
+        killed.status.code(),
+        Some(switchyard::failpoint::CRASH_EXIT_CODE)
+    );
+    assert_eq!(copy.column("SELECT count(*)::text FROM things"), ["2000"]);
+    let resumed = project.run(&import).ok();
+    assert!(
+        resumed
+            .stdout
+            .ends_with("(resumed where the last run stopped)\n"),
+        "{}",
+        resumed.stdout
+    );
+    assert_eq!(checksum(&copy, "things"), source);
+    assert!(!project.path("things.jsonl.import-progress").exists());
+}
+
+#[test]
+fn a_collection_and_an_index_round_trip_with_their_types() {
+    use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Decimal128};
+    let mongo = common::mongo::MongoDb::new();
+    let elastic = Elastic::new();
+    let project = Project::with_config(&format!("{}{}", mongo.config(), elastic.config()));
+    let documents: Vec<mongodb::bson::Document> = (0..1500)
+        .map(|i| {
+            doc! {
+                "_id": ObjectId::new(),
+                "n": i as i64,
+                "small": i as i32,
+                "ratio": i as f64 / 3.0,
+                "price": Bson::Decimal128("12.50".parse::<Decimal128>().unwrap()),
+                "at": DateTime::from_millis(1_700_000_000_000 + i as i64),
+                "tags": ["a", format!("t{}", i % 3)],
+                "nested": {"deep": {"x": i, "none": Bson::Null}},
+            }
+        })
+        .collect();
+    mongo.insert("events", documents);
+    project
+        .run(&[
+            "export",
+            "--database",
+            "mongodb",
+            "--collection",
+            "events",
+            "--out",
+            "events.jsonl",
+        ])
+        .ok();
+    let first = std::fs::read_to_string(project.path("events.jsonl")).unwrap();
+    assert!(
+        first.lines().next().unwrap().contains("\"$oid\""),
+        "canonical Extended JSON"
+    );
+    project
+        .run(&[
+            "import",
+            "--database",
+            "mongodb",
+            "--collection",
+            "events_copy",
+            "events.jsonl",
+        ])
+        .ok();
+    let sorted = |name: &str| {
+        let mut all = mongo.documents(name);
+        all.sort_by_key(|d| d.get_object_id("_id").unwrap());
+        all
+    };
+    assert_eq!(
+        sorted("events_copy"),
+        sorted("events"),
+        "every document and type equal"
+    );
+
+    let index = elastic.index("catalog");
+    elastic.put_documents(
+        &index,
+        (0..1200).map(|i| (format!("doc-{i}"), json!({"sku": format!("s{i}"), "price": i as f64 * 1.5, "tags": ["x"], "dims": {"w": i}}))),
+    );
+    project
+        .run(&[
+            "export",
+            "--database",
+            "elasticsearch",
+            "--index",
+            &index,
+            "--out",
+            "catalog.jsonl",
+        ])
+        .ok();
+    let copy = elastic.index("catalog_copy");
+    let run = project
+        .run(&[
+            "import",
+            "--database",
+            "elasticsearch",
+            "--index",
+            &copy,
+            "catalog.jsonl",
+        ])
+        .ok();
+    assert!(
+        run.stdout.starts_with("imported 1200 lines"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(elastic.documents(&copy), elastic.documents(&index));
+}

@@ -190,6 +190,54 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Export a table, collection or index to JSON Lines, in batches; run it again to resume
+    #[command(
+        after_help = "Lines keep each store's types: a row as PostgreSQL's to_jsonb writes it, a document \
+        in MongoDB's canonical Extended JSON, an index's {\"_id\", \"_source\"}. With --out, the export \
+        goes to FILE.partial and is renamed to FILE when complete; a killed export resumes where it \
+        stopped when run again. --where filters: SQL (PostgreSQL), a JSON query document (MongoDB), \
+        a JSON query (Elasticsearch).\n\nExamples:\n  switchyard export --database postgresql --table public.customers --out customers.jsonl\n  \
+        switchyard export --database mongodb --collection events --where '{\"kind\": \"login\"}' --out logins.jsonl"
+    )]
+    Export {
+        /// The database (a name from the configuration)
+        #[arg(long, value_name = "NAME")]
+        database: String,
+        /// A PostgreSQL table (schema.table), with a primary key
+        #[arg(long, value_name = "T")]
+        table: Option<String>,
+        /// A MongoDB collection
+        #[arg(long, value_name = "C")]
+        collection: Option<String>,
+        /// An Elasticsearch index or alias
+        #[arg(long, value_name = "I")]
+        index: Option<String>,
+        /// The file to write [default: standard output, not resumable]
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Only what this condition matches
+        #[arg(long = "where", value_name = "FILTER")]
+        filter: Option<String>,
+    },
+    /// Import JSON Lines (as export writes them) into a table, collection or index, idempotently by key
+    #[command(
+        after_help = "Each row is upserted by its primary key, each document written by its _id, so \
+        importing a file twice leaves the same data. A killed import resumes after the last batch \
+        it wrote (FILE.import-progress). Sequences of the table are moved past the imported ids.\n\n\
+        Example:\n  switchyard import --database postgresql --table public.customers customers.jsonl"
+    )]
+    Import {
+        #[arg(long, value_name = "NAME")]
+        database: String,
+        #[arg(long, value_name = "T")]
+        table: Option<String>,
+        #[arg(long, value_name = "C")]
+        collection: Option<String>,
+        #[arg(long, value_name = "I")]
+        index: Option<String>,
+        /// The JSON Lines file
+        file: PathBuf,
+    },
     /// Show the audit log: who ran what, when, and how it ended
     Audit {
         /// How many entries, newest first
@@ -299,6 +347,29 @@ pub async fn run(cli: Cli) -> Result<()> {
             crate::serve::serve(config, std::sync::Arc::new(crate::serve::SystemClock)).await
         }
         Command::Health { databases, json } => ops::health(&config, &databases, json).await,
+        Command::Export {
+            database,
+            table,
+            collection,
+            index,
+            out,
+            filter,
+        } => {
+            let target =
+                crate::ops::transfer::target(&config, &database, table, collection, index)?;
+            ops::export(&config, &target, filter.as_deref(), out.as_deref()).await
+        }
+        Command::Import {
+            database,
+            table,
+            collection,
+            index,
+            file,
+        } => {
+            let target =
+                crate::ops::transfer::target(&config, &database, table, collection, index)?;
+            ops::import(&config, &target, &file).await
+        }
         Command::Erase {
             subject,
             map,

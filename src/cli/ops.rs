@@ -1,12 +1,15 @@
-//! `health` and `erase`.
+//! `health`, `erase`, `export` and `import`.
 
 use std::path::Path;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::table::Table;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ops::erase::{self, subject_digest, Erased};
 use crate::ops::health::{self, Severity};
+use crate::ops::transfer::{self, Target};
 use crate::state::{self, Outcome};
 
 pub async fn health(config: &Config, selected: &[String], json: bool) -> Result<()> {
@@ -134,4 +137,106 @@ fn report(done: &[Erased], digest: &str, dry_run: bool, json: bool) {
     } else {
         println!("subject {digest}: {total} rows and documents erased (recorded in the audit log under the digest)");
     }
+}
+
+fn transfer_bar(unit: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    let template = format!(
+        "{{msg}} [{{bar:30}}] {{human_pos}}/{{human_len}} {unit}  {{per_sec}}  eta {{eta}}"
+    );
+    bar.set_style(
+        ProgressStyle::with_template(&template)
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+async fn audited(
+    config: &Config,
+    target: &Target,
+    outcome: &Result<transfer::Moved>,
+    verb: &str,
+    file: &str,
+) -> Result<()> {
+    let store = state::open(&config.state.url).await?;
+    let (result, detail) = match outcome {
+        Ok(moved) => (
+            Outcome::Ok,
+            format!(
+                "{verb} {} lines of {} {} {file}{}",
+                moved.lines,
+                target.name,
+                if verb == "exported" { "to" } else { "from" },
+                if moved.resumed { " (resumed)" } else { "" }
+            ),
+        ),
+        Err(error) => (
+            Outcome::Failed,
+            format!("{verb} {} {file}: {error}", target.name),
+        ),
+    };
+    state::audit(store.as_ref(), Some(&target.database), result, detail).await;
+    Ok(())
+}
+
+pub async fn export(
+    config: &Config,
+    target: &Target,
+    filter: Option<&str>,
+    out: Option<&Path>,
+) -> Result<()> {
+    let bar = transfer_bar("rows");
+    bar.set_message(format!("export {}", target.name));
+    let outcome = transfer::export(config, target, filter, out, &mut |done, total| {
+        if let Some(total) = total {
+            bar.set_length(total.max(done));
+        }
+        bar.set_position(done);
+    })
+    .await;
+    bar.finish_and_clear();
+    let file = out.map_or("standard output".to_string(), |p| p.display().to_string());
+    audited(config, target, &outcome, "exported", &file).await?;
+    let moved = outcome?;
+    if out.is_some() {
+        println!(
+            "exported {} rows of {} to {file}{}",
+            moved.lines,
+            target.name,
+            if moved.resumed {
+                " (resumed where the last run stopped)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+pub async fn import(config: &Config, target: &Target, file: &Path) -> Result<()> {
+    let bar = transfer_bar("bytes");
+    bar.set_message(format!("import {}", target.name));
+    let outcome = transfer::import(config, target, file, &mut |done, total| {
+        if let Some(total) = total {
+            bar.set_length(total);
+        }
+        bar.set_position(done);
+    })
+    .await;
+    bar.finish_and_clear();
+    let name = file.display().to_string();
+    audited(config, target, &outcome, "imported", &name).await?;
+    let moved = outcome?;
+    println!(
+        "imported {} lines of {name} into {}{}",
+        moved.lines,
+        target.name,
+        if moved.resumed {
+            " (resumed where the last run stopped)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
 }

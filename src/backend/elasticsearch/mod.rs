@@ -32,6 +32,7 @@ mod pit;
 mod reindex;
 mod sink;
 mod source;
+pub mod transfer;
 mod verify_rows;
 
 pub use copy::{open_job as open_copy_job, plan_job as plan_copy_job};

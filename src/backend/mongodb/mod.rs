@@ -25,6 +25,7 @@ mod order;
 mod plan;
 mod sink;
 mod source;
+pub mod transfer;
 mod verify;
 
 pub use migrations::MongoMigrations;

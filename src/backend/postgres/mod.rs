@@ -31,6 +31,7 @@ mod source;
 mod split;
 mod table;
 mod tls;
+pub mod transfer;
 mod verify;
 
 pub use migrations::PostgresMigrations;

@@ -271,7 +271,7 @@ fn erase_across_postgresql_mongodb_and_elasticsearch() {
     elastic.ok(Method::Put, &format!("/{profiles}"), Some(&json!({"mappings": {"properties": {"uid": {"type": "keyword"}, "email": {"type": "keyword"}}}})));
     elastic.put_documents(
         &profiles,
-        (0..10).map(|i| {
+        (0..10).map(|i: i32| {
             (
                 i.to_string(),
                 json!({"uid": (4710 + i % 5).to_string(), "email": format!("p{i}@example.com")}),
@@ -700,11 +700,11 @@ fn a_collection_and_an_index_round_trip_with_their_types() {
     let elastic = Elastic::new();
     let project = Project::with_config(&format!("{}{}", mongo.config(), elastic.config()));
     let documents: Vec<mongodb::bson::Document> = (0..1500)
-        .map(|i| {
+        .map(|i: i32| {
             doc! {
                 "_id": ObjectId::new(),
                 "n": i as i64,
-                "small": i as i32,
+                "small": i,
                 "ratio": i as f64 / 3.0,
                 "price": Bson::Decimal128("12.50".parse::<Decimal128>().unwrap()),
                 "at": DateTime::from_millis(1_700_000_000_000 + i as i64),

@@ -182,9 +182,7 @@ pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<()> {
             if let Some(record) = &record {
                 metrics.progress(record);
                 if tick % SLOT_CHECK_TICKS == 0 && engine::holds_a_guarded_slot(&spec, record) {
-                    if let Err(error) =
-                        guard_slot(&config, &spec, record, store.as_ref(), &metrics).await
-                    {
+                    if let Err(error) = guard_slot(&config, &spec, record, &store, &metrics).await {
                         tracing::debug!(job = %spec.name, %error, "cannot measure the job's slot");
                     }
                 }
@@ -289,7 +287,7 @@ async fn guard_slot(
     config: &Config,
     spec: &JobSpec,
     record: &JobRecord,
-    store: &dyn StateStore,
+    store: &Arc<dyn StateStore>,
     metrics: &Metrics,
 ) -> Result<()> {
     let mut pipeline = crate::backend::open_job(config, spec, store).await?;
@@ -299,7 +297,7 @@ async fn guard_slot(
     metrics.failed(&spec.name, &error);
     let mut record = record.clone();
     record.fail(&error);
-    record.save(store).await?;
+    record.save(store.as_ref()).await?;
     metrics.progress(&record);
     Ok(())
 }
@@ -410,7 +408,7 @@ async fn run_job(
 ) {
     let mut delay = START_RETRY_FIRST;
     let error = loop {
-        let backend = match crate::backend::open_job(&config, &spec, store.as_ref()).await {
+        let backend = match crate::backend::open_job(&config, &spec, &store).await {
             Ok(backend) => backend,
             Err(error) if error.is_transient() => {
                 tracing::warn!(job = %spec.name, %error, retry_in = ?delay, "the job cannot start yet; trying again");

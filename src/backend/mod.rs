@@ -19,6 +19,8 @@ pub(crate) fn back_name(job: &str) -> String {
     format!("{job}_back")
 }
 
+use std::sync::Arc;
+
 use crate::config::{Config, DatabaseKind};
 use crate::engine::{JobRecord, Pipeline};
 use crate::error::Result;
@@ -27,29 +29,39 @@ use crate::state::StateStore;
 
 /// The source and sink of a job as its record says it stands, for the engine: one
 /// place for the CLI and `serve`.
-pub async fn open_job(config: &Config, spec: &JobSpec, store: &dyn StateStore) -> Result<Pipeline> {
-    let source_may_be_gone = JobRecord::load(store, &spec.name)
+pub async fn open_job(
+    config: &Config,
+    spec: &JobSpec,
+    store: &Arc<dyn StateStore>,
+) -> Result<Pipeline> {
+    let source_may_be_gone = JobRecord::load(store.as_ref(), &spec.name)
         .await?
         .is_some_and(|record| record.source_may_be_gone());
     if into_index(config, spec)? {
-        return elasticsearch::open_copy_job(config, spec).await;
+        return elasticsearch::open_copy_job(config, spec, store).await;
     }
     match config.database(&spec.source.database)?.kind {
         DatabaseKind::Postgresql => postgres::open_job(config, spec, source_may_be_gone).await,
         DatabaseKind::Mongodb => mongodb::open_job(config, spec).await,
-        DatabaseKind::Elasticsearch => elasticsearch::open_job(config, spec).await,
+        DatabaseKind::Elasticsearch => elasticsearch::open_job(config, spec, store).await,
     }
 }
 
 /// What `job plan` prints for a job, changing nothing.
-pub async fn plan_job(config: &Config, spec: &JobSpec) -> Result<plan::JobPlan> {
+/// What a job will do; `store` holds the checkpoints of an Elasticsearch target (whether
+/// its expand already ran).
+pub async fn plan_job(
+    config: &Config,
+    spec: &JobSpec,
+    store: &Arc<dyn StateStore>,
+) -> Result<plan::JobPlan> {
     if into_index(config, spec)? {
-        return elasticsearch::plan_copy_job(config, spec).await;
+        return elasticsearch::plan_copy_job(config, spec, store).await;
     }
     match config.database(&spec.source.database)?.kind {
         DatabaseKind::Postgresql => postgres::plan_job(config, spec).await,
         DatabaseKind::Mongodb => mongodb::plan_job(config, spec).await,
-        DatabaseKind::Elasticsearch => elasticsearch::plan_job(config, spec).await,
+        DatabaseKind::Elasticsearch => elasticsearch::plan_job(config, spec, store).await,
     }
 }
 

@@ -18,7 +18,8 @@ use crate::state::{self, Outcome, StateStore};
 
 pub async fn plan(config: &Config, file: &Path) -> Result<()> {
     let spec = job::load(file, config)?;
-    let plan = crate::backend::plan_job(config, &spec).await?;
+    let store = state::open(&config.state.url).await?;
+    let plan = crate::backend::plan_job(config, &spec, &store).await?;
     println!(
         "job {} ({}), source {}: about {} {}",
         spec.name,
@@ -107,7 +108,7 @@ async fn drive(
     metrics: Option<Arc<Metrics>>,
     follow: bool,
 ) -> Result<RunEnd> {
-    let backend = crate::backend::open_job(config, spec, store.as_ref()).await?;
+    let backend = crate::backend::open_job(config, spec, &store).await?;
     let bar = progress_bar();
     let mut observers: Vec<Arc<dyn JobObserver>> = vec![Arc::new(BarObserver(bar.clone()))];
     if let Some(metrics) = metrics {

@@ -1,8 +1,10 @@
 //! The state store: where switchyard keeps what must outlive a process and be shared by
 //! every shell on the same configuration: the audit log, and each job's record (phase,
 //! progress figures) and control (pause, throttle, cutover, abort requests). A job's
-//! checkpoints are not here: they live with the data, in the sink's database, so that
-//! each commits with the writes it stands for (see [`crate::engine`]).
+//! checkpoints live with the data, in the sink's database, so that each commits with the
+//! writes it stands for (see [`crate::engine`]); a target with no transactions
+//! (Elasticsearch) keeps them here instead, each saved after the writes it stands for
+//! were acknowledged.
 //!
 //! Records are opaque JSON here; their meaning lives in [`crate::engine`]. A job's
 //! record is written only by the process running it, its control only by operators'
@@ -88,6 +90,14 @@ pub trait StateStore: Send + Sync {
 
     /// Replaces a job's control with `change(current)`, atomically against other writers.
     async fn update_control(&self, name: &str, change: ControlChange) -> Result<()>;
+
+    /// One checkpoint (`name`) of a job whose target keeps none itself.
+    async fn checkpoint(&self, job: &str, name: &str) -> Result<Option<String>>;
+
+    async fn put_checkpoint(&self, job: &str, name: &str, value: &str) -> Result<()>;
+
+    /// Removes every checkpoint of a job (idempotent).
+    async fn forget_checkpoints(&self, job: &str) -> Result<()>;
 }
 
 /// A read-modify-write of a control record: gets the current JSON (if any), returns the new.

@@ -28,6 +28,12 @@ CREATE TABLE IF NOT EXISTS switchyard.jobs (
     name    text PRIMARY KEY,
     record  text NOT NULL,
     control text
+);
+CREATE TABLE IF NOT EXISTS switchyard.checkpoints (
+    job   text NOT NULL,
+    name  text NOT NULL,
+    value text NOT NULL,
+    PRIMARY KEY (job, name)
 );";
 
 pub struct PostgresState {
@@ -156,5 +162,35 @@ impl StateStore for PostgresState {
             return Err(failed(e));
         }
         Ok(())
+    }
+
+    async fn checkpoint(&self, job: &str, name: &str) -> Result<Option<String>> {
+        self.client
+            .query_opt(
+                "SELECT value FROM switchyard.checkpoints WHERE job = $1 AND name = $2",
+                &[&job, &name],
+            )
+            .await
+            .map(|row| row.map(|r| r.get(0)))
+            .map_err(|e| Error::database(NAME, "cannot read a checkpoint", e))
+    }
+
+    async fn put_checkpoint(&self, job: &str, name: &str, value: &str) -> Result<()> {
+        self.client
+            .execute(
+                "INSERT INTO switchyard.checkpoints (job, name, value) VALUES ($1, $2, $3) ON CONFLICT (job, name) DO UPDATE SET value = EXCLUDED.value",
+                &[&job, &name, &value],
+            )
+            .await
+            .map(drop)
+            .map_err(|e| Error::database(NAME, "cannot save a checkpoint", e))
+    }
+
+    async fn forget_checkpoints(&self, job: &str) -> Result<()> {
+        self.client
+            .execute("DELETE FROM switchyard.checkpoints WHERE job = $1", &[&job])
+            .await
+            .map(drop)
+            .map_err(|e| Error::database(NAME, "cannot remove the job's checkpoints", e))
     }
 }

@@ -25,6 +25,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     name    TEXT PRIMARY KEY,
     record  TEXT NOT NULL,
     control TEXT
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    job   TEXT NOT NULL,
+    name  TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (job, name)
 );";
 
 /// How long a writer waits for another process's write lock on the file.
@@ -216,6 +222,40 @@ impl StateStore for SqliteState {
                     Err(error)
                 }
             }
+        })
+        .await
+    }
+
+    async fn checkpoint(&self, job: &str, name: &str) -> Result<Option<String>> {
+        let (job, name) = (job.to_string(), name.to_string());
+        self.with_connection(move |c| {
+            c.query_row(
+                "SELECT value FROM checkpoints WHERE job = ?1 AND name = ?2",
+                [job, name],
+                |row| row.get(0),
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn put_checkpoint(&self, job: &str, name: &str, value: &str) -> Result<()> {
+        let (job, name, value) = (job.to_string(), name.to_string(), value.to_string());
+        self.with_connection(move |c| {
+            c.execute(
+                "INSERT INTO checkpoints (job, name, value) VALUES (?1, ?2, ?3) ON CONFLICT (job, name) DO UPDATE SET value = excluded.value",
+                params![job, name, value],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn forget_checkpoints(&self, job: &str) -> Result<()> {
+        let job = job.to_string();
+        self.with_connection(move |c| {
+            c.execute("DELETE FROM checkpoints WHERE job = ?1", [job])
+                .map(drop)
         })
         .await
     }

@@ -283,3 +283,17 @@ impl Drop for Elastic {
         }
     }
 }
+
+/// The names of a job's checkpoints in the project's state store (the default SQLite
+/// file), where an Elasticsearch target's live.
+pub fn checkpoints(project: &super::Project, job: &str) -> Vec<String> {
+    let state = rusqlite::Connection::open(project.path("data/switchyard.db")).unwrap();
+    let mut statement = state
+        .prepare("SELECT name FROM checkpoints WHERE job = ?1 ORDER BY name")
+        .unwrap();
+    statement
+        .query_map([job], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}

@@ -1,64 +1,56 @@
-//! A job's checkpoints on an Elasticsearch target, in the index `switchyard-checkpoints`
-//! of the target's cluster: `<job>:state` (the job's indexes, the settings to restore,
-//! where catch-up stands, the cutover) and `<job>:range:<n>` per key range.
+//! A job's checkpoints on an Elasticsearch target, in the state store (`state.url`):
+//! `state` (the job's indexes, the settings to restore, where catch-up stands, the
+//! cutover) and `range:<n>` per key range.
 //!
 //! Invariants:
 //! - Elasticsearch has no transactions: a checkpoint is written after the writes it
 //!   stands for were acknowledged, and those writes are idempotent (by `_id`, with the
 //!   source's version), so a batch a crash cut short is redone with the same result.
-//! - Checkpoints are read by `_id` (a real-time get), never searched, so they are seen
-//!   at once without a refresh.
 //! - Only the process holding the job's lease writes them.
 
-use elasticsearch::http::Method;
+use std::sync::Arc;
+
 use serde_json::{json, Map, Value};
 
-use super::{path_segment, Es};
 use crate::engine::progress::{KeyRange, RangeProgress};
 use crate::error::{Error, Result};
-
-const INDEX: &str = "switchyard-checkpoints";
+use crate::state::StateStore;
 
 #[derive(Clone)]
 pub struct Checkpoints {
-    es: Es,
+    store: Arc<dyn StateStore>,
     job: String,
 }
 
 impl Checkpoints {
-    pub fn new(es: &Es, job: &str) -> Checkpoints {
+    pub fn new(store: &Arc<dyn StateStore>, job: &str) -> Checkpoints {
         Checkpoints {
-            es: es.clone(),
+            store: store.clone(),
             job: job.to_string(),
         }
     }
 
-    fn path(&self, name: &str) -> String {
-        format!(
-            "/{INDEX}/_doc/{}",
-            path_segment(&format!("{}:{name}", self.job))
-        )
+    /// The job whose checkpoints these are.
+    pub fn job(&self) -> &str {
+        &self.job
     }
 
     async fn get(&self, name: &str) -> Result<Option<Value>> {
-        let reply = self.es.call(Method::Get, &self.path(name), None).await?;
-        match reply.status {
-            404 => Ok(None),
-            _ if reply.is_success() => Ok(Some(reply.body["_source"].clone())),
-            _ => Err(self.es.refused("cannot read the job's checkpoints", &reply)),
+        match self.store.checkpoint(&self.job, name).await? {
+            Some(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
+                Error::State(format!(
+                    "job `{}`: checkpoint {name} is damaged: {e}",
+                    self.job
+                ))
+            }),
+            None => Ok(None),
         }
     }
 
     async fn put(&self, name: &str, document: &Value) -> Result<()> {
-        self.es
-            .expect(
-                Method::Put,
-                &self.path(name),
-                Some(document),
-                "cannot save the job's checkpoint",
-            )
+        self.store
+            .put_checkpoint(&self.job, name, &document.to_string())
             .await
-            .map(drop)
     }
 
     /// The job's state (an empty object before anything was saved).
@@ -93,7 +85,7 @@ impl Checkpoints {
         for number in self.range_numbers().await? {
             let document = self.get(&format!("range:{number}")).await?.ok_or_else(|| {
                 Error::State(format!(
-                    "job `{}`: the checkpoint of range {number} is missing from `{INDEX}`",
+                    "job `{}`: the checkpoint of range {number} is missing from the state store",
                     self.job
                 ))
             })?;
@@ -130,21 +122,7 @@ impl Checkpoints {
 
     /// Removes every checkpoint of the job (idempotent).
     pub async fn forget(&self) -> Result<()> {
-        for number in self.range_numbers().await? {
-            self.delete(&format!("range:{number}")).await?;
-        }
-        self.delete("state").await
-    }
-
-    async fn delete(&self, name: &str) -> Result<()> {
-        let reply = self.es.call(Method::Delete, &self.path(name), None).await?;
-        if reply.is_success() || reply.status == 404 {
-            Ok(())
-        } else {
-            Err(self
-                .es
-                .refused("cannot remove the job's checkpoints", &reply))
-        }
+        self.store.forget_checkpoints(&self.job).await
     }
 }
 

@@ -16,6 +16,8 @@
 //! - There is no way back after cutover (the old index, if any, got no writes since):
 //!   until contract deletes it, pointing the alias back is one `_aliases` request.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 use super::checkpoints::Checkpoints;
@@ -31,11 +33,16 @@ use crate::engine::source::{BatchReader, ChangeBatch, RowFormat};
 use crate::engine::{Pipeline, Source};
 use crate::error::{Error, Result};
 use crate::job::{CatchUpMethod, JobSpec};
+use crate::state::StateStore;
 
 /// A copy job's source (opened by its store's backend) and the index sink, joined.
-pub async fn open_job(config: &Config, spec: &JobSpec) -> Result<Pipeline> {
+pub async fn open_job(
+    config: &Config,
+    spec: &JobSpec,
+    store: &Arc<dyn StateStore>,
+) -> Result<Pipeline> {
     let (source, documents) = open_source(config, spec).await?;
-    let sink = open_sink(config, spec, documents).await?;
+    let sink = open_sink(config, spec, store, documents).await?;
     Ok(Pipeline::new(Box::new(KeptSource(source)), Box::new(sink)))
 }
 
@@ -59,12 +66,17 @@ async fn open_source(config: &Config, spec: &JobSpec) -> Result<(Box<dyn Source>
 }
 
 /// What `job plan` prints for a copy into an index; reads only.
-pub async fn plan_job(config: &Config, spec: &JobSpec) -> Result<JobPlan> {
+pub async fn plan_job(
+    config: &Config,
+    spec: &JobSpec,
+    store: &Arc<dyn StateStore>,
+) -> Result<JobPlan> {
     let (mut source, documents) = open_source(config, spec).await?;
     let target = spec.target.as_ref().expect("a copy has a target");
     let es = Es::connect(&target.database, config.database(&target.database)?)?;
     let alias = target.index.as_deref().unwrap_or_default();
-    let found = indexes(&es, spec, alias, true).await?;
+    let state = Checkpoints::new(store, &spec.name).state().await?;
+    let found = indexes(&es, &spec.name, &state, alias, true).await?;
     let new = &found.new;
     let (from, rows, log) = match &documents {
         Documents::Columns(_) => (spec.source.table.as_deref(), "rows", "logical replication"),
@@ -129,21 +141,25 @@ pub async fn plan_job(config: &Config, spec: &JobSpec) -> Result<JobPlan> {
     })
 }
 
-async fn open_sink(config: &Config, spec: &JobSpec, documents: Documents) -> Result<ElasticSink> {
+async fn open_sink(
+    config: &Config,
+    spec: &JobSpec,
+    store: &Arc<dyn StateStore>,
+    documents: Documents,
+) -> Result<ElasticSink> {
     let target = spec.target.as_ref().expect("a copy has a target");
     let es = Es::connect(&target.database, config.database(&target.database)?)?;
     let opensearch = es.is_opensearch().await?;
     let alias = target.index.as_deref().unwrap_or_default();
-    let found = indexes(&es, spec, alias, true).await?;
-    let expanded = Checkpoints::new(&es, &spec.name)
-        .state()
-        .await?
-        .contains_key("new");
+    let checkpoints = Checkpoints::new(store, &spec.name);
+    let state = checkpoints.state().await?;
+    let found = indexes(&es, &spec.name, &state, alias, true).await?;
+    let expanded = state.contains_key("new");
     let direction = new_index(&es, spec, expanded, found.old.as_deref()).await?;
     Ok(ElasticSink::new(
         &es,
         opensearch,
-        &spec.name,
+        checkpoints,
         found,
         direction,
         Origin::Rows(documents),

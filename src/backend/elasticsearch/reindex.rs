@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::engine::Pipeline;
 use crate::error::{Error, Result};
 use crate::job::{CatchUpMethod, ContractAfter, JobSpec};
+use crate::state::StateStore;
 
 /// The old index's settings a new index takes over when the job names none.
 const CARRIED_SETTINGS: &[&str] = &[
@@ -36,28 +37,31 @@ const CARRIED_SETTINGS: &[&str] = &[
 ];
 
 /// A reindex job's source and sink (and its way back, when it catches up).
-pub async fn open_job(config: &Config, spec: &JobSpec) -> Result<Pipeline> {
+pub async fn open_job(
+    config: &Config,
+    spec: &JobSpec,
+    store: &Arc<dyn StateStore>,
+) -> Result<Pipeline> {
     let es = Es::connect(
         &spec.source.database,
         config.database(&spec.source.database)?,
     )?;
     let opensearch = es.is_opensearch().await?;
     let alias = spec.source.index.as_deref().unwrap_or_default();
-    let indexes = indexes(&es, spec, alias, false).await?;
+    let checkpoints = Checkpoints::new(store, &spec.name);
+    let state = checkpoints.state().await?;
+    let indexes = indexes(&es, &spec.name, &state, alias, false).await?;
     let old = old_of(&indexes)?;
     let field = watermark_field(spec);
     let source = ElasticSource::open(&es, &indexes.alias, &old, opensearch, field);
     // Once expand ran (its names saved), the new index has its mapping and settings,
     // and the old index may be gone (contract deleted it).
-    let expanded = Checkpoints::new(&es, &spec.name)
-        .state()
-        .await?
-        .contains_key("new");
+    let expanded = state.contains_key("new");
     let direction = new_index(&es, spec, expanded, Some(&old)).await?;
     let sink = ElasticSink::new(
         &es,
         opensearch,
-        &spec.name,
+        checkpoints,
         indexes.clone(),
         direction,
         Origin::Index,
@@ -66,14 +70,16 @@ pub async fn open_job(config: &Config, spec: &JobSpec) -> Result<Pipeline> {
     if field.is_none() {
         return Ok(Pipeline::new(Box::new(source), Box::new(sink)));
     }
-    let (back_source, back_sink) = open_way_back(&es, opensearch, spec, &indexes);
+    let (back_source, back_sink) = open_way_back(&es, store, opensearch, spec, &indexes);
     let sink = sink.with_way_back(back_source, back_sink);
     let spec = Arc::new(spec.clone());
+    let store = store.clone();
     Ok(
         Pipeline::new(Box::new(source), Box::new(sink)).with_reverse(Box::new(move || {
             let (es, spec, indexes) = (es.clone(), spec.clone(), indexes.clone());
+            let store = store.clone();
             Box::pin(async move {
-                let (source, sink) = open_way_back(&es, opensearch, &spec, &indexes);
+                let (source, sink) = open_way_back(&es, &store, opensearch, &spec, &indexes);
                 Ok(Pipeline::new(Box::new(source), Box::new(sink)))
             })
         })),
@@ -84,6 +90,7 @@ pub async fn open_job(config: &Config, spec: &JobSpec) -> Result<Pipeline> {
 /// watermark), the old one its sink; its cutover moves the alias back.
 fn open_way_back(
     es: &Es,
+    store: &Arc<dyn StateStore>,
     opensearch: bool,
     spec: &JobSpec,
     indexes: &Indexes,
@@ -99,7 +106,7 @@ fn open_way_back(
     let sink = ElasticSink::new(
         es,
         opensearch,
-        &name,
+        Checkpoints::new(store, &name),
         indexes.clone(),
         Direction::Back,
         Origin::Index,
@@ -143,16 +150,17 @@ pub(super) async fn new_index(
     })
 }
 
-/// A job's indexes: as its checkpoints say once expand ran, else from the alias. With
-/// `may_create` (a copy), an alias that does not exist yet is created at cutover.
+/// A job's indexes: as its checkpoints' `state` says once expand ran, else from the
+/// alias. With `may_create` (a copy), an alias that does not exist yet is created at
+/// cutover.
 pub(super) async fn indexes(
     es: &Es,
-    spec: &JobSpec,
+    job: &str,
+    state: &Map<String, Value>,
     alias: &str,
     may_create: bool,
 ) -> Result<Indexes> {
     let alias = alias.to_string();
-    let state = Checkpoints::new(es, &spec.name).state().await?;
     if let Some(new) = state.get("new").and_then(Value::as_str) {
         return Ok(Indexes {
             alias,
@@ -181,17 +189,17 @@ pub(super) async fn indexes(
         [] => {
             let is_index = es.call(Method::Head, &format!("/{}", path_segment(&alias)), None).await?.is_success();
             if is_index {
-                return Err(Error::Refused(format!("job `{}`: `{alias}` is an index, not an alias: a job moves an alias from one index to the next. Give the index an alias (a migration with `reindex` into `{alias}_v1` and `create_alias`), let applications use the alias, then run the job", spec.name)));
+                return Err(Error::Refused(format!("job `{}`: `{alias}` is an index, not an alias: a job moves an alias from one index to the next. Give the index an alias (a migration with `reindex` into `{alias}_v1` and `create_alias`), let applications use the alias, then run the job", job)));
             }
             if !may_create {
-                return Err(Error::Refused(format!("job `{}`: no alias or index is named `{alias}` in `{}`", spec.name, es.name())));
+                return Err(Error::Refused(format!("job `{}`: no alias or index is named `{alias}` in `{}`", job, es.name())));
             }
             None
         }
         many => {
             return Err(Error::Refused(format!(
                 "job `{}`: the alias `{alias}` points at {} indexes ({}); a reindex moves an alias that names one",
-                spec.name,
+                job,
                 many.len(),
                 many.join(", ")
             )))
@@ -301,13 +309,18 @@ fn flatten(prefix: &str, value: &Value, into: &mut Map<String, Value>) {
 }
 
 /// What `job plan` prints for a reindex; reads only.
-pub async fn plan_job(config: &Config, spec: &JobSpec) -> Result<JobPlan> {
+pub async fn plan_job(
+    config: &Config,
+    spec: &JobSpec,
+    store: &Arc<dyn StateStore>,
+) -> Result<JobPlan> {
     let es = Es::connect(
         &spec.source.database,
         config.database(&spec.source.database)?,
     )?;
     let alias = spec.source.index.as_deref().unwrap_or_default();
-    let indexes = indexes(&es, spec, alias, false).await?;
+    let state = Checkpoints::new(store, &spec.name).state().await?;
+    let indexes = indexes(&es, &spec.name, &state, alias, false).await?;
     let old = &old_of(&indexes)?;
     let Indexes { new, .. } = &indexes;
     let count = es.count(old).await?;

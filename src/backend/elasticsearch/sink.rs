@@ -121,22 +121,23 @@ impl ElasticSink {
     pub fn new(
         es: &Es,
         opensearch: bool,
-        job: &str,
+        checkpoints: Checkpoints,
         indexes: Indexes,
         direction: Direction,
         origin: Origin,
         catches_up: bool,
     ) -> ElasticSink {
         let holder = format!("{} pid {}", crate::state::actor(), std::process::id());
+        let job = checkpoints.job().to_string();
         ElasticSink {
             es: es.clone(),
             opensearch,
-            job: job.to_string(),
+            lease: Some(super::lease::lease(es, &format!("job:{job}"), holder)),
+            job,
             indexes,
             direction,
             origin,
-            checkpoints: Checkpoints::new(es, job),
-            lease: Some(super::lease::lease(es, &format!("job:{job}"), holder)),
+            checkpoints,
             way_back: None,
             catches_up,
         }

@@ -426,10 +426,8 @@ fn baseline_up_to_a_version_marks_it_and_every_one_before() {
     );
 }
 
-/// Two databases whose migrations depend on each other: applied interleaved, rolled
-/// back in reverse, a rollback that would strand a dependent refused, and a cycle.
-#[test]
-fn dependencies_between_databases_order_migrate_and_rollback() {
+/// A project with a second PostgreSQL database, `ledger`, and its migrations folder.
+fn with_ledger() -> (Project, TestDb, std::path::PathBuf) {
     let ledger = TestDb::new();
     let project = Project::with_config(&format!(
         "[databases.ledger]\nkind = \"postgresql\"\nurl = \"{}\"\n",
@@ -437,6 +435,14 @@ fn dependencies_between_databases_order_migrate_and_rollback() {
     ));
     let ledger_dir = project.path("migrations/ledger");
     std::fs::create_dir_all(&ledger_dir).unwrap();
+    (project, ledger, ledger_dir)
+}
+
+/// Two databases whose migrations depend on each other: applied interleaved, rolled
+/// back in reverse, a rollback that would strand a dependent refused, and a cycle.
+#[test]
+fn dependencies_between_databases_order_migrate_and_rollback() {
+    let (project, ledger, ledger_dir) = with_ledger();
     let write_ledger =
         |name: &str, text: &str| std::fs::write(ledger_dir.join(name), text).unwrap();
     write_ledger("1_accounts.up.sql", "CREATE TABLE accounts (id int);");
@@ -514,13 +520,7 @@ fn dependencies_between_databases_order_migrate_and_rollback() {
 /// migrations are not applied.
 #[test]
 fn a_failure_stops_the_run_across_databases() {
-    let ledger = TestDb::new();
-    let project = Project::with_config(&format!(
-        "[databases.ledger]\nkind = \"postgresql\"\nurl = \"{}\"\n",
-        ledger.url
-    ));
-    let ledger_dir = project.path("migrations/ledger");
-    std::fs::create_dir_all(&ledger_dir).unwrap();
+    let (project, ledger, ledger_dir) = with_ledger();
     std::fs::write(
         ledger_dir.join("1_accounts.up.sql"),
         "-- switchyard:depends_on postgresql=1\nCREATE TABLE accounts (id int);",

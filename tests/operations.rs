@@ -517,17 +517,16 @@ fn two_tables() -> (Project, TestDb) {
 fn a_table_of_every_common_type_round_trips_equal_by_checksum() {
     let (project, copy) = two_tables();
     let source = checksum(&project.db, "things");
-    let run = project
-        .run(&[
-            "export",
-            "--database",
-            "postgresql",
-            "--table",
-            "public.things",
-            "--out",
-            "things.jsonl",
-        ])
-        .ok();
+    let export = [
+        "export",
+        "--database",
+        "postgresql",
+        "--table",
+        "public.things",
+        "--out",
+        "things.jsonl",
+    ];
+    let run = project.run(&export).ok();
     assert_eq!(
         run.stdout,
         "exported 3500 rows of public.things to things.jsonl\n"
@@ -544,17 +543,7 @@ fn a_table_of_every_common_type_round_trips_equal_by_checksum() {
         text.lines().next().unwrap()
     );
 
-    let again = project
-        .run(&[
-            "export",
-            "--database",
-            "postgresql",
-            "--table",
-            "public.things",
-            "--out",
-            "things.jsonl",
-        ])
-        .expect_code(2);
+    let again = project.run(&export).expect_code(2);
     assert!(
         again
             .stderr

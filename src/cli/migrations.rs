@@ -420,22 +420,15 @@ pub fn create(config: &Config, description: &str, database: &str) -> Result<()> 
     let header = format!("-- {description}\n");
     let mut files: Vec<(String, String)> = Vec::new();
     let version = match (kind, format) {
-        (DatabaseKind::Postgresql, Format::UpDown) => {
+        (DatabaseKind::Postgresql, format @ (Format::UpDown | Format::Flyway)) => {
             let v = next();
-            files.push((format!("{v}_{slug}.up.sql"), header.clone()));
-            files.push((
-                format!("{v}_{slug}.down.sql"),
-                format!("-- Undo: {description}\n"),
-            ));
-            v
-        }
-        (DatabaseKind::Postgresql, Format::Flyway) => {
-            let v = next();
-            files.push((format!("V{v}__{slug}.sql"), header.clone()));
-            files.push((
-                format!("U{v}__{slug}.sql"),
-                format!("-- Undo: {description}\n"),
-            ));
+            let (up, down) = if format == Format::Flyway {
+                (format!("V{v}__{slug}.sql"), format!("U{v}__{slug}.sql"))
+            } else {
+                (format!("{v}_{slug}.up.sql"), format!("{v}_{slug}.down.sql"))
+            };
+            files.push((up, header.clone()));
+            files.push((down, format!("-- Undo: {description}\n")));
             v
         }
         (DatabaseKind::Postgresql, Format::Dbmate) => {

@@ -200,18 +200,8 @@ pub enum Command {
         switchyard export --database mongodb --collection events --where '{\"kind\": \"login\"}' --out logins.jsonl"
     )]
     Export {
-        /// The database (a name from the configuration)
-        #[arg(long, value_name = "NAME")]
-        database: String,
-        /// A PostgreSQL table (schema.table), with a primary key
-        #[arg(long, value_name = "T")]
-        table: Option<String>,
-        /// A MongoDB collection
-        #[arg(long, value_name = "C")]
-        collection: Option<String>,
-        /// An Elasticsearch index or alias
-        #[arg(long, value_name = "I")]
-        index: Option<String>,
+        #[command(flatten)]
+        what: TransferTarget,
         /// The file to write [default: standard output, not resumable]
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
@@ -227,14 +217,8 @@ pub enum Command {
         Example:\n  switchyard import --database postgresql --table public.customers customers.jsonl"
     )]
     Import {
-        #[arg(long, value_name = "NAME")]
-        database: String,
-        #[arg(long, value_name = "T")]
-        table: Option<String>,
-        #[arg(long, value_name = "C")]
-        collection: Option<String>,
-        #[arg(long, value_name = "I")]
-        index: Option<String>,
+        #[command(flatten)]
+        what: TransferTarget,
         /// The JSON Lines file
         file: PathBuf,
     },
@@ -250,6 +234,36 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// What `export` and `import` act on: a database and one of its tables, collections or
+/// indexes (the flag of its kind).
+#[derive(Debug, clap::Args)]
+pub struct TransferTarget {
+    /// The database (a name from the configuration)
+    #[arg(long, value_name = "NAME")]
+    database: String,
+    /// A PostgreSQL table (schema.table), with a primary key
+    #[arg(long, value_name = "T")]
+    table: Option<String>,
+    /// A MongoDB collection
+    #[arg(long, value_name = "C")]
+    collection: Option<String>,
+    /// An Elasticsearch index or alias
+    #[arg(long, value_name = "I")]
+    index: Option<String>,
+}
+
+impl TransferTarget {
+    fn resolve(self, config: &Config) -> Result<crate::ops::transfer::Target> {
+        crate::ops::transfer::target(
+            config,
+            &self.database,
+            self.table,
+            self.collection,
+            self.index,
+        )
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -347,27 +361,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             crate::serve::serve(config, std::sync::Arc::new(crate::serve::SystemClock)).await
         }
         Command::Health { databases, json } => ops::health(&config, &databases, json).await,
-        Command::Export {
-            database,
-            table,
-            collection,
-            index,
-            out,
-            filter,
-        } => {
-            let target =
-                crate::ops::transfer::target(&config, &database, table, collection, index)?;
+        Command::Export { what, out, filter } => {
+            let target = what.resolve(&config)?;
             ops::export(&config, &target, filter.as_deref(), out.as_deref()).await
         }
-        Command::Import {
-            database,
-            table,
-            collection,
-            index,
-            file,
-        } => {
-            let target =
-                crate::ops::transfer::target(&config, &database, table, collection, index)?;
+        Command::Import { what, file } => {
+            let target = what.resolve(&config)?;
             ops::import(&config, &target, &file).await
         }
         Command::Erase {

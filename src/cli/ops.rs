@@ -77,9 +77,7 @@ pub async fn erase(
     };
     if !dry_run {
         let store = state::open(&config.state.url).await?;
-        let mut databases: Vec<&str> = entries.iter().map(|e| e.database.as_str()).collect();
-        databases.dedup();
-        for database in databases {
+        for database in erase::databases(&entries) {
             let here: Vec<String> = done
                 .iter()
                 .filter(|e| e.database == database)
@@ -139,7 +137,28 @@ fn report(done: &[Erased], digest: &str, dry_run: bool, json: bool) {
     }
 }
 
-fn transfer_bar(unit: &str) -> ProgressBar {
+/// Which way a transfer goes, as its messages say it.
+#[derive(Clone, Copy)]
+enum Way {
+    Export,
+    Import,
+}
+
+impl Way {
+    fn past(self) -> &'static str {
+        match self {
+            Way::Export => "exported",
+            Way::Import => "imported",
+        }
+    }
+}
+
+/// A progress bar on stderr; `unit` is what it counts.
+fn transfer_bar(way: Way, target: &Target) -> ProgressBar {
+    let unit = match way {
+        Way::Export => "rows",
+        Way::Import => "bytes",
+    };
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     let template = format!(
         "{{msg}} [{{bar:30}}] {{human_pos}}/{{human_len}} {unit}  {{per_sec}}  eta {{eta}}"
@@ -149,35 +168,69 @@ fn transfer_bar(unit: &str) -> ProgressBar {
             .expect("a valid template")
             .progress_chars("=> "),
     );
+    bar.set_message(format!(
+        "{} {}",
+        match way {
+            Way::Export => "export",
+            Way::Import => "import",
+        },
+        target.name
+    ));
     bar
 }
 
-async fn audited(
+/// Ends a transfer: clears its bar, writes its audit entry, and gives its outcome.
+async fn conclude(
     config: &Config,
     target: &Target,
-    outcome: &Result<transfer::Moved>,
-    verb: &str,
+    bar: ProgressBar,
+    outcome: Result<transfer::Moved>,
+    way: Way,
     file: &str,
-) -> Result<()> {
+) -> Result<transfer::Moved> {
+    bar.finish_and_clear();
     let store = state::open(&config.state.url).await?;
-    let (result, detail) = match outcome {
-        Ok(moved) => (
-            Outcome::Ok,
-            format!(
-                "{verb} {} lines of {} {} {file}{}",
-                moved.lines,
-                target.name,
-                if verb == "exported" { "to" } else { "from" },
-                if moved.resumed { " (resumed)" } else { "" }
-            ),
-        ),
+    let verb = way.past();
+    let (result, detail) = match &outcome {
+        Ok(moved) => {
+            let direction = match way {
+                Way::Export => "to",
+                Way::Import => "from",
+            };
+            let resumed = if moved.resumed { " (resumed)" } else { "" };
+            (
+                Outcome::Ok,
+                format!(
+                    "{verb} {} lines of {} {direction} {file}{resumed}",
+                    moved.lines, target.name
+                ),
+            )
+        }
         Err(error) => (
             Outcome::Failed,
             format!("{verb} {} {file}: {error}", target.name),
         ),
     };
     state::audit(store.as_ref(), Some(&target.database), result, detail).await;
-    Ok(())
+    outcome
+}
+
+fn resumed(moved: &transfer::Moved) -> &'static str {
+    if moved.resumed {
+        " (resumed where the last run stopped)"
+    } else {
+        ""
+    }
+}
+
+/// Follows a transfer's progress on its bar.
+fn follow(bar: &ProgressBar) -> impl FnMut(u64, Option<u64>) + Send + '_ {
+    move |done, total| {
+        if let Some(total) = total {
+            bar.set_length(total.max(done));
+        }
+        bar.set_position(done);
+    }
 }
 
 pub async fn export(
@@ -186,57 +239,31 @@ pub async fn export(
     filter: Option<&str>,
     out: Option<&Path>,
 ) -> Result<()> {
-    let bar = transfer_bar("rows");
-    bar.set_message(format!("export {}", target.name));
-    let outcome = transfer::export(config, target, filter, out, &mut |done, total| {
-        if let Some(total) = total {
-            bar.set_length(total.max(done));
-        }
-        bar.set_position(done);
-    })
-    .await;
-    bar.finish_and_clear();
+    let bar = transfer_bar(Way::Export, target);
+    let outcome = transfer::export(config, target, filter, out, &mut follow(&bar)).await;
     let file = out.map_or("standard output".to_string(), |p| p.display().to_string());
-    audited(config, target, &outcome, "exported", &file).await?;
-    let moved = outcome?;
+    let moved = conclude(config, target, bar, outcome, Way::Export, &file).await?;
     if out.is_some() {
         println!(
             "exported {} rows of {} to {file}{}",
             moved.lines,
             target.name,
-            if moved.resumed {
-                " (resumed where the last run stopped)"
-            } else {
-                ""
-            }
+            resumed(&moved)
         );
     }
     Ok(())
 }
 
 pub async fn import(config: &Config, target: &Target, file: &Path) -> Result<()> {
-    let bar = transfer_bar("bytes");
-    bar.set_message(format!("import {}", target.name));
-    let outcome = transfer::import(config, target, file, &mut |done, total| {
-        if let Some(total) = total {
-            bar.set_length(total);
-        }
-        bar.set_position(done);
-    })
-    .await;
-    bar.finish_and_clear();
+    let bar = transfer_bar(Way::Import, target);
+    let outcome = transfer::import(config, target, file, &mut follow(&bar)).await;
     let name = file.display().to_string();
-    audited(config, target, &outcome, "imported", &name).await?;
-    let moved = outcome?;
+    let moved = conclude(config, target, bar, outcome, Way::Import, &name).await?;
     println!(
         "imported {} lines of {name} into {}{}",
         moved.lines,
         target.name,
-        if moved.resumed {
-            " (resumed where the last run stopped)"
-        } else {
-            ""
-        }
+        resumed(&moved)
     );
     Ok(())
 }

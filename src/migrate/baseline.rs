@@ -266,36 +266,34 @@ pub fn to_record<'m>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::migrate::files::{Body, SqlScript};
-    use crate::migrate::Format;
-    use std::path::PathBuf;
 
     fn migration(version: Version, name: &str) -> Migration {
-        Migration {
-            version,
-            name: name.to_string(),
-            description: None,
-            format: Format::Flyway,
-            files: vec![PathBuf::from(name)],
-            checksum: String::new(),
-            depends_on: Vec::new(),
-            body: Body::Sql {
-                up: SqlScript {
-                    file: PathBuf::new(),
-                    sql: String::new(),
-                    transactional: true,
-                },
-                down: None,
-            },
-        }
+        Migration::for_test(version, name)
     }
 
     fn row(columns: &[Option<&str>]) -> ForeignRow {
         columns.iter().map(|c| c.map(str::to_string)).collect()
     }
 
-    fn versions(list: &[&Migration]) -> Vec<String> {
-        list.iter().map(|m| m.version.to_string()).collect()
+    /// A row of `flyway_schema_history` as the query reads it.
+    fn flyway(version: Option<&str>, kind: &str, script: &str, success: bool) -> ForeignRow {
+        row(&[
+            version,
+            Some(kind),
+            Some(script),
+            Some(if success { "true" } else { "false" }),
+        ])
+    }
+
+    /// The versions a baseline records (or its refusal), with nothing recorded before.
+    fn recorded(
+        baseline: Baseline,
+        folder: &[Migration],
+        rows: Option<&[ForeignRow]>,
+    ) -> std::result::Result<Vec<String>, String> {
+        to_record(&baseline, "pg", folder, rows, &[])
+            .map(|chosen| chosen.iter().map(|m| m.version.to_string()).collect())
+            .map_err(|e| e.to_string())
     }
 
     fn flyway_folder() -> Vec<Migration> {
@@ -309,82 +307,40 @@ mod tests {
 
     #[test]
     fn flyway_history_with_an_undo_and_a_repeatable() {
-        let folder = flyway_folder();
         let rows = [
-            row(&[Some("1"), Some("SQL"), Some("V1__init.sql"), Some("true")]),
-            row(&[
-                Some("1.1"),
-                Some("SQL"),
-                Some("V1_1__more.sql"),
-                Some("true"),
-            ]),
-            row(&[Some("2"), Some("SQL"), Some("V2__two.sql"), Some("true")]),
-            row(&[
-                Some("2"),
-                Some("UNDO_SQL"),
-                Some("U2__two.sql"),
-                Some("true"),
-            ]),
-            row(&[None, Some("SQL"), Some("R__views.sql"), Some("true")]),
+            flyway(Some("1"), "SQL", "V1__init.sql", true),
+            flyway(Some("1.1"), "SQL", "V1_1__more.sql", true),
+            flyway(Some("2"), "SQL", "V2__two.sql", true),
+            flyway(Some("2"), "UNDO_SQL", "U2__two.sql", true),
+            flyway(None, "SQL", "R__views.sql", true),
         ];
-        let chosen = to_record(
-            &Baseline::From(Tool::Flyway),
-            "pg",
-            &folder,
-            Some(&rows),
-            &[],
-        )
-        .unwrap();
-        assert_eq!(versions(&chosen), ["1", "1.1", "R__views"]);
+        let chosen = recorded(Baseline::From(Tool::Flyway), &flyway_folder(), Some(&rows));
+        assert_eq!(chosen.unwrap(), ["1", "1.1", "R__views"]);
     }
 
     #[test]
     fn a_failed_or_unknown_version_is_refused() {
         let folder = flyway_folder();
-        let failed = [row(&[
-            Some("1"),
-            Some("SQL"),
-            Some("V1__init.sql"),
-            Some("false"),
-        ])];
-        let refused = to_record(
-            &Baseline::From(Tool::Flyway),
-            "pg",
-            &folder,
-            Some(&failed),
-            &[],
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            refused.contains("did not finish: 1 (V1__init.sql) failed"),
-            "{refused}"
+        let refused = |rows: &[ForeignRow], tool| {
+            recorded(Baseline::From(tool), &folder, Some(rows)).unwrap_err()
+        };
+        let failed = refused(
+            &[flyway(Some("1"), "SQL", "V1__init.sql", false)],
+            Tool::Flyway,
         );
-        let unknown = [row(&[
-            Some("3"),
-            Some("SQL"),
-            Some("V3__x.sql"),
-            Some("true"),
-        ])];
-        let refused = to_record(
-            &Baseline::From(Tool::Flyway),
-            "pg",
-            &folder,
-            Some(&unknown),
-            &[],
-        )
-        .unwrap_err()
-        .to_string();
         assert!(
-            refused.contains("names a version that no file of the folder has: 3"),
-            "{refused}"
+            failed.contains("did not finish: 1 (V1__init.sql) failed"),
+            "{failed}"
         );
-        let refused = to_record(&Baseline::From(Tool::Sqlx), "pg", &folder, None, &[])
-            .unwrap_err()
-            .to_string();
+        let unknown = refused(&[flyway(Some("3"), "SQL", "V3__x.sql", true)], Tool::Flyway);
         assert!(
-            refused.starts_with("database `pg` has no table _sqlx_migrations"),
-            "{refused}"
+            unknown.contains("names a version that no file of the folder has: 3"),
+            "{unknown}"
+        );
+        let missing = recorded(Baseline::From(Tool::Sqlx), &folder, None).unwrap_err();
+        assert!(
+            missing.starts_with("database `pg` has no table _sqlx_migrations"),
+            "{missing}"
         );
     }
 
@@ -395,45 +351,22 @@ mod tests {
             migration(Version::parse("2").unwrap(), "ae1027a6acf_b"),
             migration(Version::parse("3").unwrap(), "c"),
         ];
-        let rows = [row(&[Some("2"), Some("false")])];
-        let chosen = to_record(
-            &Baseline::From(Tool::GolangMigrate),
-            "pg",
+        let golang = |dirty: &str| {
+            recorded(
+                Baseline::From(Tool::GolangMigrate),
+                &folder,
+                Some(&[row(&[Some("2"), Some(dirty)])]),
+            )
+        };
+        assert_eq!(golang("false").unwrap(), ["1", "2"]);
+        assert!(golang("true").unwrap_err().contains("2 is dirty"));
+        let alembic = recorded(
+            Baseline::From(Tool::Alembic),
             &folder,
-            Some(&rows),
-            &[],
-        )
-        .unwrap();
-        assert_eq!(versions(&chosen), ["1", "2"]);
-        let dirty = [row(&[Some("2"), Some("true")])];
-        assert!(to_record(
-            &Baseline::From(Tool::GolangMigrate),
-            "pg",
-            &folder,
-            Some(&dirty),
-            &[]
-        )
-        .unwrap_err()
-        .to_string()
-        .contains("2 is dirty"));
-        let rows = [row(&[Some("ae1027a6acf")])];
-        let chosen = to_record(
-            &Baseline::From(Tool::Alembic),
-            "pg",
-            &folder,
-            Some(&rows),
-            &[],
-        )
-        .unwrap();
-        assert_eq!(versions(&chosen), ["1", "2"]);
-        let chosen = to_record(
-            &Baseline::UpTo(Version::parse("2").unwrap()),
-            "pg",
-            &folder,
-            None,
-            &[],
-        )
-        .unwrap();
-        assert_eq!(versions(&chosen), ["1", "2"]);
+            Some(&[row(&[Some("ae1027a6acf")])]),
+        );
+        assert_eq!(alembic.unwrap(), ["1", "2"]);
+        let up_to = recorded(Baseline::UpTo(Version::parse("2").unwrap()), &folder, None);
+        assert_eq!(up_to.unwrap(), ["1", "2"]);
     }
 }

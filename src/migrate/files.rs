@@ -111,6 +111,32 @@ impl Migration {
     }
 }
 
+#[cfg(test)]
+impl Migration {
+    /// A plain SQL migration that does nothing, for tests of the decisions over folders
+    /// (callers set the fields their case needs).
+    pub(crate) fn for_test(version: Version, name: &str) -> Migration {
+        let script = SqlScript {
+            file: PathBuf::from(format!("{version}_{name}.sql")),
+            sql: String::new(),
+            transactional: true,
+        };
+        Migration {
+            version,
+            name: name.to_string(),
+            description: None,
+            format: Format::Switchyard,
+            files: vec![script.file.clone()],
+            checksum: String::new(),
+            depends_on: Vec::new(),
+            body: Body::Sql {
+                up: script,
+                down: None,
+            },
+        }
+    }
+}
+
 /// The metadata file of seed 003; rollback files of MongoDB and Elasticsearch have the
 /// same shape, where only `operations` is required.
 #[derive(Debug, Deserialize)]
@@ -254,13 +280,14 @@ fn load_migration(
 ) -> Result<Migration, FileProblem> {
     let any_file = group.any_file().expect("a group has a file").clone();
     let (mut version, mut name) = named_version(format, base, &any_file)?;
-    let metadata = match &group.metadata {
-        Some(path) => Some(parse_json::<Metadata>(path)?),
-        None => None,
-    };
+    // Read once: parsed for its fields, hashed as written.
     let metadata_text = match &group.metadata {
         Some(path) => Some(read_text(path)?),
         None => None,
+    };
+    let metadata = match (&group.metadata, &metadata_text) {
+        (Some(path), Some(text)) => Some(parse_json_text::<Metadata>(path, text)?),
+        _ => None,
     };
     if let (Some(meta), Some(path)) = (&metadata, &group.metadata) {
         if let Some(declared) = &meta.database_type {
@@ -471,8 +498,12 @@ fn parse_rollback<Op: DeserializeOwned>(
 }
 
 fn parse_json<T: DeserializeOwned>(path: &Path) -> Result<T, FileProblem> {
-    let text = read_text(path)?;
-    let mut deserializer = serde_json::Deserializer::from_str(&text);
+    parse_json_text(path, &read_text(path)?)
+}
+
+/// Parses `text`, the contents of `path`, naming the field of any problem.
+fn parse_json_text<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, FileProblem> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         if e.inner().is_syntax() || e.inner().is_eof() {
             problem(path, format!("invalid JSON: {}", e.inner()))

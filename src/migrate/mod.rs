@@ -18,7 +18,7 @@ mod target;
 pub mod undo;
 mod version;
 
-pub use baseline::{Baseline, Tool};
+pub use baseline::{Baseline, ForeignRow, Tool};
 pub use files::{load_folder, Body, Dependency, Migration, SqlScript};
 pub use formats::{Format, DEPENDS_ON_MARKER, NO_TRANSACTION_MARKER};
 pub use history::{HistoryRow, Status};

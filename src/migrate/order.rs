@@ -110,6 +110,40 @@ pub fn check_dependencies(databases: &[DatabaseMigrations]) -> Vec<FileProblem> 
     problems
 }
 
+/// Each database's queue of migrations, in the order they must run within it.
+type Queues<'m> = Vec<(&'m str, VecDeque<&'m Migration>)>;
+
+/// Takes, again and again, the head of the first queue that `ready(head, taken, queues)`
+/// allows, until every queue is empty: the interleaved order. `Err` holds the heads left
+/// when none is ready.
+fn interleave<'m>(
+    queues: Vec<(&'m str, Vec<&'m Migration>)>,
+    ready: impl Fn(Step<'m>, &[Step<'m>], &Queues<'m>) -> bool,
+) -> std::result::Result<Vec<Step<'m>>, Vec<Step<'m>>> {
+    let mut queues: Queues<'m> = queues
+        .into_iter()
+        .map(|(name, list)| (name, list.into()))
+        .collect();
+    let mut order: Vec<Step<'m>> = Vec::new();
+    loop {
+        let heads: Vec<(usize, Step<'m>)> = queues
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (name, queue))| queue.front().map(|head| (i, (*name, *head))))
+            .collect();
+        if heads.is_empty() {
+            return Ok(order);
+        }
+        match heads.iter().find(|(_, head)| ready(*head, &order, &queues)) {
+            Some((i, head)) => {
+                queues[*i].1.pop_front();
+                order.push(*head);
+            }
+            None => return Err(heads.into_iter().map(|(_, head)| head).collect()),
+        }
+    }
+}
+
 /// Interleaves the pending migrations of several databases (`queues`, each in version
 /// order) so that each runs after the versions it depends on. `reached(database,
 /// version)` says whether a database already has a version applied. Refused, naming the
@@ -118,61 +152,42 @@ pub fn order_up<'m>(
     queues: Vec<(&'m str, Vec<&'m Migration>)>,
     reached: impl Fn(&str, &Version) -> bool,
 ) -> Result<Vec<Step<'m>>> {
-    let mut queues: Vec<(&str, VecDeque<&Migration>)> = queues
-        .into_iter()
-        .map(|(name, list)| (name, list.into()))
-        .collect();
-    let mut order: Vec<Step<'m>> = Vec::new();
-    loop {
-        let waiting =
-            |database: &str, version: &Version, queues: &[(&str, VecDeque<&Migration>)]| {
-                queues
+    let ready = |(_, head): Step<'m>, order: &[Step<'m>], queues: &Queues<'m>| {
+        head.depends_on.iter().all(|dependency| {
+            let done = reached(&dependency.database, &dependency.version)
+                || order.iter().any(|(name, m)| {
+                    *name == dependency.database && m.version == dependency.version
+                });
+            // Every version of that database up to the one named, not only that one.
+            let waiting = queues
+                .iter()
+                .filter(|(name, _)| *name == dependency.database)
+                .any(|(_, queue)| queue.iter().any(|m| m.version <= dependency.version));
+            done && !waiting
+        })
+    };
+    interleave(queues, ready).map_err(|heads| {
+        let blocked: Vec<String> = heads
+            .iter()
+            .map(|(name, head)| {
+                let needs: Vec<String> = head
+                    .depends_on
                     .iter()
-                    .filter(|(name, _)| *name == database)
-                    .any(|(_, queue)| queue.iter().any(|m| &m.version <= version))
-            };
-        let ready = queues.iter().position(|(_, queue)| {
-            queue.front().is_some_and(|head| {
-                head.depends_on.iter().all(|dependency| {
-                    let done = reached(&dependency.database, &dependency.version)
-                        || order.iter().any(|(name, m)| {
-                            *name == dependency.database && m.version == dependency.version
-                        });
-                    done && !waiting(&dependency.database, &dependency.version, &queues)
-                })
-            })
-        });
-        match ready {
-            Some(i) => {
-                let head = queues[i].1.pop_front().expect("a ready queue has a head");
-                order.push((queues[i].0, head));
-            }
-            None if queues.iter().all(|(_, queue)| queue.is_empty()) => return Ok(order),
-            None => {
-                let blocked: Vec<String> = queues
-                    .iter()
-                    .filter_map(|(name, queue)| queue.front().map(|head| (name, head)))
-                    .map(|(name, head)| {
-                        let needs: Vec<String> = head
-                            .depends_on
-                            .iter()
-                            .map(|d| format!("{} {}", d.database, d.version))
-                            .collect();
-                        format!(
-                            "{}: {name} {} needs {}, which is not applied and not pending in this run",
-                            head.main_file().display(),
-                            head.version,
-                            needs.join(" and ")
-                        )
-                    })
+                    .map(|d| format!("{} {}", d.database, d.version))
                     .collect();
-                return Err(Error::Refused(format!(
-                    "nothing was changed:\n{}\napply those first (or include their databases with --databases)",
-                    blocked.join("\n")
-                )));
-            }
-        }
-    }
+                format!(
+                    "{}: {name} {} needs {}, which is not applied and not pending in this run",
+                    head.main_file().display(),
+                    head.version,
+                    needs.join(" and ")
+                )
+            })
+            .collect();
+        Error::Refused(format!(
+            "nothing was changed:\n{}\napply those first (or include their databases with --databases)",
+            blocked.join("\n")
+        ))
+    })
 }
 
 /// Orders rollbacks across databases (`queues`, each newest first) so that a migration is
@@ -183,20 +198,8 @@ pub fn order_down<'m>(
     queues: Vec<(&'m str, Vec<&'m Migration>)>,
     applied: &[Step<'m>],
 ) -> Result<Vec<Step<'m>>> {
-    let undone = |step: &Step<'m>, order: &[Step<'m>]| {
-        order
-            .iter()
-            .any(|(name, m)| *name == step.0 && m.version == step.1.version)
-    };
-    let leaving: Vec<&Step<'m>> = applied
-        .iter()
-        .filter(|(name, m)| {
-            !m.is_repeatable()
-                && !queues
-                    .iter()
-                    .any(|(q, list)| q == name && list.iter().any(|l| l.version == m.version))
-        })
-        .collect();
+    let same = |a: &Step<'m>, b: &Step<'m>| a.0 == b.0 && a.1.version == b.1.version;
+    // `dependent` needs `database` at a version `version` is not after.
     let breaks = |dependent: &Step<'m>, database: &str, version: &Version| {
         dependent
             .1
@@ -204,18 +207,24 @@ pub fn order_down<'m>(
             .iter()
             .any(|d| d.database == database && version <= &d.version)
     };
+    let to_undo: Vec<Step<'m>> = queues
+        .iter()
+        .flat_map(|(name, list)| list.iter().map(|m| (*name, *m)))
+        .collect();
+    let held: Vec<&Step<'m>> = applied.iter().filter(|s| !s.1.is_repeatable()).collect();
     let mut problems = Vec::new();
-    for (database, list) in &queues {
-        for m in list {
-            for stays in leaving.iter().filter(|s| breaks(s, database, &m.version)) {
-                problems.push(format!(
-                    "undoing {database} {} would break {} {} ({}), which depends on it and stays applied",
-                    m.version,
-                    stays.0,
-                    stays.1.version,
-                    stays.1.main_file().display()
-                ));
-            }
+    for (database, m) in &to_undo {
+        for stays in held
+            .iter()
+            .filter(|s| !to_undo.iter().any(|u| same(u, s)) && breaks(s, database, &m.version))
+        {
+            problems.push(format!(
+                "undoing {database} {} would break {} {} ({}), which depends on it and stays applied",
+                m.version,
+                stays.0,
+                stays.1.version,
+                stays.1.main_file().display()
+            ));
         }
     }
     if !problems.is_empty() {
@@ -224,68 +233,35 @@ pub fn order_down<'m>(
             problems.join("\n")
         )));
     }
-    let mut queues: Vec<(&str, VecDeque<&Migration>)> = queues
-        .into_iter()
-        .map(|(name, list)| (name, list.into()))
-        .collect();
-    let mut order: Vec<Step<'m>> = Vec::new();
-    loop {
-        let ready = queues.iter().position(|(name, queue)| {
-            queue.front().is_some_and(|head| {
-                applied
-                    .iter()
-                    .filter(|s| !s.1.is_repeatable() && !undone(s, &order))
-                    .filter(|s| !(s.0 == *name && s.1.version == head.version))
-                    .all(|s| !breaks(s, name, &head.version))
-            })
-        });
-        match ready {
-            Some(i) => {
-                let head = queues[i].1.pop_front().expect("a ready queue has a head");
-                order.push((queues[i].0, head));
-            }
-            None if queues.iter().all(|(_, queue)| queue.is_empty()) => return Ok(order),
-            None => {
-                return Err(Error::Refused(
-                    "rollback refused, nothing was changed: the depends_on edges of the migrations to undo form a cycle (run `switchyard validate`)".into(),
-                ))
-            }
-        }
-    }
+    let ready = |head: Step<'m>, order: &[Step<'m>], _: &Queues<'m>| {
+        held.iter()
+            .filter(|s| !same(s, &head) && !order.iter().any(|o| same(o, s)))
+            .all(|s| !breaks(s, head.0, &head.1.version))
+    };
+    interleave(queues, ready).map_err(|_| {
+        Error::Refused(
+            "rollback refused, nothing was changed: the depends_on edges of the migrations to undo form a cycle (run `switchyard validate`)".into(),
+        )
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::DatabaseKind;
-    use crate::migrate::files::{Body, Dependency, SqlScript};
-    use crate::migrate::Format;
+    use crate::migrate::files::Dependency;
     use std::path::PathBuf;
 
     fn migration(version: &str, depends_on: &[(&str, &str)]) -> Migration {
-        Migration {
-            version: Version::parse(version).unwrap(),
-            name: format!("m{version}"),
-            description: None,
-            format: Format::Switchyard,
-            files: vec![PathBuf::from(format!("{version}_m.sql"))],
-            checksum: String::new(),
-            depends_on: depends_on
-                .iter()
-                .map(|(d, v)| Dependency {
-                    database: d.to_string(),
-                    version: Version::parse(v).unwrap(),
-                })
-                .collect(),
-            body: Body::Sql {
-                up: SqlScript {
-                    file: PathBuf::new(),
-                    sql: String::new(),
-                    transactional: true,
-                },
-                down: None,
-            },
-        }
+        let mut migration = Migration::for_test(Version::parse(version).unwrap(), "m");
+        migration.depends_on = depends_on
+            .iter()
+            .map(|(d, v)| Dependency {
+                database: d.to_string(),
+                version: Version::parse(v).unwrap(),
+            })
+            .collect();
+        migration
     }
 
     fn database(name: &str, migrations: Vec<Migration>) -> DatabaseMigrations {

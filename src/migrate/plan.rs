@@ -249,28 +249,17 @@ pub fn status_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::migrate::files::SqlScript;
     use std::path::PathBuf;
 
     fn migration(version: &str, checksum: &str, reversible: bool) -> Migration {
-        let script = |name: &str| SqlScript {
-            file: PathBuf::from(name),
-            sql: String::new(),
-            transactional: true,
-        };
-        Migration {
-            version: Version::parse(version).unwrap(),
-            name: format!("m{version}"),
-            description: None,
-            format: crate::migrate::Format::Switchyard,
-            files: vec![PathBuf::from(format!("{version}_m.sql"))],
-            checksum: checksum.to_string(),
-            depends_on: Vec::new(),
-            body: Body::Sql {
-                up: script("up"),
-                down: reversible.then(|| script("down")),
-            },
+        let mut migration =
+            Migration::for_test(Version::parse(version).unwrap(), &format!("m{version}"));
+        migration.files = vec![PathBuf::from(format!("{version}_m.sql"))];
+        migration.checksum = checksum.to_string();
+        if let Body::Sql { up, down } = &mut migration.body {
+            *down = reversible.then(|| up.clone());
         }
+        migration
     }
 
     fn row(version: &str, checksum: &str, status: Status) -> HistoryRow {

@@ -172,6 +172,17 @@ fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
         .unwrap_or_default()
 }
 
+/// The databases the entries name, each once, in the mapping's order.
+pub fn databases(entries: &[Entry]) -> Vec<&str> {
+    let mut databases: Vec<&str> = Vec::new();
+    for entry in entries {
+        if !databases.contains(&entry.database.as_str()) {
+            databases.push(&entry.database);
+        }
+    }
+    databases
+}
+
 /// Erases (or counts, when `dry_run`) the subject's data in each database of the
 /// mapping, database by database in the mapping's order; returns what each entry did.
 /// A database that fails stops the erasure there, with what the others did in the error.
@@ -181,14 +192,8 @@ pub async fn erase(
     subject: &str,
     dry_run: bool,
 ) -> std::result::Result<Vec<Erased>, (Vec<Erased>, Error)> {
-    let mut databases: Vec<&str> = Vec::new();
-    for entry in entries {
-        if !databases.contains(&entry.database.as_str()) {
-            databases.push(&entry.database);
-        }
-    }
     let mut done = Vec::new();
-    for name in databases {
+    for name in databases(entries) {
         let mine: Vec<&Entry> = entries.iter().filter(|e| e.database == name).collect();
         let database = config.database(name).map_err(|e| (done.clone(), e))?;
         let counts = match database.kind {

@@ -20,7 +20,9 @@ use tokio_postgres::Client;
 
 use super::{connect, millis_literal, split_statements};
 use crate::error::{describe_postgres_error, Error, Result};
-use crate::migrate::{Body, HistoryRow, Migration, MigrationTarget, SqlScript, Status, Step, Tool};
+use crate::migrate::{
+    Body, ForeignRow, HistoryRow, Migration, MigrationTarget, SqlScript, Status, Step, Tool,
+};
 use crate::secret::SecretUrl;
 
 /// The advisory lock key of migrations ("SWITCHYD" in ASCII).
@@ -288,7 +290,7 @@ impl MigrationTarget for PostgresMigrations {
         .map_err(|e| Error::database(&self.database, "cannot record the baseline", e))
     }
 
-    async fn foreign_history(&mut self, tool: Tool) -> Result<Option<Vec<Vec<Option<String>>>>> {
+    async fn foreign_history(&mut self, tool: Tool) -> Result<Option<Vec<ForeignRow>>> {
         let read = |e| Error::database(&self.database, format!("cannot read {}", tool.table()), e);
         let exists: bool = self
             .client

@@ -19,6 +19,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "config/switchyard.toml";
 /// The prefix of configuration environment variables (`SWITCHYARD__STATE__URL`).
 pub const ENV_PREFIX: &str = "SWITCHYARD";
 const DEFAULT_STATE_URL: &str = "sqlite://data/switchyard.db";
+const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 const DEFAULT_MIGRATIONS_DIR: &str = "migrations";
 const DEFAULT_JOBS_DIR: &str = "jobs";
@@ -48,12 +49,21 @@ pub struct Config {
 pub struct StateConfig {
     /// `sqlite://PATH` (embedded, the default) or `postgres://…` (shared by many hosts).
     pub url: SecretUrl,
+    /// How long a worker's lease on a chunk of a job lasts without a heartbeat: a dead
+    /// or frozen worker's chunk goes to another worker after this.
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
+}
+
+fn default_lease() -> Duration {
+    DEFAULT_LEASE
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             url: SecretUrl::new(DEFAULT_STATE_URL),
+            lease: DEFAULT_LEASE,
         }
     }
 }
@@ -310,6 +320,11 @@ impl Config {
                 "field `state.url`: `{}` is neither sqlite://PATH nor postgres://…",
                 self.state.url
             ));
+        }
+        if self.state.lease < Duration::from_secs(1) {
+            return Err(
+                "field `state.lease`: must be at least 1s (heartbeats renew it every third)".into(),
+            );
         }
         if self.serve.max_jobs == 0 {
             return Err("field `serve.max_jobs`: must be at least 1".into());

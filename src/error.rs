@@ -103,6 +103,11 @@ pub enum Error {
     #[error("job `{job}`: verification failed, cutover refused:\n{}", .ranges.join("\n"))]
     VerifyFailed { job: String, ranges: Vec<String> },
 
+    /// A copy worker's lease on a chunk passed to another worker (it expired while this
+    /// one stalled): the sink refused its batch, and the worker leaves the chunk.
+    #[error("job `{job}`: chunk {chunk} is leased to another worker now (this worker's lease expired: was the process stalled?); its batch was not written")]
+    LeaseLost { job: String, chunk: i32 },
+
     /// `health` found something that needs action (each finding was printed).
     #[error("{0}")]
     Unhealthy(String),
@@ -143,6 +148,7 @@ impl Error {
             | Error::LockTimeout { .. }
             | Error::MigrationFailed { .. }
             | Error::VerifyFailed { .. }
+            | Error::LeaseLost { .. }
             | Error::Unhealthy(_)
             | Error::State(_)
             | Error::Io { .. } => 1,
@@ -191,7 +197,7 @@ impl Error {
     }
 
     /// Every value of [`Error::kind`].
-    pub const KINDS: [&'static str; 11] = [
+    pub const KINDS: [&'static str; 12] = [
         "usage",
         "not_found",
         "config",
@@ -202,6 +208,7 @@ impl Error {
         "migration",
         "verify",
         "state",
+        "lease_lost",
         "io",
     ];
 
@@ -222,6 +229,7 @@ impl Error {
             Error::MigrationFailed { .. } => "migration",
             Error::VerifyFailed { .. } | Error::Unhealthy(_) => "verify",
             Error::State(_) => "state",
+            Error::LeaseLost { .. } => "lease_lost",
             Error::Io { .. } => "io",
         }
     }

@@ -123,8 +123,9 @@ pub fn decide(
     }
 }
 
-/// Runs the daemon until SIGTERM or Ctrl-C.
-pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<()> {
+/// Runs the daemon until SIGTERM or Ctrl-C, as worker `worker` among the processes
+/// sharing the state store.
+pub async fn serve(config: Config, clock: Arc<dyn Clock>, worker: String) -> Result<()> {
     let store = state::open(&config.state.url).await?;
     let metrics = Arc::new(Metrics::new());
     let shutdown = crate::shutdown::signal();
@@ -142,7 +143,7 @@ pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<()> {
         "http"
     };
     eprintln!(
-        "switchyard serve: {scheme}://{bound} (jobs from {})",
+        "switchyard serve: {scheme}://{bound} (jobs from {}, worker {worker})",
         config.jobs.dir.display()
     );
 
@@ -224,7 +225,7 @@ pub async fn serve(config: Config, clock: Arc<dyn Clock>) -> Result<()> {
                 spec.clone(),
                 (file, digest),
                 store.clone(),
-                metrics.clone(),
+                (metrics.clone(), worker.clone()),
                 shutdown.clone(),
             ));
             running.insert(spec.name.clone(), task);
@@ -394,16 +395,18 @@ fn job_files(config: &Config, reported: &mut HashSet<String>) -> Vec<(PathBuf, J
 const START_RETRY_FIRST: Duration = Duration::from_secs(1);
 const START_RETRY_MAX: Duration = Duration::from_secs(300);
 
-/// Runs one job to its end. A job that cannot start for a transient reason is tried
-/// again with back-off, saying so; one that fails is recorded `failed` with its error and
-/// the digest of its file, so that `serve` starts it again only once the file changes or
-/// `job resume` is asked.
+/// Runs one job to its end, or, when another process runs it, copies chunks of it
+/// while it copies ([`engine::help`]). A job that cannot start for a transient reason is
+/// tried again with back-off, saying so; one that fails is recorded `failed` with its
+/// error and the digest of its file, so that `serve` starts it again only once the
+/// file changes or `job resume` is asked. A helper's failure is only logged: the job is
+/// the running process's to record.
 async fn run_job(
     config: Arc<Config>,
     spec: JobSpec,
     (file, digest): (PathBuf, String),
     store: Arc<dyn StateStore>,
-    metrics: Arc<Metrics>,
+    (metrics, worker): (Arc<Metrics>, String),
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut delay = START_RETRY_FIRST;
@@ -424,21 +427,33 @@ async fn run_job(
                 break error;
             }
         };
-        let options = RunOptions {
+        let options = || RunOptions {
             shutdown: shutdown.clone(),
             observer: metrics.clone(),
             claim_wait: Duration::ZERO,
             follow: true,
+            worker: worker.clone(),
+            lease: config.state.lease,
         };
         let ran = engine::run(
             &spec,
             backend,
-            store.as_ref(),
+            store.clone(),
             &file.display().to_string(),
-            options,
+            options(),
         )
         .await;
         match ran {
+            Ok(engine::RunEnd::RunningElsewhere) => {
+                let helped = async {
+                    let helper = crate::backend::open_helper(&config, &spec, &store).await?;
+                    engine::help(&spec, helper, store.clone(), options()).await
+                };
+                if let Err(error) = helped.await {
+                    tracing::warn!(job = %spec.name, %error, "cannot copy chunks of the job another worker runs");
+                }
+                return;
+            }
             Ok(end) => {
                 tracing::info!(job = %spec.name, ?end, "job stopped");
                 return;

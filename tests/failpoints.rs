@@ -27,6 +27,7 @@ const COPY_JOB_POINTS: &[(&str, &str)] = &[
     ("expand.end", "return"),
     ("copy.start", "return"),
     ("copy.after_range_saved", "return"),
+    ("copy.after_seize", "2*off->return"),
     ("copy.before_batch", "4*off->return"),
     ("copy.after_batch", "4*off->return"),
     ("copy.end", "return"),

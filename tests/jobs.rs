@@ -322,6 +322,7 @@ fn a_generated_column_computed_differently_fails_verify_on_both_paths() {
         let job = format!(
             "name = \"things\"\nkind = \"copy\"\n[source]\ndatabase = \"postgresql\"\ntable = \"public.things\"\n\
              [target]\ndatabase = \"{target_database}\"\ntable = \"public.{target_name}\"\n\
+             [copy]\nchunks = 2\n\
              [expand]\nsql = [\"CREATE TABLE public.{target_name} (id bigint PRIMARY KEY, n int NOT NULL, doubled int GENERATED ALWAYS AS (n * 3) STORED)\"]\n"
         );
         let file = project.job_file("things", &job);
@@ -378,9 +379,10 @@ fn a_real_difference_fails_verify_naming_the_chunks() {
     let project = Project::new();
     let mut db = project.db.client();
     create_items(&mut db, "items", 2_000);
+    // Two chunks, so that the message names two.
     let job = copy_job(
         "items",
-        "[transform]\ncolumns = { v = \"s.v || random()::text\" }\n",
+        "chunks = 2\n[transform]\ncolumns = { v = \"s.v || random()::text\" }\n",
     );
     let file = project.job_file("items", &job);
     let failed = project.run(&["job", "run", &file]).expect_code(1);

@@ -47,6 +47,26 @@ pub async fn open_job(
     }
 }
 
+/// The source and sink of a job for a process that only copies chunks of it while
+/// another process runs it ([`crate::engine::help`]). Only PostgreSQL sinks fence
+/// their batches; for the others the engine declines to help.
+pub async fn open_helper(
+    config: &Config,
+    spec: &JobSpec,
+    store: &Arc<dyn StateStore>,
+) -> Result<Pipeline> {
+    let into_postgres = match &spec.target {
+        Some(target) => config.database(&target.database)?.kind == DatabaseKind::Postgresql,
+        None => config.database(&spec.source.database)?.kind == DatabaseKind::Postgresql,
+    };
+    let from_postgres = config.database(&spec.source.database)?.kind == DatabaseKind::Postgresql;
+    if into_postgres && from_postgres {
+        postgres::open_helper(config, spec).await
+    } else {
+        open_job(config, spec, store).await
+    }
+}
+
 /// What `job plan` prints for a job, changing nothing.
 /// What a job will do; `store` holds the checkpoints of an Elasticsearch target (whether
 /// its expand already ran).

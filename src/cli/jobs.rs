@@ -119,8 +119,10 @@ async fn drive(
         observer: Arc::new(observers),
         claim_wait,
         follow,
+        worker: state::default_worker_id(),
+        lease: config.state.lease,
     };
-    let outcome = engine::run(spec, backend, store.as_ref(), file, options)
+    let outcome = engine::run(spec, backend, store.clone(), file, options)
         .await
         .map_err(|error| match error {
             // A field of the job file the databases refused (a target that cannot take

@@ -148,9 +148,17 @@ pub enum Command {
     #[command(
         after_help = "API: GET /jobs, GET /jobs/NAME, POST /jobs (a job file's TOML), \
         POST /jobs/NAME/pause|resume|cutover|contract|abort, PATCH /jobs/NAME {\"rows_per_second\": N}, \
-        GET /metrics, /healthz, /readyz. With server.token set, changes need `Authorization: Bearer TOKEN`."
+        GET /metrics, /healthz, /readyz. With server.token set, changes need `Authorization: Bearer TOKEN`.\n\n\
+        Many workers: with state.url on PostgreSQL, start `switchyard serve` on as many hosts as you like, \
+        on the same configuration. One runs each job; the others copy its chunks while it copies \
+        (a PostgreSQL target). `switchyard job status NAME --json` shows the chunks and who copied them."
     )]
-    Serve,
+    Serve {
+        /// This worker's name in chunk leases, `job status` and the metrics' `worker` label
+        /// (default: host and process id)
+        #[arg(long, value_name = "ID")]
+        worker_id: Option<String>,
+    },
     /// Check every database and job: reachable, migrations, replication slots and the WAL
     /// they hold, aliases, failed or stuck jobs; exit 1 when something needs action
     #[command(
@@ -357,8 +365,14 @@ pub async fn run(cli: Cli) -> Result<()> {
                 rows_per_second,
             } => jobs::control(&config, &name, Request::Throttle(rows_per_second)).await,
         },
-        Command::Serve => {
-            crate::serve::serve(config, std::sync::Arc::new(crate::serve::SystemClock)).await
+        Command::Serve { worker_id } => {
+            let worker = worker_id.unwrap_or_else(crate::state::default_worker_id);
+            crate::serve::serve(
+                config,
+                std::sync::Arc::new(crate::serve::SystemClock),
+                worker,
+            )
+            .await
         }
         Command::Health { databases, json } => ops::health(&config, &databases, json).await,
         Command::Export { what, out, filter } => {

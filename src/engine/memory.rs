@@ -488,7 +488,7 @@ mod tests {
     async fn run_once(
         memory: &Memory,
         spec: &crate::job::JobSpec,
-        store: &dyn StateStore,
+        store: &Arc<dyn StateStore>,
     ) -> Result<RunEnd> {
         let (_keep, shutdown) = watch::channel(false);
         let options = RunOptions {
@@ -496,8 +496,17 @@ mod tests {
             observer: Arc::new(Quiet),
             claim_wait: Duration::ZERO,
             follow: false,
+            worker: "test".into(),
+            lease: Duration::from_secs(30),
         };
-        run(spec, memory.pipeline(), store, "jobs/mem.toml", options).await
+        run(
+            spec,
+            memory.pipeline(),
+            store.clone(),
+            "jobs/mem.toml",
+            options,
+        )
+        .await
     }
 
     fn equal(memory: &Memory) -> bool {
@@ -516,7 +525,7 @@ mod tests {
             "[cutover]\nmode = \"manual\"\n[contract]\nafter = \"manual\"\n",
         );
         assert_eq!(
-            run_once(&memory, &spec, store.as_ref()).await.unwrap(),
+            run_once(&memory, &spec, &store).await.unwrap(),
             RunEnd::WaitingForCutover
         );
         assert!(memory.state().writes > 20, "writes came during the copy");
@@ -528,14 +537,14 @@ mod tests {
         crate::engine::request(store.as_ref(), "mem", crate::engine::Request::Cutover)
             .await
             .unwrap();
-        let end = run_once(&memory, &spec, store.as_ref()).await.unwrap();
+        let end = run_once(&memory, &spec, &store).await.unwrap();
         assert_eq!(end, RunEnd::WaitingForContract(None));
         assert!(equal(&memory) && memory.state().fenced);
         crate::engine::request(store.as_ref(), "mem", crate::engine::Request::Contract)
             .await
             .unwrap();
         assert_eq!(
-            run_once(&memory, &spec, store.as_ref()).await.unwrap(),
+            run_once(&memory, &spec, &store).await.unwrap(),
             RunEnd::Done
         );
         let record = JobRecord::load(store.as_ref(), "mem")
@@ -554,9 +563,7 @@ mod tests {
         );
         let memory = Memory::with_rows(300);
         memory.state().write_every = 3;
-        run_once(&memory, &spec, store(&dir).await.as_ref())
-            .await
-            .unwrap();
+        run_once(&memory, &spec, &store(&dir).await).await.unwrap();
         let batches = memory.state().batches;
         assert!(batches > 30, "{batches} batches");
         for fail_at in 1..=batches {
@@ -572,7 +579,7 @@ mod tests {
                 name: name.clone(),
                 ..spec.clone()
             };
-            let failed = run_once(&memory, &spec, store.as_ref()).await;
+            let failed = run_once(&memory, &spec, &store).await;
             assert!(failed.is_err(), "batch {fail_at}: the sink failed");
             let record = JobRecord::load(store.as_ref(), &name)
                 .await
@@ -584,7 +591,7 @@ mod tests {
             );
             let copied_before = memory.state().target.len();
             memory.state().fail_at_batch = None;
-            let end = run_once(&memory, &spec, store.as_ref()).await.unwrap();
+            let end = run_once(&memory, &spec, &store).await.unwrap();
             assert_eq!(end, RunEnd::WaitingForContract(None), "batch {fail_at}");
             assert!(
                 equal(&memory),
@@ -604,7 +611,7 @@ mod tests {
         let memory = Memory::with_rows(200);
         memory.state().corrupt_key = Some(77);
         let spec = spec("", "[cutover]\nmode = \"auto\"\n");
-        let error = run_once(&memory, &spec, store.as_ref()).await.unwrap_err();
+        let error = run_once(&memory, &spec, &store).await.unwrap_err();
         assert!(matches!(error, Error::VerifyFailed { .. }), "{error}");
         assert!(error.to_string().contains("contents differ"), "{error}");
         assert!(
@@ -629,7 +636,7 @@ mod tests {
         let spec = spec("rows_per_second = 2000", "");
         let job = {
             let (memory, spec, store) = (memory.clone(), spec.clone(), store.clone());
-            tokio::spawn(async move { run_once(&memory, &spec, store.as_ref()).await })
+            tokio::spawn(async move { run_once(&memory, &spec, &store).await })
         };
         let record_phase = |store: Arc<dyn StateStore>| async move {
             JobRecord::load(store.as_ref(), "mem")

@@ -24,6 +24,7 @@
 //!  any phase → paused (and back) | failed | aborted
 //! ```
 
+mod crew;
 #[cfg(test)]
 mod memory;
 mod pipeline;
@@ -35,6 +36,7 @@ pub mod sink;
 pub mod source;
 mod throttle;
 
+pub use crew::help;
 pub use pipeline::Pipeline;
 pub use record::{request, JobControl, JobRecord, Phase, Request};
 pub use run::{drop_overflowing_slot, holds_a_guarded_slot, run, JobObserver, RunEnd, RunOptions};

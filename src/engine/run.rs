@@ -1,21 +1,21 @@
 //! Drives one job through its phases until it is done or the next step waits for a
 //! person or the clock. See the module docs of [`crate::engine`] for the invariants.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
+use super::crew::{spawn_crew, Crew, Pacing};
 use super::pipeline::Pipeline;
 use super::progress::{CutoverReport, RangeProgress};
 use super::record::{JobControl, JobRecord, Phase};
-use super::sink::CopyWorker;
 use super::throttle::Throttle;
 use crate::error::{Error, Result};
 use crate::job::{ContractAfter, CutoverMode, JobSpec, VerifyMethod};
+use crate::state::chunks::ChunkCounts;
 use crate::state::{Outcome, StateStore};
 
 /// How often the running process reads the job's control and saves its progress.
@@ -39,6 +39,8 @@ const TRANSIENT_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// WAL sender: doubling from the first wait up to the longest, as long as it takes.
 const RESOURCE_WAIT_FIRST: Duration = Duration::from_millis(250);
 const RESOURCE_WAIT_MAX: Duration = Duration::from_secs(30);
+/// How often (in control intervals) the copy reads every worker's progress from the sink.
+const PROGRESS_TICKS: u64 = 4;
 /// Cutover attempts when the writes lock is busy.
 const CUTOVER_ATTEMPTS: u32 = 5;
 
@@ -68,6 +70,10 @@ pub struct RunOptions {
     /// Once ready to cut over, keep applying changes until cutover is asked for,
     /// instead of returning [`RunEnd::WaitingForCutover`].
     pub follow: bool,
+    /// This process's name among the workers sharing a job (`serve --worker-id`).
+    pub worker: String,
+    /// How long a chunk's lease lasts without renewal (`state.lease`).
+    pub lease: Duration,
 }
 
 /// Watches a running job: the progress display and the metrics implement it.
@@ -77,6 +83,15 @@ pub trait JobObserver: Send + Sync {
 
     /// One copy batch finished after `took`.
     fn batch(&self, _job: &str, _took: Duration) {}
+
+    /// `worker` (this process) copied `rows` more rows of `job`.
+    fn copied(&self, _job: &str, _worker: &str, _rows: u64) {}
+
+    /// `worker` finished a chunk of `job`.
+    fn chunk_done(&self, _job: &str, _worker: &str) {}
+
+    /// Where the chunks of `job` stand.
+    fn chunks(&self, _job: &str, _counts: ChunkCounts) {}
 
     /// The job stopped with `error`.
     fn failed(&self, _job: &str, _error: &Error) {}
@@ -89,6 +104,15 @@ impl JobObserver for Vec<Arc<dyn JobObserver>> {
     }
     fn batch(&self, job: &str, took: Duration) {
         self.iter().for_each(|o| o.batch(job, took));
+    }
+    fn copied(&self, job: &str, worker: &str, rows: u64) {
+        self.iter().for_each(|o| o.copied(job, worker, rows));
+    }
+    fn chunk_done(&self, job: &str, worker: &str) {
+        self.iter().for_each(|o| o.chunk_done(job, worker));
+    }
+    fn chunks(&self, job: &str, counts: ChunkCounts) {
+        self.iter().for_each(|o| o.chunks(job, counts));
     }
     fn failed(&self, job: &str, error: &Error) {
         self.iter().for_each(|o| o.failed(job, error));
@@ -103,7 +127,7 @@ enum Flow {
 struct Engine<'a> {
     spec: &'a JobSpec,
     backend: Pipeline,
-    store: &'a dyn StateStore,
+    store: Arc<dyn StateStore>,
     record: JobRecord,
     options: RunOptions,
     throttle: Arc<Throttle>,
@@ -117,7 +141,7 @@ struct Engine<'a> {
 pub async fn run(
     spec: &JobSpec,
     mut backend: Pipeline,
-    store: &dyn StateStore,
+    store: Arc<dyn StateStore>,
     file: &str,
     options: RunOptions,
 ) -> Result<RunEnd> {
@@ -128,7 +152,7 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut record = match JobRecord::load(store, &spec.name).await? {
+    let mut record = match JobRecord::load(store.as_ref(), &spec.name).await? {
         Some(record) => record,
         None => JobRecord::new(&spec.name, spec.kind, file),
     };
@@ -248,7 +272,7 @@ impl Engine<'_> {
         let mut retries = 0;
         let mut waits = 0;
         loop {
-            let control = JobControl::load(self.store, &self.spec.name).await?;
+            let control = JobControl::load(self.store.as_ref(), &self.spec.name).await?;
             if control.abort_requested {
                 return self.abort().await;
             }
@@ -327,7 +351,7 @@ impl Engine<'_> {
     }
 
     async fn save(&mut self) -> Result<()> {
-        self.record.save(self.store).await?;
+        self.record.save(self.store.as_ref()).await?;
         self.options.observer.progress(&self.record);
         if self.record.phase != self.audited_phase {
             let (outcome, why) = match (&self.record.phase, &self.record.error) {
@@ -341,7 +365,7 @@ impl Engine<'_> {
                 self.record.phase.as_str()
             );
             crate::state::audit(
-                self.store,
+                self.store.as_ref(),
                 Some(&self.spec.source.database),
                 outcome,
                 detail,
@@ -357,6 +381,7 @@ impl Engine<'_> {
         Ok(match phase {
             Phase::Pending => {
                 self.backend.start_fresh().await?;
+                self.store.forget_chunks(&self.spec.name).await?;
                 Flow::Next(Phase::Expand)
             }
             Phase::Expand => {
@@ -383,7 +408,7 @@ impl Engine<'_> {
                 }
             }
             Phase::ReadyToCutover => {
-                let control = JobControl::load(self.store, &self.spec.name).await?;
+                let control = JobControl::load(self.store.as_ref(), &self.spec.name).await?;
                 if self.spec.cutover.mode == CutoverMode::Auto || control.cutover_requested {
                     Flow::Next(Phase::Cutover)
                 } else if self.options.follow && self.catches_up() {
@@ -414,7 +439,8 @@ impl Engine<'_> {
                     while !self.apply_pass().await?.drained {}
                 }
                 self.backend.contract().await?;
-                JobControl::update(self.store, &self.spec.name, |c| {
+                self.store.forget_chunks(&self.spec.name).await?;
+                JobControl::update(self.store.as_ref(), &self.spec.name, |c| {
                     c.contract_requested = false
                 })
                 .await?;
@@ -446,7 +472,7 @@ impl Engine<'_> {
         if *self.options.shutdown.borrow() {
             return Ok(Some(Interrupt::Shutdown));
         }
-        let control = JobControl::load(self.store, &self.spec.name).await?;
+        let control = JobControl::load(self.store.as_ref(), &self.spec.name).await?;
         self.cutover_requested = control.cutover_requested;
         self.throttle.set_rate(
             control
@@ -511,27 +537,31 @@ impl Engine<'_> {
         } else {
             self.backend.abort(self.record.created_target).await?;
         }
+        self.store.forget_chunks(&self.spec.name).await?;
         self.record.phase = Phase::Aborted;
         self.record.resume_phase = None;
         self.save().await?;
         Ok(RunEnd::Aborted)
     }
 
-    /// The copy (or in-place fill) phase: workers over ranges, batches throttled.
+    /// The copy (or in-place fill) phase: tasks leasing chunks (key ranges), batches
+    /// throttled; other processes may lease chunks of the job too ([`help`]).
     async fn copy(&mut self) -> Result<Option<RunEnd>> {
         loop {
-            let ranges = self.backend.ranges(self.spec.copy.concurrency).await?;
+            let ranges = self.backend.ranges(self.spec.copy.chunks()).await?;
             self.record.rows_total = self
                 .backend
                 .estimate_rows()
                 .await?
                 .max(ranges.iter().map(|r| r.rows).sum());
             self.record.rows_copied = ranges.iter().map(|r| r.rows).sum();
-            let pending: VecDeque<RangeProgress> = ranges.into_iter().filter(|r| !r.done).collect();
-            if pending.is_empty() {
+            let chunks: Vec<(i32, bool)> =
+                ranges.iter().map(|r| (r.range.number, r.done)).collect();
+            self.store.add_chunks(&self.spec.name, &chunks).await?;
+            if self.chunk_counts().await?.all_done() {
                 return Ok(None);
             }
-            match self.copy_ranges(pending).await? {
+            match self.copy_chunks(&ranges).await? {
                 None => return Ok(None),
                 Some(interrupt) => {
                     if let Some(end) = self.handle(interrupt, Phase::Copy).await? {
@@ -542,32 +572,34 @@ impl Engine<'_> {
         }
     }
 
-    /// Copies until every range is done (`None`) or something interrupts.
-    async fn copy_ranges(&mut self, pending: VecDeque<RangeProgress>) -> Result<Option<Interrupt>> {
-        let workers = self.spec.copy.concurrency.min(pending.len());
-        let shared = Arc::new(Shared {
-            queue: Mutex::new(pending),
-            copied: AtomicU64::new(self.record.rows_copied),
-            waited_micros: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
-            hold: AtomicBool::new(false),
-        });
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..workers {
-            let worker = self.backend.worker().await?;
-            let pacing = Pacing {
-                job: self.spec.name.clone(),
-                observer: self.options.observer.clone(),
-                throttle: self.throttle.clone(),
-                batch_size: self.spec.copy.batch_size,
-                max_lag: self.spec.copy.max_lag,
-            };
-            tasks.spawn(copy_worker(worker, shared.clone(), pacing));
-        }
-        let (stop, copied) = (&shared.stop, &shared.copied);
+    /// Where the job's chunks stand, told to the observer too.
+    async fn chunk_counts(&self) -> Result<ChunkCounts> {
+        let counts = ChunkCounts::of(&self.store.chunks(&self.spec.name).await?);
+        self.options.observer.chunks(&self.spec.name, counts);
+        Ok(counts)
+    }
+
+    /// Copies until every chunk is done, here or by other workers (`None`), or
+    /// something interrupts.
+    async fn copy_chunks(&mut self, ranges: &[RangeProgress]) -> Result<Option<Interrupt>> {
+        let crew = Arc::new(Crew::new(
+            &self.spec.name,
+            &self.options.worker,
+            self.store.clone(),
+            self.options.lease,
+            ranges,
+        ));
+        let pending = ranges.iter().filter(|r| !r.done).count().max(1);
+        let pacing = self.pacing();
+        let count = self.spec.copy.concurrency.min(pending);
+        let mut tasks = spawn_crew(&mut self.backend, &crew, pacing, count).await?;
         let waited_before = self.record.throttle_wait_seconds;
         let started = Instant::now();
         let start_rows = self.record.rows_copied;
+        // Rows copied by every worker, as the sink had them at the last look, less
+        // those this process had copied then.
+        let mut others = start_rows;
+        let mut ticks = 0u64;
         let mut interrupt = None;
         let mut failure = None;
         loop {
@@ -575,33 +607,59 @@ impl Engine<'_> {
                 joined = tasks.join_next() => match joined {
                     None => break,
                     Some(Ok(Ok(()))) => {}
-                    Some(Ok(Err(error))) => { stop.store(true, Ordering::SeqCst); failure.get_or_insert(error); }
-                    Some(Err(panic)) => { stop.store(true, Ordering::SeqCst); failure.get_or_insert(Error::State(format!("a copy worker died: {panic}"))); }
+                    Some(Ok(Err(error))) => { crew.stop.store(true, Ordering::SeqCst); failure.get_or_insert(error); }
+                    Some(Err(panic)) => { crew.stop.store(true, Ordering::SeqCst); failure.get_or_insert(Error::State(format!("a copy worker died: {panic}"))); }
                 },
                 _ = tokio::time::sleep(CONTROL_INTERVAL) => {
+                    ticks += 1;
                     if interrupt.is_none() {
                         interrupt = self.interrupted().await?;
-                        if interrupt.is_some() { stop.store(true, Ordering::SeqCst); }
+                        if interrupt.is_some() { crew.stop.store(true, Ordering::SeqCst); }
                     }
                     // Replicas falling behind: hold the copy until they catch up.
                     let replica_lag = self.backend.replica_lag().await?;
                     let behind = replica_lag > self.spec.copy.max_lag.as_secs_f64();
-                    if behind != shared.hold.swap(behind, Ordering::SeqCst) {
+                    if behind != crew.hold.swap(behind, Ordering::SeqCst) {
                         tracing::warn!(job = %self.spec.name, replica_lag, held = behind, "replica lag against copy.max_lag");
                     }
-                    self.record.throttle_wait_seconds = waited_before + shared.waited_micros.load(Ordering::Relaxed) as f64 / 1e6;
-                    self.progress(copied.load(Ordering::Relaxed), start_rows, started);
+                    if ticks % PROGRESS_TICKS == 0 {
+                        let mine = crew.copied.load(Ordering::Relaxed);
+                        let all: u64 = self.backend.ranges(self.spec.copy.chunks()).await?.iter().map(|r| r.rows).sum();
+                        others = all.saturating_sub(mine);
+                        self.chunk_counts().await?;
+                    }
+                    self.record.throttle_wait_seconds = waited_before + crew.waited_micros.load(Ordering::Relaxed) as f64 / 1e6;
+                    self.progress(others + crew.copied.load(Ordering::Relaxed), start_rows, started);
                     self.save().await?;
                 }
             }
         }
         self.record.throttle_wait_seconds =
-            waited_before + shared.waited_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        self.progress(copied.load(Ordering::Relaxed), start_rows, started);
+            waited_before + crew.waited_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        if failure.is_none() {
+            let all: u64 = self
+                .backend
+                .ranges(self.spec.copy.chunks())
+                .await?
+                .iter()
+                .map(|r| r.rows)
+                .sum();
+            self.progress(all, start_rows, started);
+            self.chunk_counts().await?;
+        }
         self.save().await?;
         match failure {
             Some(error) => Err(error),
             None => Ok(interrupt),
+        }
+    }
+
+    fn pacing(&self) -> Pacing {
+        Pacing {
+            observer: self.options.observer.clone(),
+            throttle: self.throttle.clone(),
+            batch_size: self.spec.copy.batch_size,
+            max_lag: self.spec.copy.max_lag,
         }
     }
 
@@ -678,7 +736,7 @@ impl Engine<'_> {
         };
         let ranges: Vec<_> = self
             .backend
-            .ranges(self.spec.copy.concurrency)
+            .ranges(self.spec.copy.chunks())
             .await?
             .into_iter()
             .map(|r| r.range)
@@ -752,7 +810,10 @@ impl Engine<'_> {
         self.record.cutover_at = Some(Utc::now());
         self.record.alias = report.alias;
         self.record.lag_seconds = 0.0;
-        JobControl::update(self.store, &self.spec.name, |c| c.cutover_requested = false).await?;
+        JobControl::update(self.store.as_ref(), &self.spec.name, |c| {
+            c.cutover_requested = false
+        })
+        .await?;
         self.save().await
     }
 
@@ -782,7 +843,7 @@ impl Engine<'_> {
         };
         let follows = self.options.follow && self.record.cutover_at.is_some();
         loop {
-            let control = JobControl::load(self.store, &self.spec.name).await?;
+            let control = JobControl::load(self.store.as_ref(), &self.spec.name).await?;
             if control.contract_requested || due.is_some_and(|due| due <= Utc::now()) {
                 return Ok(Flow::Next(Phase::Contract));
             }
@@ -866,71 +927,4 @@ enum Interrupt {
     Shutdown,
     Pause,
     Abort,
-}
-
-/// What the copy workers of one run share.
-struct Shared {
-    queue: Mutex<VecDeque<RangeProgress>>,
-    copied: AtomicU64,
-    /// Time spent waiting (rate limit, replica lag, slow batches), in microseconds.
-    waited_micros: AtomicU64,
-    /// Stop at the next batch boundary (pause, abort, shutdown, a failed worker).
-    stop: AtomicBool,
-    /// Wait before the next batch (replicas are behind).
-    hold: AtomicBool,
-}
-
-/// How a worker paces its batches, and whom it tells how long they took.
-struct Pacing {
-    job: String,
-    observer: Arc<dyn JobObserver>,
-    throttle: Arc<Throttle>,
-    batch_size: usize,
-    /// A batch slower than this is followed by a pause as long as it took.
-    max_lag: Duration,
-}
-
-/// One copy worker: takes ranges from the queue and copies them batch by batch until the
-/// queue is empty or `stop` is set (then it puts its unfinished range back).
-async fn copy_worker(
-    mut worker: Box<dyn CopyWorker>,
-    shared: Arc<Shared>,
-    pacing: Pacing,
-) -> Result<()> {
-    loop {
-        let Some(mut progress) = shared.queue.lock().expect("queue lock").pop_front() else {
-            return Ok(());
-        };
-        while !progress.done {
-            let waiting = Instant::now();
-            while shared.hold.load(Ordering::SeqCst) && !shared.stop.load(Ordering::SeqCst) {
-                tokio::time::sleep(CONTROL_INTERVAL / 5).await;
-            }
-            if shared.stop.load(Ordering::SeqCst) {
-                shared.queue.lock().expect("queue lock").push_back(progress);
-                return Ok(());
-            }
-            pacing.throttle.admit(pacing.batch_size).await;
-            crate::crash_point!("copy.before_batch");
-            let mut waited = waiting.elapsed();
-            let started = Instant::now();
-            let rows = worker.copy_batch(&mut progress, pacing.batch_size).await?;
-            crate::crash_point!("copy.after_batch");
-            let took = started.elapsed();
-            pacing.observer.batch(&pacing.job, took);
-            if took > pacing.max_lag {
-                // The database is struggling: give it as long again before the next batch.
-                tracing::warn!(
-                    took_ms = took.as_millis() as u64,
-                    "a batch took longer than copy.max_lag; backing off"
-                );
-                tokio::time::sleep(took).await;
-                waited += took;
-            }
-            shared
-                .waited_micros
-                .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
-            shared.copied.fetch_add(rows, Ordering::Relaxed);
-        }
-    }
 }

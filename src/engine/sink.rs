@@ -12,6 +12,10 @@
 //! - The sink holds the job's lease and checkpoints; both survive the process.
 //! - A cutover is recorded with the switch it made ([`Sink::completed_cutover`]), so a
 //!   process that dies right after never switches twice.
+//! - A sink that fences its batches ([`Sink::fences_copy`]) writes a batch only under
+//!   the newest lease of its range: [`CopyWorker::seize`] records the lease's fence
+//!   with the range, and a batch carrying an older fence commits nothing. Several
+//!   processes can then share one job's copy (see [`crate::state::chunks`]).
 //! - Before the switch, a sink that can be read back starts capturing its own changes
 //!   (the way back, [`super::Pipeline::reverse`]), so that no write made to the target
 //!   after the switch escapes an abort.
@@ -25,6 +29,11 @@ use crate::error::Result;
 /// Writes batches with their checkpoints, on a connection of its own.
 #[async_trait]
 pub trait BatchWriter: Send {
+    /// See [`CopyWorker::seize`]; a writer that keeps no fence returns `known`.
+    async fn seize(&mut self, known: &RangeProgress, _fence: i64) -> Result<RangeProgress> {
+        Ok(known.clone())
+    }
+
     /// Writes `batch`, the next of `progress`'s range, and its checkpoint (last key,
     /// rows, done) durably together. Updates `progress` to what was made durable and
     /// returns the rows written.
@@ -34,6 +43,13 @@ pub trait BatchWriter: Send {
 /// Copies batches of one range after another (a worker of the copy phase).
 #[async_trait]
 pub trait CopyWorker: Send {
+    /// Takes `known`'s range for the lease with `fence` (greater than any lease of the
+    /// range before) and returns the range's progress as the sink holds it: from now on
+    /// only batches of this worker commit there, and a batch of an older lease, even
+    /// one under way, commits nothing ([`crate::error::Error::LeaseLost`]). A sink
+    /// that keeps no fence returns `known`, the progress last seen by this process.
+    async fn seize(&mut self, known: &RangeProgress, fence: i64) -> Result<RangeProgress>;
+
     /// Copies (or fills) the next batch of at most `limit` rows of `progress`'s range
     /// after its last key, with its checkpoint. Exactly once: after a crash the batch
     /// is either wholly there with its checkpoint, or not at all. Updates `progress`.
@@ -42,6 +58,12 @@ pub trait CopyWorker: Send {
 
 #[async_trait]
 pub trait Sink: Send + Sync {
+    /// Whether [`CopyWorker::seize`] fences batches, so that workers of other processes
+    /// may copy the job's chunks.
+    fn fences_copy(&self) -> bool {
+        false
+    }
+
     /// Claims the job for this process until it ends (a crash releases it). Returns
     /// false, changing nothing, when another process holds it. Ends the sessions of an
     /// earlier run against the sink.
@@ -113,6 +135,10 @@ pub struct PairedWorker {
 
 #[async_trait]
 impl CopyWorker for PairedWorker {
+    async fn seize(&mut self, known: &RangeProgress, fence: i64) -> Result<RangeProgress> {
+        self.writer.seize(known, fence).await
+    }
+
     async fn copy_batch(&mut self, progress: &mut RangeProgress, limit: usize) -> Result<u64> {
         let after = progress.after().cloned();
         let batch = self

@@ -224,6 +224,20 @@ pub struct CopySettings {
     pub max_lag: Duration,
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// How many chunks (key ranges) the key space is split into, each copied by one
+    /// worker at a time; default [`CHUNKS_PER_TASK`] per task of `concurrency`.
+    #[serde(default)]
+    pub chunks: Option<usize>,
+}
+
+/// Chunks per copy task by default: enough for workers of other processes to share.
+pub const CHUNKS_PER_TASK: usize = 4;
+
+impl CopySettings {
+    /// How many chunks the copy plans (see [`CopySettings::chunks`]).
+    pub fn chunks(&self) -> usize {
+        self.chunks.unwrap_or(self.concurrency * CHUNKS_PER_TASK)
+    }
 }
 
 fn default_batch_size() -> usize {
@@ -243,6 +257,7 @@ impl Default for CopySettings {
             rows_per_second: 0,
             max_lag: DEFAULT_MAX_LAG,
             concurrency: DEFAULT_CONCURRENCY,
+            chunks: None,
         }
     }
 }
@@ -513,6 +528,12 @@ impl JobSpec {
             return Err(field(
                 "copy.concurrency",
                 format!("{} is outside 1..=64", self.copy.concurrency),
+            ));
+        }
+        if self.copy.chunks.is_some_and(|n| n == 0 || n > 10_000) {
+            return Err(field(
+                "copy.chunks",
+                format!("{} is outside 1..=10000", self.copy.chunks()),
             ));
         }
         if let Some(schedule) = &self.schedule {

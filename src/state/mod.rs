@@ -6,6 +6,8 @@
 //! (Elasticsearch) keeps them here instead, each saved after the writes it stands for
 //! were acknowledged.
 //!
+//! Chunk leases ([`chunks`]) let many workers share one job's copy.
+//!
 //! Records are opaque JSON here; their meaning lives in [`crate::engine`]. A job's
 //! record is written only by the process running it, its control only by operators'
 //! commands, so the two never overwrite each other.
@@ -15,6 +17,7 @@
 //! their tables on open, idempotently and safely when several processes open at once.
 //! Entries hold no secrets: callers pass redacted text only.
 
+pub mod chunks;
 mod postgres;
 mod sqlite;
 
@@ -66,8 +69,9 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+/// Everything the state store keeps; chunk leases are their own trait ([`chunks`]).
 #[async_trait]
-pub trait StateStore: Send + Sync {
+pub trait StateStore: chunks::ChunkLeases + Send + Sync {
     async fn append_audit(&self, entry: &AuditEntry) -> Result<()>;
 
     /// The newest `limit` entries (at or after `since`, when given), newest first.
@@ -159,6 +163,12 @@ fn command_line(args: impl Iterator<Item = String>) -> String {
         }
     }
     words.join(" ")
+}
+
+/// This process's default name among the workers sharing jobs: `host-pid`.
+pub fn default_worker_id() -> String {
+    let host = whoami::hostname().unwrap_or_else(|_| "unknown".to_string());
+    format!("{host}-{}", std::process::id())
 }
 
 /// `user@host` of this process (the OS account), for audit entries and

@@ -4,6 +4,7 @@
 use async_trait::async_trait;
 use tokio_postgres::Client;
 
+use super::chunks::{ChunkLease, ChunkLeases, ChunkState, ChunkStatus};
 use super::{AuditEntry, ControlChange, Outcome, StateStore};
 use crate::backend::postgres::connect;
 use crate::error::{Error, Result};
@@ -34,6 +35,17 @@ CREATE TABLE IF NOT EXISTS switchyard.checkpoints (
     name  text NOT NULL,
     value text NOT NULL,
     PRIMARY KEY (job, name)
+);
+CREATE SEQUENCE IF NOT EXISTS switchyard.chunk_fences;
+CREATE TABLE IF NOT EXISTS switchyard.chunks (
+    job        text NOT NULL,
+    chunk      int NOT NULL,
+    status     text NOT NULL DEFAULT 'pending',
+    owner      text,
+    fence      bigint NOT NULL DEFAULT 0,
+    expires_at timestamptz,
+    copied_by  text,
+    PRIMARY KEY (job, chunk)
 );";
 
 pub struct PostgresState {
@@ -192,5 +204,122 @@ impl StateStore for PostgresState {
             .await
             .map(drop)
             .map_err(|e| Error::database(NAME, "cannot remove the job's checkpoints", e))
+    }
+}
+
+fn millis(duration: std::time::Duration) -> i64 {
+    duration.as_millis().min(i64::MAX as u128) as i64
+}
+
+#[async_trait]
+impl ChunkLeases for PostgresState {
+    async fn add_chunks(&self, job: &str, chunks: &[(i32, bool)]) -> Result<()> {
+        let (numbers, done): (Vec<i32>, Vec<bool>) = chunks.iter().copied().unzip();
+        self.client
+            .execute(
+                "INSERT INTO switchyard.chunks (job, chunk, status)
+                 SELECT $1, n, CASE WHEN d THEN 'done' ELSE 'pending' END FROM unnest($2::int[], $3::bool[]) AS c(n, d)
+                 ON CONFLICT (job, chunk) DO NOTHING",
+                &[&job, &numbers, &done],
+            )
+            .await
+            .map(drop)
+            .map_err(|e| Error::database(NAME, "cannot record the job's chunks", e))
+    }
+
+    async fn lease_chunk(
+        &self,
+        job: &str,
+        worker: &str,
+        lease: std::time::Duration,
+    ) -> Result<Option<ChunkLease>> {
+        let row = self
+            .client
+            .query_opt(
+                "UPDATE switchyard.chunks AS c
+                    SET status = 'leased', owner = $2, fence = nextval('switchyard.chunk_fences'),
+                        expires_at = now() + $3 * interval '1 millisecond'
+                  WHERE (c.job, c.chunk) = (
+                        SELECT job, chunk FROM switchyard.chunks
+                         WHERE job = $1 AND (status = 'pending' OR (status = 'leased' AND expires_at < now()))
+                         ORDER BY status DESC, chunk LIMIT 1 FOR UPDATE SKIP LOCKED)
+                 RETURNING c.chunk, c.fence",
+                &[&job, &worker, &millis(lease)],
+            )
+            .await
+            .map_err(|e| Error::database(NAME, "cannot lease a chunk", e))?;
+        Ok(row.map(|r| ChunkLease {
+            chunk: r.get(0),
+            fence: r.get(1),
+        }))
+    }
+
+    async fn renew_chunk(
+        &self,
+        job: &str,
+        lease: &ChunkLease,
+        duration: std::time::Duration,
+    ) -> Result<bool> {
+        self.client
+            .execute(
+                "UPDATE switchyard.chunks SET expires_at = now() + $4 * interval '1 millisecond'
+                  WHERE job = $1 AND chunk = $2 AND fence = $3 AND status = 'leased'",
+                &[&job, &lease.chunk, &lease.fence, &millis(duration)],
+            )
+            .await
+            .map(|n| n == 1)
+            .map_err(|e| Error::database(NAME, "cannot renew a chunk's lease", e))
+    }
+
+    async fn finish_chunk(&self, job: &str, lease: &ChunkLease, worker: &str) -> Result<bool> {
+        self.client
+            .execute(
+                "UPDATE switchyard.chunks SET status = 'done', owner = NULL, expires_at = NULL, copied_by = $4
+                  WHERE job = $1 AND chunk = $2 AND fence = $3 AND status = 'leased'",
+                &[&job, &lease.chunk, &lease.fence, &worker],
+            )
+            .await
+            .map(|n| n == 1)
+            .map_err(|e| Error::database(NAME, "cannot mark a chunk done", e))
+    }
+
+    async fn release_chunk(&self, job: &str, lease: &ChunkLease) -> Result<()> {
+        self.client
+            .execute(
+                "UPDATE switchyard.chunks SET status = 'pending', owner = NULL, expires_at = NULL
+                  WHERE job = $1 AND chunk = $2 AND fence = $3 AND status = 'leased'",
+                &[&job, &lease.chunk, &lease.fence],
+            )
+            .await
+            .map(drop)
+            .map_err(|e| Error::database(NAME, "cannot give a chunk back", e))
+    }
+
+    async fn chunks(&self, job: &str) -> Result<Vec<ChunkState>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT chunk, status, owner, copied_by FROM switchyard.chunks WHERE job = $1 ORDER BY chunk",
+                &[&job],
+            )
+            .await
+            .map_err(|e| Error::database(NAME, "cannot read the job's chunks", e))?;
+        Ok(rows
+            .iter()
+            .map(|r| ChunkState {
+                chunk: r.get(0),
+                status: ChunkStatus::parse(r.get(1)),
+                owner: r.get(2),
+                copied_by: r.get(3),
+            })
+            .collect())
+    }
+
+    async fn forget_chunks(&self, job: &str) -> Result<()> {
+        self.client
+            .execute("DELETE FROM switchyard.chunks WHERE job = $1", &[&job])
+            .await
+            .map(drop)
+            .map_err(|e| Error::database(NAME, "cannot remove the job's chunks", e))
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::chunks::{ChunkLease, ChunkLeases, ChunkState, ChunkStatus};
 use super::{AuditEntry, ControlChange, Outcome, StateStore};
 use crate::error::{Error, Result};
 
@@ -31,6 +32,20 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     name  TEXT NOT NULL,
     value TEXT NOT NULL,
     PRIMARY KEY (job, name)
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    job        TEXT NOT NULL,
+    chunk      INTEGER NOT NULL,
+    status     TEXT NOT NULL DEFAULT 'pending',
+    owner      TEXT,
+    fence      INTEGER NOT NULL DEFAULT 0,
+    expires_at INTEGER,
+    copied_by  TEXT,
+    PRIMARY KEY (job, chunk)
+);
+CREATE TABLE IF NOT EXISTS chunk_fences (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    last INTEGER NOT NULL
 );";
 
 /// How long a writer waits for another process's write lock on the file.
@@ -97,6 +112,25 @@ fn open_file(path: &Path) -> std::result::Result<Connection, String> {
             Err(e) => return Err(e.to_string()),
         }
     }
+}
+
+/// Runs `work` in a transaction that takes the write lock first (waiting on the busy
+/// timeout): a deferred read-then-write fails at once when another writer comes between.
+fn immediate<T>(c: &Connection, work: impl FnOnce() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    c.execute_batch("BEGIN IMMEDIATE")?;
+    match work() {
+        Ok(value) => c.execute_batch("COMMIT").map(|()| value),
+        Err(error) => {
+            let _ = c.execute_batch("ROLLBACK");
+            Err(error)
+        }
+    }
+}
+
+/// Milliseconds since the epoch, now and `ahead` from now: lease expiries.
+fn epoch_millis(ahead: Duration) -> i64 {
+    (chrono::Utc::now() + chrono::Duration::from_std(ahead).unwrap_or(chrono::TimeDelta::MAX))
+        .timestamp_millis()
 }
 
 fn is_busy(error: &rusqlite::Error) -> bool {
@@ -202,10 +236,7 @@ impl StateStore for SqliteState {
     async fn update_control(&self, name: &str, change: ControlChange) -> Result<()> {
         let name = name.to_string();
         self.with_connection(move |c| {
-            // IMMEDIATE takes the write lock first, waiting on the busy timeout; a deferred
-            // read-then-write fails at once when a running job writes meanwhile.
-            c.execute_batch("BEGIN IMMEDIATE")?;
-            let updated = (|| {
+            immediate(c, || {
                 let current: Option<String> = c
                     .query_row("SELECT control FROM jobs WHERE name = ?1", [&name], |row| row.get(0))
                     .optional()?
@@ -214,14 +245,8 @@ impl StateStore for SqliteState {
                     "INSERT INTO jobs (name, record, control) VALUES (?1, '{}', ?2) ON CONFLICT (name) DO UPDATE SET control = excluded.control",
                     params![name, change(current)],
                 )
-            })();
-            match updated {
-                Ok(_) => c.execute_batch("COMMIT"),
-                Err(error) => {
-                    let _ = c.execute_batch("ROLLBACK");
-                    Err(error)
-                }
-            }
+            })
+            .map(drop)
         })
         .await
     }
@@ -255,6 +280,127 @@ impl StateStore for SqliteState {
         let job = job.to_string();
         self.with_connection(move |c| {
             c.execute("DELETE FROM checkpoints WHERE job = ?1", [job])
+                .map(drop)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ChunkLeases for SqliteState {
+    async fn add_chunks(&self, job: &str, chunks: &[(i32, bool)]) -> Result<()> {
+        let (job, chunks) = (job.to_string(), chunks.to_vec());
+        self.with_connection(move |c| {
+            immediate(c, || {
+                for (chunk, done) in chunks {
+                    c.execute(
+                        "INSERT INTO chunks (job, chunk, status) VALUES (?1, ?2, ?3) ON CONFLICT (job, chunk) DO NOTHING",
+                        params![job, chunk, if done { "done" } else { "pending" }],
+                    )?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn lease_chunk(
+        &self,
+        job: &str,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Option<ChunkLease>> {
+        let (job, worker) = (job.to_string(), worker.to_string());
+        self.with_connection(move |c| {
+            immediate(c, || {
+                let Some(chunk): Option<i32> = c
+                    .query_row(
+                        "SELECT chunk FROM chunks WHERE job = ?1 AND (status = 'pending' OR (status = 'leased' AND expires_at < ?2))
+                          ORDER BY status DESC, chunk LIMIT 1",
+                        params![job, epoch_millis(Duration::ZERO)],
+                        |row| row.get(0),
+                    )
+                    .optional()?
+                else {
+                    return Ok(None);
+                };
+                let fence: i64 = c.query_row(
+                    "INSERT INTO chunk_fences (id, last) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET last = last + 1 RETURNING last",
+                    [],
+                    |row| row.get(0),
+                )?;
+                c.execute(
+                    "UPDATE chunks SET status = 'leased', owner = ?3, fence = ?4, expires_at = ?5 WHERE job = ?1 AND chunk = ?2",
+                    params![job, chunk, worker, fence, epoch_millis(lease)],
+                )?;
+                Ok(Some(ChunkLease { chunk, fence }))
+            })
+        })
+        .await
+    }
+
+    async fn renew_chunk(&self, job: &str, lease: &ChunkLease, duration: Duration) -> Result<bool> {
+        let (job, lease) = (job.to_string(), *lease);
+        self.with_connection(move |c| {
+            c.execute(
+                "UPDATE chunks SET expires_at = ?4 WHERE job = ?1 AND chunk = ?2 AND fence = ?3 AND status = 'leased'",
+                params![job, lease.chunk, lease.fence, epoch_millis(duration)],
+            )
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
+    async fn finish_chunk(&self, job: &str, lease: &ChunkLease, worker: &str) -> Result<bool> {
+        let (job, lease, worker) = (job.to_string(), *lease, worker.to_string());
+        self.with_connection(move |c| {
+            c.execute(
+                "UPDATE chunks SET status = 'done', owner = NULL, expires_at = NULL, copied_by = ?4
+                  WHERE job = ?1 AND chunk = ?2 AND fence = ?3 AND status = 'leased'",
+                params![job, lease.chunk, lease.fence, worker],
+            )
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
+    async fn release_chunk(&self, job: &str, lease: &ChunkLease) -> Result<()> {
+        let (job, lease) = (job.to_string(), *lease);
+        self.with_connection(move |c| {
+            c.execute(
+                "UPDATE chunks SET status = 'pending', owner = NULL, expires_at = NULL
+                  WHERE job = ?1 AND chunk = ?2 AND fence = ?3 AND status = 'leased'",
+                params![job, lease.chunk, lease.fence],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn chunks(&self, job: &str) -> Result<Vec<ChunkState>> {
+        let job = job.to_string();
+        self.with_connection(move |c| {
+            let mut statement = c.prepare(
+                "SELECT chunk, status, owner, copied_by FROM chunks WHERE job = ?1 ORDER BY chunk",
+            )?;
+            let rows = statement.query_map([job], |row| {
+                let status: String = row.get(1)?;
+                Ok(ChunkState {
+                    chunk: row.get(0)?,
+                    status: ChunkStatus::parse(&status),
+                    owner: row.get(2)?,
+                    copied_by: row.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn forget_chunks(&self, job: &str) -> Result<()> {
+        let job = job.to_string();
+        self.with_connection(move |c| {
+            c.execute("DELETE FROM chunks WHERE job = ?1", [job])
                 .map(drop)
         })
         .await

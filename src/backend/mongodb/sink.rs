@@ -481,6 +481,10 @@ struct FillWorker {
 
 #[async_trait]
 impl CopyWorker for FillWorker {
+    async fn seize(&mut self, known: &RangeProgress, _fence: i64) -> Result<RangeProgress> {
+        Ok(known.clone())
+    }
+
     async fn copy_batch(&mut self, progress: &mut RangeProgress, limit: usize) -> Result<u64> {
         let lower = progress.after().map(id_of).transpose()?;
         let upper = progress.range.upper.as_ref().map(id_of).transpose()?;

@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use futures::SinkExt;
 use tokio_postgres::{Client, Statement};
 
+use super::checkpoints::{hold_fence, seize_range, unfenced};
 use super::table::{ident, TableInfo};
 use crate::engine::progress::RangeProgress;
 use crate::engine::sink::{BatchWriter, CopyWorker};
@@ -42,14 +43,22 @@ pub struct BatchSql {
     pub write: Write,
 }
 
+/// The first part of every batch statement: the range's row, locked, if `$3` is its
+/// fence.
+const FENCE: &str = "fence AS (
+    SELECT 1 FROM switchyard.copy_progress WHERE job = $1 AND range_no = $2 AND fence = $3 FOR UPDATE
+)";
+
 impl BatchSql {
-    /// The batch statement. Parameters: `$1` job, `$2` range number, then the last key
-    /// (when `after`), then the range's upper key (when `upper`), all as text.
+    /// The batch statement. Parameters: `$1` job, `$2` range number, `$3` the worker's
+    /// fence, then the last key (when `after`), then the range's upper key (when
+    /// `upper`), all as text. It reads and writes nothing unless `$3` is the range's
+    /// fence, whose row it locks first; its last column says whether it was.
     pub fn statement(&self, after: bool, upper: bool, limit: usize) -> String {
         if let (Write::Fill { columns }, [key]) = (&self.write, self.source.key.as_slice()) {
             return self.fill_by_range(&key.name, columns, after, upper, limit);
         }
-        let (condition, _) = self.source.range_condition(Some("s"), after, upper, 3);
+        let (condition, _) = self.source.range_condition(Some("s"), after, upper, 4);
         let keys = self.source.key_list(Some("s"));
         let key_aliases: Vec<String> = (0..self.source.key.len())
             .map(|i| format!("_sy_k{i}"))
@@ -97,8 +106,8 @@ impl BatchSql {
             }
         };
         format!(
-            "WITH batch AS (
-                SELECT {key_select}{select_extra} FROM {source} AS s WHERE {condition} ORDER BY {keys} LIMIT {limit}
+            "WITH {FENCE}, batch AS (
+                SELECT {key_select}{select_extra} FROM {source} AS s WHERE EXISTS (SELECT 1 FROM fence) AND {condition} ORDER BY {keys} LIMIT {limit}
              ), written AS (
                 {write}
              ), last AS (
@@ -108,10 +117,10 @@ impl BatchSql {
                    SET last_key = COALESCE((SELECT k FROM last), last_key),
                        rows = rows + (SELECT count(*) FROM batch),
                        done = (SELECT count(*) FROM batch) < {limit}
-                 WHERE job = $1 AND range_no = $2
+                 WHERE job = $1 AND range_no = $2 AND EXISTS (SELECT 1 FROM fence)
                  RETURNING last_key, done
              )
-             SELECT (SELECT count(*) FROM batch), (SELECT last_key FROM progress), (SELECT done FROM progress)",
+             SELECT (SELECT count(*) FROM batch), (SELECT last_key FROM progress), (SELECT done FROM progress), EXISTS (SELECT 1 FROM fence)",
             key_select = key_select.join(", "),
             source = self.source.name.sql(),
             last_key = last_key.join(", "),
@@ -133,18 +142,18 @@ impl BatchSql {
         upper: bool,
         limit: usize,
     ) -> String {
-        let (condition, _) = self.source.range_condition(Some("s"), after, upper, 3);
-        let (inner, _) = self.source.range_condition(Some("r"), after, upper, 3);
+        let (condition, _) = self.source.range_condition(Some("s"), after, upper, 4);
+        let (inner, _) = self.source.range_condition(Some("r"), after, upper, 4);
         let sets: Vec<String> = columns
             .iter()
             .map(|(c, e)| format!("{} = ({e})", ident(c)))
             .collect();
         format!(
-            "WITH nth AS (
+            "WITH {FENCE}, nth AS (
                 SELECT s.{key} AS k FROM {source} AS s WHERE {condition} ORDER BY s.{key} OFFSET {skip} LIMIT 1
              ), written AS (
                 UPDATE {source} AS s SET {sets}
-                 WHERE {condition}
+                 WHERE EXISTS (SELECT 1 FROM fence) AND {condition}
                    AND s.{key} <= COALESCE((SELECT k FROM nth), (SELECT max(r.{key}) FROM {source} AS r WHERE {inner}))
                 RETURNING s.{key} AS k
              ), last AS (
@@ -156,10 +165,10 @@ impl BatchSql {
                    SET last_key = COALESCE((SELECT k FROM last), last_key),
                        rows = rows + (SELECT count(*) FROM written),
                        done = NOT EXISTS (SELECT 1 FROM nth)
-                 WHERE job = $1 AND range_no = $2
+                 WHERE job = $1 AND range_no = $2 AND EXISTS (SELECT 1 FROM fence)
                  RETURNING last_key, done
              )
-             SELECT (SELECT count(*) FROM written), (SELECT last_key FROM progress), (SELECT done FROM progress)",
+             SELECT (SELECT count(*) FROM written), (SELECT last_key FROM progress), (SELECT done FROM progress), EXISTS (SELECT 1 FROM fence)",
             key = ident(key),
             source = self.source.name.sql(),
             skip = limit.saturating_sub(1),
@@ -175,10 +184,17 @@ pub struct InServerWorker {
     pub client: Client,
     pub sql: BatchSql,
     pub statements: HashMap<(bool, bool, usize), Statement>,
+    /// The fence of the range this worker seized last.
+    pub fence: i64,
 }
 
 #[async_trait]
 impl CopyWorker for InServerWorker {
+    async fn seize(&mut self, known: &RangeProgress, fence: i64) -> Result<RangeProgress> {
+        self.fence = fence;
+        seize_range(&self.client, &self.database, &self.sql.job, known, fence).await
+    }
+
     async fn copy_batch(&mut self, progress: &mut RangeProgress, limit: usize) -> Result<u64> {
         let after = progress
             .last_key
@@ -199,7 +215,7 @@ impl CopyWorker for InServerWorker {
         };
         let job = self.sql.job.as_str();
         let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-            vec![&job, &progress.range.number];
+            vec![&job, &progress.range.number, &self.fence];
         let after_values = after.unwrap_or_default();
         let upper_values = upper.unwrap_or_default();
         params.extend(
@@ -225,13 +241,10 @@ impl CopyWorker for InServerWorker {
             })?;
         let rows: i64 = row.get(0);
         let last_key: Option<Vec<String>> = row.get(1);
-        let done: Option<bool> = row.get(2);
-        let done = done.ok_or_else(|| {
-            Error::State(format!(
-                "job `{job}`: range {} has no checkpoint row (was the job aborted meanwhile?)",
-                progress.range.number
-            ))
-        })?;
+        let (done, fenced): (Option<bool>, bool) = (row.get(2), row.get(3));
+        let (Some(done), true) = (done, fenced) else {
+            return Err(unfenced(&self.client, &self.database, job, progress.range.number).await);
+        };
         progress.last_key = last_key;
         progress.rows += rows as u64;
         progress.done = done;
@@ -247,10 +260,17 @@ pub struct CopyWriter {
     pub job: String,
     /// `"schema"."table" ("a", "b", …)`.
     pub target: String,
+    /// The fence of the range this writer seized last.
+    pub fence: i64,
 }
 
 #[async_trait]
 impl BatchWriter for CopyWriter {
+    async fn seize(&mut self, known: &RangeProgress, fence: i64) -> Result<RangeProgress> {
+        self.fence = fence;
+        seize_range(&self.client, &self.database, &self.job, known, fence).await
+    }
+
     async fn write(&mut self, batch: Batch, progress: &mut RangeProgress) -> Result<u64> {
         let Rows::PostgresCopy { binary, mut data } = batch.rows else {
             return Err(Error::State(
@@ -266,6 +286,14 @@ impl BatchWriter for CopyWriter {
         };
         self.client.batch_execute("BEGIN").await.map_err(failed)?;
         let written = async {
+            hold_fence(
+                &self.client,
+                &self.database,
+                &self.job,
+                progress.range.number,
+                self.fence,
+            )
+            .await?;
             let sink = self
                 .client
                 .copy_in::<_, bytes::Bytes>(&format!(

@@ -2,6 +2,12 @@
 //! with their last key, the catch-up position, the cutover record, and which expand and
 //! contract statements ran. They live with the data they describe, so each commits in
 //! the same transaction as the writes it stands for.
+//!
+//! A range also holds the fence of the newest chunk lease that seized it
+//! ([`seize_range`]); a batch commits only while its fence is the range's, checked
+//! under the range row's lock in the batch's own transaction.
+
+use tokio_postgres::Client;
 
 use super::session::Side;
 use crate::engine::progress::{KeyRange, RangeProgress};
@@ -20,6 +26,7 @@ CREATE TABLE IF NOT EXISTS switchyard.copy_progress (
     done      boolean NOT NULL DEFAULT false,
     PRIMARY KEY (job, range_no)
 );
+ALTER TABLE switchyard.copy_progress ADD COLUMN IF NOT EXISTS fence bigint NOT NULL DEFAULT 0;
 CREATE TABLE IF NOT EXISTS switchyard.catch_up_progress (
     job     text PRIMARY KEY,
     lsn     pg_lsn NOT NULL,
@@ -261,5 +268,84 @@ impl Checkpoints<'_> {
             .await
             .map(drop)
             .map_err(self.side.failed("cannot record the cutover"))
+    }
+}
+
+/// Records `fence` on `known`'s range unless a newer lease's fence is there, and returns
+/// the range's progress (see [`crate::engine::sink::CopyWorker::seize`]). Waits for a
+/// batch of an older lease under way: its progress is in what this returns, or it
+/// commits nothing.
+pub async fn seize_range(
+    client: &Client,
+    database: &str,
+    job: &str,
+    known: &RangeProgress,
+    fence: i64,
+) -> Result<RangeProgress> {
+    let failed = |e| Error::database(database, "cannot seize a copy range", e);
+    let number = known.range.number;
+    let row = client
+        .query_opt(
+            "UPDATE switchyard.copy_progress SET fence = $3 WHERE job = $1 AND range_no = $2 AND fence <= $3 RETURNING last_key, rows, done",
+            &[&job, &number, &fence],
+        )
+        .await
+        .map_err(failed)?;
+    if let Some(row) = row {
+        return Ok(RangeProgress {
+            range: known.range.clone(),
+            last_key: row.get(0),
+            rows: row.get::<_, i64>(1) as u64,
+            done: row.get(2),
+        });
+    }
+    Err(unfenced(client, database, job, number).await)
+}
+
+/// Why a range does not hold a worker's fence: a newer lease seized it
+/// ([`Error::LeaseLost`]), or its checkpoint row is gone (the job was aborted).
+pub async fn unfenced(client: &Client, database: &str, job: &str, number: i32) -> Error {
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM switchyard.copy_progress WHERE job = $1 AND range_no = $2",
+            &[&job, &number],
+        )
+        .await;
+    match exists {
+        Ok(Some(_)) => Error::LeaseLost {
+            job: job.to_string(),
+            chunk: number,
+        },
+        Ok(None) => Error::State(format!(
+            "job `{job}`: range {number} has no checkpoint row (was the job aborted meanwhile?)"
+        )),
+        Err(e) => Error::database(database, "cannot read a copy range", e),
+    }
+}
+
+/// Locks the range's row for the caller's transaction if `fence` is still the range's;
+/// [`Error::LeaseLost`] when a newer lease seized it.
+pub async fn hold_fence(
+    client: &Client,
+    database: &str,
+    job: &str,
+    number: i32,
+    fence: i64,
+) -> Result<()> {
+    let held = client
+        .query_opt(
+            "SELECT 1 FROM switchyard.copy_progress WHERE job = $1 AND range_no = $2 AND fence = $3 FOR UPDATE",
+            &[&job, &number, &fence],
+        )
+        .await
+        .map_err(|e| Error::database(database, "cannot check a copy range's fence", e))?
+        .is_some();
+    if held {
+        Ok(())
+    } else {
+        Err(Error::LeaseLost {
+            job: job.to_string(),
+            chunk: number,
+        })
     }
 }

@@ -113,6 +113,25 @@ async fn open_sides(
     source_may_be_gone: bool,
 ) -> Result<(source::PgSource, sink::PgSink)> {
     let sessions = session::Sessions::new(&spec.name);
+    open_sides_with(
+        config,
+        spec,
+        aside,
+        captures_back,
+        source_may_be_gone,
+        sessions,
+    )
+    .await
+}
+
+async fn open_sides_with(
+    config: &Config,
+    spec: &JobSpec,
+    aside: TableName,
+    captures_back: bool,
+    source_may_be_gone: bool,
+    sessions: session::Sessions,
+) -> Result<(source::PgSource, sink::PgSink)> {
     let lock_timeout = config.migrations.lock_timeout;
     let source_db = config.database(&spec.source.database)?;
     let target = spec
@@ -182,6 +201,17 @@ pub async fn open_job(
             Ok(Pipeline::new(Box::new(source), Box::new(sink)))
         })
     })))
+}
+
+/// The two sides of a job for a process that only copies its chunks while another runs
+/// it ([`crate::engine::help`]): its sessions are the job's helpers', which the running
+/// process leaves alone when it ends leftovers (the fences of their batches guard the
+/// ranges instead).
+pub async fn open_helper(config: &Config, spec: &JobSpec) -> Result<Pipeline> {
+    let sessions = session::Sessions::helper(&spec.name);
+    let (source, sink) =
+        open_sides_with(config, spec, forward_aside(spec), false, false, sessions).await?;
+    Ok(Pipeline::new(Box::new(source), Box::new(sink)))
 }
 
 /// The job that carries writes back after `spec`'s cutover: the new table (the target,

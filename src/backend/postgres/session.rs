@@ -7,6 +7,9 @@
 //!   another GEN belong to a run that is gone (killed, or cut off from its server):
 //!   their in-flight statements could still commit behind the new run's checkpoint
 //!   read, so the lease holder ends them before reading any checkpoint.
+//! - Processes that only copy chunks of a job another runs (helpers) name their
+//!   sessions `switchyard helper NAME #GEN`: they are no leftovers, and the fence of
+//!   each batch keeps a stale helper from writing.
 //! - Job sessions use fixed text formats (UTC, ISO dates, shortest exact floats, hex
 //!   bytea), so values read as text on one server are written unchanged on another,
 //!   and digests of the same rows agree across servers.
@@ -31,6 +34,8 @@ const LEFTOVER_WAIT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct Sessions {
     job: String,
+    /// `job` for the process running the job, `helper` for one copying its chunks.
+    role: &'static str,
     generation: Arc<Mutex<String>>,
 }
 
@@ -38,7 +43,16 @@ impl Sessions {
     pub fn new(job: &str) -> Sessions {
         Sessions {
             job: job.to_string(),
+            role: "job",
             generation: Arc::new(Mutex::new(fresh_generation())),
+        }
+    }
+
+    /// The sessions of a helper (see the module docs).
+    pub fn helper(job: &str) -> Sessions {
+        Sessions {
+            role: "helper",
+            ..Sessions::new(job)
         }
     }
 
@@ -50,7 +64,7 @@ impl Sessions {
 
     /// Every session of the job, of any generation, starts with this.
     pub fn prefix(&self) -> String {
-        format!("switchyard job {} #", self.job)
+        format!("switchyard {} {} #", self.role, self.job)
     }
 
     pub fn application_name(&self) -> String {

@@ -483,6 +483,10 @@ impl Sink for PgSink {
     /// a killed process's batch statement can still be running on the server, and it
     /// would commit its batch after this run read the checkpoint. Only then may the
     /// checkpoints be read.
+    fn fences_copy(&self) -> bool {
+        true
+    }
+
     async fn try_claim(&mut self) -> Result<bool> {
         let claimed: bool = self
             .side
@@ -605,6 +609,7 @@ impl Sink for PgSink {
                 client,
                 sql,
                 statements: Default::default(),
+                fence: 0,
             }));
         }
         let target = self.target().await?.clone();
@@ -618,6 +623,7 @@ impl Sink for PgSink {
                 client,
                 job: self.spec.name.clone(),
                 target: format!("{} ({})", target.name.sql(), columns.join(", ")),
+                fence: 0,
             }),
         }))
     }

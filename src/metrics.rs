@@ -1,6 +1,7 @@
 //! Prometheus metrics. Every name is registered once, here; values come from job
 //! records and batch timings as the engine reports them, never from inside a loop over
-//! rows. Label sets stay small: `job`, `phase`, `kind`, `version`.
+//! rows. Label sets stay small: `job`, `phase`, `kind`, `version`, and `worker` (one
+//! per process sharing a job, `serve --worker-id`) and `state` (of a chunk).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -14,6 +15,7 @@ use prometheus::{
 use crate::engine::{JobObserver, JobRecord, Phase};
 use crate::error::Error;
 use crate::migrate::{HistoryRow, Status};
+use crate::state::chunks::ChunkCounts;
 
 /// Batch durations, in seconds: 1 ms to about 30 s.
 const BATCH_BUCKETS: &[f64] = &[
@@ -36,6 +38,9 @@ pub struct Metrics {
     verify_mismatches: IntCounterVec,
     migrations_applied: IntCounterVec,
     migration_duration: HistogramVec,
+    worker_rows: IntCounterVec,
+    worker_chunks: IntCounterVec,
+    chunks: IntGaugeVec,
     /// What each job's counters were last raised to (records carry totals).
     seen: Mutex<HashMap<String, Seen>>,
     /// The history rows already counted, per database: `(version, applied_at)`.
@@ -175,6 +180,21 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            worker_rows: counter(
+                "switchyard_worker_rows_copied_total",
+                "Rows this worker copied (or filled) of the job, of every worker's rows_copied.",
+                &["job", "worker"],
+            ),
+            worker_chunks: counter(
+                "switchyard_worker_chunks_copied_total",
+                "Chunks of the job this worker finished.",
+                &["job", "worker"],
+            ),
+            chunks: int_gauge(
+                "switchyard_job_chunks",
+                "The job's chunks by state (done, leased, pending), as the worker running the job last saw them.",
+                &["job", "state"],
+            ),
             seen: Mutex::new(HashMap::new()),
             seen_migrations: Mutex::new(HashMap::new()),
             registry,
@@ -213,6 +233,28 @@ impl Default for Metrics {
 }
 
 impl JobObserver for Metrics {
+    fn copied(&self, job: &str, worker: &str, rows: u64) {
+        self.worker_rows
+            .with_label_values(&[job, worker])
+            .inc_by(rows);
+    }
+
+    fn chunk_done(&self, job: &str, worker: &str) {
+        self.worker_chunks.with_label_values(&[job, worker]).inc();
+    }
+
+    fn chunks(&self, job: &str, counts: ChunkCounts) {
+        for (state, count) in [
+            ("done", counts.done),
+            ("leased", counts.leased),
+            ("pending", counts.pending),
+        ] {
+            self.chunks
+                .with_label_values(&[job, state])
+                .set(count as i64);
+        }
+    }
+
     fn progress(&self, record: &JobRecord) {
         let job = record.name.as_str();
         let mut seen = self.seen.lock().expect("metrics lock");

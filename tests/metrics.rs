@@ -60,6 +60,8 @@ fn a_running_job_exports_lint_clean_metrics() {
         "switchyard_job_eta_seconds{job=\"items\"}",
         "switchyard_job_throttle_wait_seconds_total{job=\"items\"}",
         "switchyard_verify_mismatches_total{job=\"items\"}",
+        "switchyard_worker_rows_copied_total{job=\"items\",worker=\"",
+        "switchyard_job_chunks{job=\"items\",state=\"pending\"}",
         "switchyard_build_info{version=\"",
     ] {
         assert!(scrape.contains(name), "{name} missing from:\n{scrape}");

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::job::{self, JobSpec};
 use crate::metrics::Metrics;
 use crate::server::serve_metrics;
+use crate::state::chunks::{ChunkCounts, ChunkState};
 use crate::state::{self, Outcome, StateStore};
 
 pub async fn plan(config: &Config, file: &Path) -> Result<()> {
@@ -222,8 +223,23 @@ pub async fn status(config: &Config, name: Option<&str>, json: bool) -> Result<(
             })?],
         None => JobRecord::load_all(store.as_ref()).await?,
     };
+    let mut chunks = Vec::new();
+    for record in &records {
+        chunks.push(store.chunks(&record.name).await?);
+    }
     if json {
-        let rows: Vec<serde_json::Value> = records.iter().map(JobRecord::status_json).collect();
+        let rows: Vec<serde_json::Value> = records
+            .iter()
+            .zip(&chunks)
+            .map(|(record, chunks)| {
+                let mut row = record.status_json();
+                if !chunks.is_empty() {
+                    row["chunks"] = serde_json::json!(ChunkCounts::of(chunks));
+                    row["workers"] = serde_json::json!(crate::state::chunks::workers(chunks));
+                }
+                row
+            })
+            .collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&rows).expect("status serialises")
@@ -240,10 +256,13 @@ pub async fn status(config: &Config, name: Option<&str>, json: bool) -> Result<(
     let mut table = Table::new(&[
         "NAME", "KIND", "PHASE", "ROWS", "RATE", "LAG", "ETA", "UPDATED",
     ]);
-    for r in &records {
+    for (r, chunks) in records.iter().zip(&chunks) {
         let mut notes = Vec::new();
         if let Some(error) = &r.error {
             notes.push(format!("Error: {error}"));
+        }
+        if let Some(note) = chunks_note(chunks) {
+            notes.push(note);
         }
         table.row(
             vec![
@@ -263,6 +282,29 @@ pub async fn status(config: &Config, name: Option<&str>, json: bool) -> Result<(
     }
     print!("{}", table.render());
     Ok(())
+}
+
+/// `Chunks: 5 done (by w1, w2), 2 leased (w3), 1 pending`, while the copy is shared.
+fn chunks_note(chunks: &[ChunkState]) -> Option<String> {
+    let counts = ChunkCounts::of(chunks);
+    if counts.all_done() {
+        return None;
+    }
+    let names = |names: Vec<String>| match names.is_empty() {
+        true => String::new(),
+        false => format!(" ({})", names.join(", ")),
+    };
+    let mut holders: Vec<String> = chunks.iter().filter_map(|c| c.owner.clone()).collect();
+    holders.sort();
+    holders.dedup();
+    Some(format!(
+        "Chunks: {} done{}, {} leased{}, {} pending",
+        counts.done,
+        names(crate::state::chunks::workers(chunks)),
+        counts.leased,
+        names(holders),
+        counts.pending
+    ))
 }
 
 pub async fn control(config: &Config, name: &str, command: Request) -> Result<()> {

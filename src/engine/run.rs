@@ -439,7 +439,6 @@ impl Engine<'_> {
                     while !self.apply_pass().await?.drained {}
                 }
                 self.backend.contract().await?;
-                self.store.forget_chunks(&self.spec.name).await?;
                 JobControl::update(self.store.as_ref(), &self.spec.name, |c| {
                     c.contract_requested = false
                 })

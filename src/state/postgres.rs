@@ -207,8 +207,8 @@ impl StateStore for PostgresState {
     }
 }
 
-fn millis(duration: std::time::Duration) -> i64 {
-    duration.as_millis().min(i64::MAX as u128) as i64
+fn seconds(duration: std::time::Duration) -> f64 {
+    duration.as_secs_f64()
 }
 
 #[async_trait]
@@ -238,13 +238,13 @@ impl ChunkLeases for PostgresState {
             .query_opt(
                 "UPDATE switchyard.chunks AS c
                     SET status = 'leased', owner = $2, fence = nextval('switchyard.chunk_fences'),
-                        expires_at = now() + $3 * interval '1 millisecond'
+                        expires_at = now() + $3::float8 * interval '1 second'
                   WHERE (c.job, c.chunk) = (
                         SELECT job, chunk FROM switchyard.chunks
                          WHERE job = $1 AND (status = 'pending' OR (status = 'leased' AND expires_at < now()))
                          ORDER BY status DESC, chunk LIMIT 1 FOR UPDATE SKIP LOCKED)
                  RETURNING c.chunk, c.fence",
-                &[&job, &worker, &millis(lease)],
+                &[&job, &worker, &seconds(lease)],
             )
             .await
             .map_err(|e| Error::database(NAME, "cannot lease a chunk", e))?;
@@ -262,9 +262,9 @@ impl ChunkLeases for PostgresState {
     ) -> Result<bool> {
         self.client
             .execute(
-                "UPDATE switchyard.chunks SET expires_at = now() + $4 * interval '1 millisecond'
+                "UPDATE switchyard.chunks SET expires_at = now() + $4::float8 * interval '1 second'
                   WHERE job = $1 AND chunk = $2 AND fence = $3 AND status = 'leased'",
-                &[&job, &lease.chunk, &lease.fence, &millis(duration)],
+                &[&job, &lease.chunk, &lease.fence, &seconds(duration)],
             )
             .await
             .map(|n| n == 1)

@@ -13,7 +13,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::elastic::Elastic;
-use common::mongo::{skip, spawn_writer, MongoDb};
+use common::mongo::{spawn_writer, MongoDb};
+use common::skip;
 use common::writer::{create_items, seed, Writer};
 use common::Project;
 use elasticsearch::http::Method;

@@ -562,7 +562,8 @@ fn a_crash_between_the_switch_and_the_steps_after_it_is_finished_by_the_next_run
 /// change streams.
 #[test]
 fn a_mongodb_copy_killed_at_every_point_loses_nothing() {
-    use common::mongo::{skip, spawn_writer, MongoDb};
+    use common::mongo::{spawn_writer, MongoDb};
+    use common::skip;
     use mongodb::bson::doc;
     const POINTS: &[(&str, &str)] = &[
         ("expand.after_capture", "return"),

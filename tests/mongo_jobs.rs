@@ -8,7 +8,8 @@
 
 mod common;
 
-use common::mongo::{skip, MongoDb};
+use common::mongo::MongoDb;
+use common::skip;
 use common::Project;
 use mongodb::bson::{doc, Bson, Document};
 

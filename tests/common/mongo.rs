@@ -195,14 +195,6 @@ impl Drop for MongoDb {
     }
 }
 
-/// Says a test is skipped, and why: written to the process's stderr directly, past the
-/// test harness's capture, so that the run's output shows it even though the harness
-/// counts the test as passed (it has no skipped state a test can choose at run time).
-pub fn skip(test: &str, why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
-}
-
 /// Writes of every kind to `collection` of the database at `url`, from a thread of its
 /// own: for each `i` below `count`, an update (a field set, an embedded field set, an
 /// element pushed) of `_id` `i * 7`, a delete of `i * 11 + 3`, an insert of

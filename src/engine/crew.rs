@@ -36,7 +36,7 @@ use crate::state::StateStore;
 const HELPER_LOOK: Duration = Duration::from_millis(250);
 /// How long a task with no chunk to lease waits before looking again, while chunks
 /// leased by other workers are not done.
-const IDLE_WAIT: Duration = Duration::from_millis(500);
+const IDLE_WAIT: Duration = Duration::from_millis(200);
 /// How often a task waiting on `hold` or `IDLE_WAIT` looks at `stop`.
 const STOP_POLL: Duration = Duration::from_millis(50);
 

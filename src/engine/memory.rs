@@ -29,6 +29,8 @@ pub struct State {
     pub fenced: bool,
     pub target: BTreeMap<i64, String>,
     pub ranges: Vec<RangeProgress>,
+    /// The fence of the lease that seized each range last.
+    pub fences: BTreeMap<i32, i64>,
     pub position: Option<u64>,
     pub cutover: Option<CutoverReport>,
     /// Source writes made so far by the simulated writer.
@@ -295,15 +297,42 @@ impl BatchReader for MemoryReader {
 
 pub struct MemorySink(Memory);
 
-struct MemoryWriter(Memory);
+/// Writes batches under the fence of the range it seized last.
+struct MemoryWriter(Memory, i64);
+
+fn lease_lost(range: i32) -> Error {
+    Error::LeaseLost {
+        job: "mem".into(),
+        chunk: range,
+    }
+}
 
 #[async_trait]
 impl BatchWriter for MemoryWriter {
+    async fn seize(&mut self, known: &RangeProgress, fence: i64) -> Result<RangeProgress> {
+        let mut state = self.0.state();
+        let number = known.range.number;
+        if state
+            .fences
+            .get(&number)
+            .is_some_and(|newer| *newer > fence)
+        {
+            return Err(lease_lost(number));
+        }
+        state.fences.insert(number, fence);
+        self.1 = fence;
+        let saved = state.ranges.iter().find(|r| r.range.number == number);
+        Ok(saved.expect("ranges are saved before the copy").clone())
+    }
+
     async fn write(&mut self, batch: Batch, progress: &mut RangeProgress) -> Result<u64> {
         let Rows::Values(rows) = batch.rows else {
             unreachable!("a memory source sends values")
         };
         let mut state = self.0.state();
+        if state.fences.get(&progress.range.number) != Some(&self.1) {
+            return Err(lease_lost(progress.range.number));
+        }
         state.batches += 1;
         if state.fail_at_batch == Some(state.batches) {
             return Err(Error::State(format!(
@@ -362,6 +391,9 @@ impl MemorySink {
 
 #[async_trait]
 impl Sink for MemorySink {
+    fn fences_copy(&self) -> bool {
+        true
+    }
     async fn try_claim(&mut self) -> Result<bool> {
         Ok(true)
     }
@@ -371,6 +403,7 @@ impl Sink for MemorySink {
     async fn start_fresh(&mut self) -> Result<()> {
         let mut state = self.0.state();
         state.ranges.clear();
+        state.fences.clear();
         state.position = None;
         state.cutover = None;
         Ok(())
@@ -403,7 +436,7 @@ impl Sink for MemorySink {
     async fn copy_worker(&mut self, source: &dyn Source) -> Result<Box<dyn CopyWorker>> {
         Ok(Box::new(PairedWorker {
             reader: source.reader(&Vec::new(), RowFormat::Values).await?,
-            writer: Box::new(MemoryWriter(self.0.clone())),
+            writer: Box::new(MemoryWriter(self.0.clone(), 0)),
         }))
     }
     async fn apply(&mut self, batch: &ChangeBatch, _: &mut dyn Source) -> Result<u64> {
@@ -485,20 +518,26 @@ mod tests {
             .expect("a state store")
     }
 
+    /// The options of a run by worker `worker` (its shutdown never comes).
+    fn options(worker: &str) -> RunOptions {
+        let (keep, shutdown) = watch::channel(false);
+        std::mem::forget(keep);
+        RunOptions {
+            shutdown,
+            observer: Arc::new(Quiet),
+            claim_wait: Duration::ZERO,
+            follow: false,
+            worker: worker.into(),
+            lease: Duration::from_secs(30),
+        }
+    }
+
     async fn run_once(
         memory: &Memory,
         spec: &crate::job::JobSpec,
         store: &Arc<dyn StateStore>,
     ) -> Result<RunEnd> {
-        let (_keep, shutdown) = watch::channel(false);
-        let options = RunOptions {
-            shutdown,
-            observer: Arc::new(Quiet),
-            claim_wait: Duration::ZERO,
-            follow: false,
-            worker: "test".into(),
-            lease: Duration::from_secs(30),
-        };
+        let options = options("test");
         run(
             spec,
             memory.pipeline(),
@@ -507,6 +546,43 @@ mod tests {
             options,
         )
         .await
+    }
+
+    /// A second process helps with the copy of a job another runs: both copy chunks,
+    /// every row is counted once, and the target ends equal.
+    #[tokio::test]
+    async fn a_helper_copies_chunks_of_a_job_another_process_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let memory = Memory::with_rows(600);
+        let spec = spec(
+            "rows_per_second = 300\nchunks = 12",
+            "[cutover]\nmode = \"manual\"\n[contract]\nafter = \"manual\"\n",
+        );
+        let running = {
+            let (memory, spec, store) = (memory.clone(), spec.clone(), store.clone());
+            tokio::spawn(async move { run_once(&memory, &spec, &store).await })
+        };
+        // Wait for the running process to plan its chunks.
+        loop {
+            let record = JobRecord::load(store.as_ref(), "mem").await.unwrap();
+            let chunks = store.chunks("mem").await.unwrap();
+            if record.is_some_and(|r| r.phase == Phase::Copy) && !chunks.is_empty() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let helped =
+            crate::engine::help(&spec, memory.pipeline(), store.clone(), options("helper"))
+                .await
+                .unwrap();
+        assert_eq!(helped, RunEnd::RunningElsewhere);
+        assert_eq!(running.await.unwrap().unwrap(), RunEnd::WaitingForCutover);
+        assert!(equal(&memory));
+        let chunks = store.chunks("mem").await.unwrap();
+        assert_eq!(crate::state::chunks::workers(&chunks), ["helper", "test"]);
+        let counted: u64 = memory.state().ranges.iter().map(|r| r.rows).sum();
+        assert_eq!(counted, 600, "every row counted once");
     }
 
     fn equal(memory: &Memory) -> bool {

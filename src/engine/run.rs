@@ -547,7 +547,7 @@ impl Engine<'_> {
     /// throttled; other processes may lease chunks of the job too ([`help`]).
     async fn copy(&mut self) -> Result<Option<RunEnd>> {
         loop {
-            let ranges = self.backend.ranges(self.spec.copy.chunks()).await?;
+            let ranges = self.backend.ranges(self.chunks()).await?;
             self.record.rows_total = self
                 .backend
                 .estimate_rows()
@@ -569,6 +569,11 @@ impl Engine<'_> {
                 }
             }
         }
+    }
+
+    /// How many chunks the job's copy plans.
+    fn chunks(&self) -> usize {
+        self.spec.copy.chunks(self.backend.sink.fences_copy())
     }
 
     /// Where the job's chunks stand, told to the observer too.
@@ -623,7 +628,7 @@ impl Engine<'_> {
                     }
                     if ticks % PROGRESS_TICKS == 0 {
                         let mine = crew.copied.load(Ordering::Relaxed);
-                        let all: u64 = self.backend.ranges(self.spec.copy.chunks()).await?.iter().map(|r| r.rows).sum();
+                        let all: u64 = self.backend.ranges(self.chunks()).await?.iter().map(|r| r.rows).sum();
                         others = all.saturating_sub(mine);
                         self.chunk_counts().await?;
                     }
@@ -638,7 +643,7 @@ impl Engine<'_> {
         if failure.is_none() {
             let all: u64 = self
                 .backend
-                .ranges(self.spec.copy.chunks())
+                .ranges(self.chunks())
                 .await?
                 .iter()
                 .map(|r| r.rows)
@@ -735,7 +740,7 @@ impl Engine<'_> {
         };
         let ranges: Vec<_> = self
             .backend
-            .ranges(self.spec.copy.chunks())
+            .ranges(self.chunks())
             .await?
             .into_iter()
             .map(|r| r.range)

@@ -225,18 +225,21 @@ pub struct CopySettings {
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// How many chunks (key ranges) the key space is split into, each copied by one
-    /// worker at a time; default [`CHUNKS_PER_TASK`] per task of `concurrency`.
+    /// worker at a time. Default: [`SHARED_CHUNKS_PER_TASK`] per task of `concurrency`
+    /// where workers of other processes can share the copy, one per task elsewhere.
     #[serde(default)]
     pub chunks: Option<usize>,
 }
 
-/// Chunks per copy task by default: enough for workers of other processes to share.
-pub const CHUNKS_PER_TASK: usize = 4;
+/// Chunks per copy task by default where other processes' workers can share the copy.
+pub const SHARED_CHUNKS_PER_TASK: usize = 4;
 
 impl CopySettings {
-    /// How many chunks the copy plans (see [`CopySettings::chunks`]).
-    pub fn chunks(&self) -> usize {
-        self.chunks.unwrap_or(self.concurrency * CHUNKS_PER_TASK)
+    /// How many chunks the copy plans (see [`CopySettings::chunks`]); `shared`: whether
+    /// the sink lets other processes share the copy.
+    pub fn chunks(&self, shared: bool) -> usize {
+        let per_task = if shared { SHARED_CHUNKS_PER_TASK } else { 1 };
+        self.chunks.unwrap_or(self.concurrency * per_task)
     }
 }
 
@@ -533,7 +536,10 @@ impl JobSpec {
         if self.copy.chunks.is_some_and(|n| n == 0 || n > 10_000) {
             return Err(field(
                 "copy.chunks",
-                format!("{} is outside 1..=10000", self.copy.chunks()),
+                format!(
+                    "{} is outside 1..=10000",
+                    self.copy.chunks.unwrap_or_default()
+                ),
             ));
         }
         if let Some(schedule) = &self.schedule {

@@ -119,6 +119,10 @@ pub struct JobRecord {
     /// again once the file differs.
     #[serde(default)]
     pub file_digest: Option<String>,
+    /// The worker (`serve --worker-id`) of the process running the job last: once
+    /// another run holds the job, that process is gone, and the chunks it held go back.
+    #[serde(default)]
+    pub worker: Option<String>,
 }
 
 impl JobRecord {
@@ -149,6 +153,7 @@ impl JobRecord {
             waiting: None,
             shape: None,
             file_digest: None,
+            worker: None,
         }
     }
 

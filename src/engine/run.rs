@@ -166,6 +166,11 @@ pub async fn run(
     }
     refuse_reshaping(spec, &mut record)?;
     record.file = file.to_string();
+    // The process that ran the job before is gone (this one holds the job now): its
+    // chunks go back at once rather than when their leases expire.
+    if let Some(previous) = record.worker.replace(options.worker.clone()) {
+        store.release_worker_chunks(&spec.name, &previous).await?;
+    }
     let throttle = Arc::new(Throttle::new(
         spec.copy.rows_per_second,
         spec.copy.batch_size,

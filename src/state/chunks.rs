@@ -130,6 +130,10 @@ pub trait ChunkLeases: Send + Sync {
     /// Gives the chunk back (pending) so that any worker can take it at once.
     async fn release_chunk(&self, job: &str, lease: &ChunkLease) -> Result<()>;
 
+    /// Gives back every chunk `worker` holds: the job's new runner does so for the one
+    /// before it, known gone (it held the job's lease, which a live process keeps).
+    async fn release_worker_chunks(&self, job: &str, worker: &str) -> Result<()>;
+
     /// Every chunk of the job, by number.
     async fn chunks(&self, job: &str) -> Result<Vec<ChunkState>>;
 

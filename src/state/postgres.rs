@@ -295,6 +295,18 @@ impl ChunkLeases for PostgresState {
             .map_err(|e| Error::database(NAME, "cannot give a chunk back", e))
     }
 
+    async fn release_worker_chunks(&self, job: &str, worker: &str) -> Result<()> {
+        self.client
+            .execute(
+                "UPDATE switchyard.chunks SET status = 'pending', owner = NULL, expires_at = NULL
+                  WHERE job = $1 AND owner = $2 AND status = 'leased'",
+                &[&job, &worker],
+            )
+            .await
+            .map(drop)
+            .map_err(|e| Error::database(NAME, "cannot give chunks back", e))
+    }
+
     async fn chunks(&self, job: &str) -> Result<Vec<ChunkState>> {
         let rows = self
             .client

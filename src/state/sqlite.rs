@@ -377,6 +377,19 @@ impl ChunkLeases for SqliteState {
         .await
     }
 
+    async fn release_worker_chunks(&self, job: &str, worker: &str) -> Result<()> {
+        let (job, worker) = (job.to_string(), worker.to_string());
+        self.with_connection(move |c| {
+            c.execute(
+                "UPDATE chunks SET status = 'pending', owner = NULL, expires_at = NULL
+                  WHERE job = ?1 AND owner = ?2 AND status = 'leased'",
+                params![job, worker],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
     async fn chunks(&self, job: &str) -> Result<Vec<ChunkState>> {
         let job = job.to_string();
         self.with_connection(move |c| {

@@ -42,9 +42,12 @@ shared_copy() {
     sleep 0.1
   done
   echo "$(date +%s.%N) - $start" | bc >"$work/took"
-  pkill -TERM -f "serve --worker-id w" || true
+  pkill -TERM -f "^$switchyard --config config/switchyard.toml serve" || true   # not /usr/bin/time
   wait "${pids[@]}" 2>/dev/null || true
-  for i in $(seq 1 "$workers"); do rss=$(( $(cat "$work/rss.$i") > rss ? $(cat "$work/rss.$i") : rss )); done
+  for i in $(seq 1 "$workers"); do
+    tail -1 "$work/rss.$i" | grep -qE '^[0-9]+$' || { echo "worker $i: no peak RSS" >&2; cat "$work/worker.$i.log" >&2; exit 1; }
+    rss=$(( $(tail -1 "$work/rss.$i") > rss ? $(tail -1 "$work/rss.$i") : rss ))
+  done
   copied=$(psql "$other_db" -tAc "SELECT count(*) FROM $name")
   [ "$copied" = "$rows" ] || { echo "$workers workers copied $copied of $rows rows" >&2; exit 1; }
   echo "$(cat "$work/took") $rss"

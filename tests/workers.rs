@@ -251,9 +251,12 @@ fn a_worker_frozen_past_its_lease_cannot_write_once_thawed() {
         "the chunk taken over",
         |owner| owner == ["first"],
     );
-    let fence = project.db.column(&format!(
-        "SELECT fence::text FROM switchyard.copy_progress WHERE job = 'items' AND range_no = {chunk}"
-    ));
+    let range_fence = || {
+        project.db.column(&format!(
+            "SELECT fence::text FROM switchyard.copy_progress WHERE job = 'items' AND range_no = {chunk}"
+        ))
+    };
+    let fence = range_fence();
     frozen.signal(libc::SIGCONT);
     // Thawed, it finds its lease gone and leaves the chunk without writing to it.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -270,13 +273,7 @@ fn a_worker_frozen_past_its_lease_cannot_write_once_thawed() {
         "{}",
         frozen.log()
     );
-    assert_eq!(
-        project.db.column(&format!(
-            "SELECT fence::text FROM switchyard.copy_progress WHERE job = 'items' AND range_no = {chunk}"
-        )),
-        fence,
-        "the range stays the taker's"
-    );
+    assert_eq!(range_fence(), fence, "the range stays the taker's");
     let status = project.wait_for_job("items", "ready to cut over", |s| {
         s["phase"] == "ready_to_cutover"
     });

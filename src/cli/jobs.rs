@@ -294,15 +294,12 @@ fn chunks_note(chunks: &[ChunkState]) -> Option<String> {
         true => String::new(),
         false => format!(" ({})", names.join(", ")),
     };
-    let mut holders: Vec<String> = chunks.iter().filter_map(|c| c.owner.clone()).collect();
-    holders.sort();
-    holders.dedup();
     Some(format!(
         "Chunks: {} done{}, {} leased{}, {} pending",
         counts.done,
         names(crate::state::chunks::workers(chunks)),
         counts.leased,
-        names(holders),
+        names(crate::state::chunks::holders(chunks)),
         counts.pending
     ))
 }

@@ -81,6 +81,24 @@ impl Crew {
         }
     }
 
+    /// Takes what `JoinSet::join_next` gave: the first failure is kept and stops the
+    /// other tasks. False once every task has ended.
+    pub fn ended(
+        &self,
+        ended: Option<std::result::Result<Result<()>, tokio::task::JoinError>>,
+        failure: &mut Option<Error>,
+    ) -> bool {
+        let error = match ended {
+            None => return false,
+            Some(Ok(Ok(()))) => return true,
+            Some(Ok(Err(error))) => error,
+            Some(Err(panic)) => Error::State(format!("a copy worker died: {panic}")),
+        };
+        self.stop.store(true, Ordering::SeqCst);
+        failure.get_or_insert(error);
+        true
+    }
+
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }
@@ -174,12 +192,7 @@ pub async fn help(
     let mut failure = None;
     loop {
         tokio::select! {
-            joined = tasks.join_next() => match joined {
-                None => break,
-                Some(Ok(Ok(()))) => {}
-                Some(Ok(Err(error))) => { crew.stop.store(true, Ordering::SeqCst); failure.get_or_insert(error); }
-                Some(Err(panic)) => { crew.stop.store(true, Ordering::SeqCst); failure.get_or_insert(Error::State(format!("a copy worker died: {panic}"))); }
-            },
+            ended = tasks.join_next() => if !crew.ended(ended, &mut failure) { break },
             _ = tokio::time::sleep(HELPER_LOOK) => {
                 let control = JobControl::load(store.as_ref(), &spec.name).await?;
                 throttle.set_rate(control.rows_per_second.unwrap_or(spec.copy.rows_per_second));

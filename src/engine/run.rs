@@ -576,6 +576,12 @@ impl Engine<'_> {
         }
     }
 
+    /// Rows copied by every worker, as the sink holds them.
+    async fn rows_copied_everywhere(&mut self) -> Result<u64> {
+        let ranges = self.backend.ranges(self.chunks()).await?;
+        Ok(ranges.iter().map(|r| r.rows).sum())
+    }
+
     /// How many chunks the job's copy plans.
     fn chunks(&self) -> usize {
         self.spec.copy.chunks(self.backend.sink.fences_copy())
@@ -613,12 +619,7 @@ impl Engine<'_> {
         let mut failure = None;
         loop {
             tokio::select! {
-                joined = tasks.join_next() => match joined {
-                    None => break,
-                    Some(Ok(Ok(()))) => {}
-                    Some(Ok(Err(error))) => { crew.stop.store(true, Ordering::SeqCst); failure.get_or_insert(error); }
-                    Some(Err(panic)) => { crew.stop.store(true, Ordering::SeqCst); failure.get_or_insert(Error::State(format!("a copy worker died: {panic}"))); }
-                },
+                ended = tasks.join_next() => if !crew.ended(ended, &mut failure) { break },
                 _ = tokio::time::sleep(CONTROL_INTERVAL) => {
                     ticks += 1;
                     if interrupt.is_none() {
@@ -633,8 +634,7 @@ impl Engine<'_> {
                     }
                     if ticks % PROGRESS_TICKS == 0 {
                         let mine = crew.copied.load(Ordering::Relaxed);
-                        let all: u64 = self.backend.ranges(self.chunks()).await?.iter().map(|r| r.rows).sum();
-                        others = all.saturating_sub(mine);
+                        others = self.rows_copied_everywhere().await?.saturating_sub(mine);
                         self.chunk_counts().await?;
                     }
                     self.record.throttle_wait_seconds = waited_before + crew.waited_micros.load(Ordering::Relaxed) as f64 / 1e6;
@@ -646,13 +646,7 @@ impl Engine<'_> {
         self.record.throttle_wait_seconds =
             waited_before + crew.waited_micros.load(Ordering::Relaxed) as f64 / 1e6;
         if failure.is_none() {
-            let all: u64 = self
-                .backend
-                .ranges(self.chunks())
-                .await?
-                .iter()
-                .map(|r| r.rows)
-                .sum();
+            let all = self.rows_copied_everywhere().await?;
             self.progress(all, start_rows, started);
             self.chunk_counts().await?;
         }

@@ -33,8 +33,7 @@ pub struct ChunkLease {
 }
 
 /// Where a chunk stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkStatus {
     Pending,
     Leased,
@@ -42,14 +41,6 @@ pub enum ChunkStatus {
 }
 
 impl ChunkStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChunkStatus::Pending => "pending",
-            ChunkStatus::Leased => "leased",
-            ChunkStatus::Done => "done",
-        }
-    }
-
     pub(super) fn parse(text: &str) -> ChunkStatus {
         match text {
             "leased" => ChunkStatus::Leased,
@@ -99,10 +90,19 @@ impl ChunkCounts {
 
 /// The workers that copied chunks of a job, each once, in order of name.
 pub fn workers(chunks: &[ChunkState]) -> Vec<String> {
-    let mut workers: Vec<String> = chunks.iter().filter_map(|c| c.copied_by.clone()).collect();
-    workers.sort();
-    workers.dedup();
-    workers
+    names(chunks.iter().filter_map(|c| c.copied_by.clone()))
+}
+
+/// The workers holding chunks of a job now, each once, in order of name.
+pub fn holders(chunks: &[ChunkState]) -> Vec<String> {
+    names(chunks.iter().filter_map(|c| c.owner.clone()))
+}
+
+fn names(names: impl Iterator<Item = String>) -> Vec<String> {
+    let mut names: Vec<String> = names.collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// Chunk leases in the state store; every call is atomic on the store.

@@ -207,10 +207,6 @@ impl StateStore for PostgresState {
     }
 }
 
-fn seconds(duration: std::time::Duration) -> f64 {
-    duration.as_secs_f64()
-}
-
 #[async_trait]
 impl ChunkLeases for PostgresState {
     async fn add_chunks(&self, job: &str, chunks: &[(i32, bool)]) -> Result<()> {
@@ -244,7 +240,7 @@ impl ChunkLeases for PostgresState {
                          WHERE job = $1 AND (status = 'pending' OR (status = 'leased' AND expires_at < now()))
                          ORDER BY status DESC, chunk LIMIT 1 FOR UPDATE SKIP LOCKED)
                  RETURNING c.chunk, c.fence",
-                &[&job, &worker, &seconds(lease)],
+                &[&job, &worker, &lease.as_secs_f64()],
             )
             .await
             .map_err(|e| Error::database(NAME, "cannot lease a chunk", e))?;
@@ -264,7 +260,7 @@ impl ChunkLeases for PostgresState {
             .execute(
                 "UPDATE switchyard.chunks SET expires_at = now() + $4::float8 * interval '1 second'
                   WHERE job = $1 AND chunk = $2 AND fence = $3 AND status = 'leased'",
-                &[&job, &lease.chunk, &lease.fence, &seconds(duration)],
+                &[&job, &lease.chunk, &lease.fence, &duration.as_secs_f64()],
             )
             .await
             .map(|n| n == 1)

@@ -3,7 +3,8 @@
 # server's own `_reindex` (synchronous, into an index with the same mapping: what a
 # hand-written reindex script calls) and switchyard's `reindex` job (point-in-time reads
 # into `_bulk`, external versions, checkpoints; without catch-up, then also with a
-# checksum verify). Prints seconds, documents/s, ratios to `_reindex`, and peak RSS.
+# checksum verify; and with `[copy] method = "server"`, the copy handed to the server's
+# `_reindex`). Prints seconds, documents/s, ratios to `_reindex`, and peak RSS.
 #
 #   benches/elastic_reindex.sh [--docs N] [--repeat R]   # default 50,000 documents, 3 rounds
 #
@@ -52,6 +53,7 @@ database = "elasticsearch"
 index = "bench_catalog"
 [copy]
 batch_size = 5000
+${3:-}
 $(manual_job_tail "$2")
 TOML
   echo "$work/jobs/$1.toml"
@@ -70,10 +72,14 @@ for round in $(seq 1 "$repeat"); do
   "$switchyard" --config "$work/config/switchyard.toml" job abort "bench_sy_$round" >/dev/null
   read -r syv syv_rss <<<"$(timed_job "$(job "bench_syv_$round" checksum)")"
   "$switchyard" --config "$work/config/switchyard.toml" job abort "bench_syv_$round" >/dev/null
-  echo "$server 0 $sy $sy_rss $syv $syv_rss" >>"$work/rounds"
+  read -r sys sys_rss <<<"$(timed_job "$(job "bench_sys_$round" none 'method = "server"')")"
+  "$switchyard" --config "$work/config/switchyard.toml" job abort "bench_sys_$round" >/dev/null
+  echo "$server 0 $sy $sy_rss $syv $syv_rss $sys $sys_rss" >>"$work/rounds"
 done
 
 echo "reindex of $docs documents into a new index, $repeat rounds, medians ($es)"
 rounds_table "$work/rounds" "server _reindex (synchronous)|0|" \
-  "switchyard reindex (no catch-up, no verify)|2|3" "switchyard reindex + checksum verify|4|5"
-rates_table "$work/rounds" "$docs" documents "server _reindex|0" "switchyard reindex|2" "switchyard reindex + verify|4"
+  "switchyard reindex (no catch-up, no verify)|2|3" "switchyard reindex + checksum verify|4|5" \
+  "switchyard reindex, method = server (no verify)|6|7"
+rates_table "$work/rounds" "$docs" documents "server _reindex|0" "switchyard reindex|2" "switchyard reindex + verify|4" \
+  "switchyard reindex, method = server|6"

@@ -131,19 +131,35 @@ fn writer(
 
 #[test]
 fn a_reindex_under_writes_moves_the_alias_onto_an_equal_new_index() {
+    reindex_under_writes(
+        "[copy]\nbatch_size = 500\nrows_per_second = 2000\n",
+        "documents per `_bulk` into",
+    );
+}
+
+#[test]
+fn a_reindex_the_cluster_copies_under_writes_moves_the_alias_onto_an_equal_new_index() {
+    reindex_under_writes(
+        "[copy]\nmethod = \"server\"\nslices = 2\nrows_per_second = 2000\n",
+        "one `_reindex` in 2 slices at 2000 documents a second",
+    );
+}
+
+/// A reindex with `copy` (its `[copy]` section) while a writer writes through the
+/// alias: `job plan` says `plan_says`, and the new index ends equal to every write
+/// acknowledged.
+fn reindex_under_writes(copy: &str, plan_says: &str) {
     let elastic = Elastic::new();
     let (alias, mut expected) = catalog(&elastic, DOCUMENTS);
     let project = Project::with_config(&elastic.config());
-    let (name, text) = job(
-        &elastic,
-        "[copy]\nbatch_size = 500\nrows_per_second = 2000\n\n[cutover]\nmode = \"auto\"\n",
-    );
+    let (name, text) = job(&elastic, &format!("{copy}\n[cutover]\nmode = \"auto\"\n"));
     let file = project.job_file(&name, &text);
 
     let plan = project.run(&["job", "plan", &file]).ok();
     assert!(
         plan.stdout
-            .contains(&format!("`{alias}` from `{alias}_v1` to `{alias}_v2`")),
+            .contains(&format!("`{alias}` from `{alias}_v1` to `{alias}_v2`"))
+            && plan.stdout.contains(plan_says),
         "{}",
         plan.stdout
     );
@@ -176,7 +192,7 @@ fn a_reindex_under_writes_moves_the_alias_onto_an_equal_new_index() {
         run.stdout
     );
     assert!(
-        written.len() > 100,
+        written.len() > 20,
         "the writer wrote during the job ({} documents)",
         written.len()
     );
@@ -387,5 +403,102 @@ fn a_reindex_of_an_index_without_an_alias_is_refused_with_what_to_do() {
         refused.stderr.contains("field `catch_up.field`"),
         "{}",
         refused.stderr
+    );
+
+    for (slices, reason) in [
+        (
+            "\"many\"",
+            "`many` is neither \"auto\" nor a number of slices",
+        ),
+        ("0", "0 is outside 1..=1024"),
+    ] {
+        let file = project.job_file(
+            "slices",
+            &format!("name = \"slices\"\nkind = \"reindex\"\n[source]\ndatabase = \"elasticsearch\"\nindex = \"{plain}\"\n[catch_up]\nmethod = \"none\"\n[copy]\nmethod = \"server\"\nslices = {slices}\n"),
+        );
+        let refused = project.run(&["job", "plan", &file]).expect_code(2);
+        assert!(
+            refused
+                .stderr
+                .ends_with(&format!("field `copy.slices`: {reason}\n")),
+            "{}",
+            refused.stderr
+        );
+    }
+}
+
+/// Whether the server has the tasks API (real Elasticsearch and OpenSearch do; the
+/// stand-in of `scripts/services` does not).
+fn has_tasks_api(elastic: &Elastic) -> bool {
+    elastic.call(Method::Get, "/_tasks", None).0 == 200
+}
+
+/// Reindex tasks running on the server (the parents of sliced ones).
+fn reindex_tasks(elastic: &Elastic) -> usize {
+    let tasks = elastic.ok(Method::Get, "/_tasks?actions=*reindex", None);
+    tasks["nodes"]
+        .as_object()
+        .map(|nodes| {
+            nodes
+                .values()
+                .flat_map(|node| node["tasks"].as_object().cloned().unwrap_or_default())
+                .filter(|(_, task)| task["parent_task_id"].is_null())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_reindex_the_cluster_copies_is_followed_through_its_task_paused_and_resumed() {
+    let elastic = Elastic::new();
+    if !has_tasks_api(&elastic) {
+        common::skip(
+            "a_reindex_the_cluster_copies_is_followed_through_its_task_paused_and_resumed",
+            "the server has no tasks API (`GET /_tasks`): its `_reindex` runs synchronously, so there is no task to follow, rethrottle or cancel",
+        );
+        return;
+    }
+    let (alias, documents) = catalog(&elastic, 3000);
+    let project = Project::with_config(&elastic.config());
+    let (name, text) = job(
+        &elastic,
+        "[copy]\nmethod = \"server\"\nslices = 2\nbatch_size = 100\nrows_per_second = 300\n",
+    );
+    let file = project.job_file(&name, &text);
+    let child = project
+        .command(&["job", "run", &file])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let copying = project.wait_for_job(&name, "the cluster copying", |s| {
+        s["phase"] == "copy" && s["rows_copied"].as_u64() > Some(0)
+    });
+    assert!(
+        copying["rows_copied"].as_u64() < Some(3000),
+        "followed while the task runs: {copying}"
+    );
+    assert_eq!(reindex_tasks(&elastic), 1, "one reindex task");
+
+    project.run(&["job", "pause", &name]).ok();
+    project.wait_for_job(&name, "paused", |s| s["phase"] == "paused");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while reindex_tasks(&elastic) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pause cancels the cluster's reindex"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    project
+        .run(&["job", "throttle", &name, "--rows-per-second", "0"])
+        .ok();
+    project.run(&["job", "resume", &name]).ok();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(project.job_status(&name)["phase"], "ready_to_cutover");
+    assert_eq!(
+        elastic.documents(&format!("{alias}_v2")),
+        documents,
+        "nothing lost or doubled"
     );
 }

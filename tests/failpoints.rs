@@ -63,6 +63,15 @@ const COPY_JOB_POINTS: &[(&str, &str)] = &[
 /// bulk request's acknowledgement and its checkpoint.
 const ELASTIC_POINTS: &[(&str, &str)] = &[("copy.after_write", "2*off->return")];
 
+/// A reindex the cluster copies: its copy is one batch (on a server without the tasks
+/// API) or a few looks at the server's task.
+const SERVER_COPY_POINTS: &[(&str, &str)] = &[
+    ("copy.after_seize", "return"),
+    ("copy.before_batch", "return"),
+    ("copy.after_batch", "return"),
+    ("copy.end", "return"),
+];
+
 const BACKFILL_POINTS: &[(&str, &str)] = &[
     ("expand.after_ddl", "return"),
     ("copy.before_batch", "3*off->return"),
@@ -738,10 +747,33 @@ fn an_elasticsearch_migration_killed_between_operations_resumes() {
 /// checkpoints gone after contract.
 #[test]
 fn an_elasticsearch_reindex_killed_anywhere_resumes() {
+    let points: Vec<_> = COPY_JOB_POINTS.iter().chain(ELASTIC_POINTS).collect();
+    let crashed_at = reindex_killed_at_each(&points, "batch_size = 300");
+    assert!(
+        crashed_at.len() >= 25 && crashed_at.contains(&"copy.after_write"),
+        "crashed only at {crashed_at:?}"
+    );
+}
+
+#[test]
+fn an_elasticsearch_reindex_the_cluster_copies_killed_anywhere_resumes() {
+    let points: Vec<_> = SERVER_COPY_POINTS.iter().collect();
+    let crashed_at = reindex_killed_at_each(&points, "method = \"server\"\nslices = 2");
+    assert_eq!(
+        crashed_at,
+        SERVER_COPY_POINTS.iter().map(|p| p.0).collect::<Vec<_>>(),
+        "crashed at every point"
+    );
+}
+
+/// Runs a reindex of 2,000 documents (its `[copy]` section: `copy`) crashing at each of
+/// `points` in turn, then to its end: every document once in the new index behind the
+/// alias, the old index and the checkpoints gone. Returns the points it crashed at.
+fn reindex_killed_at_each(points: &[&(&'static str, &str)], copy: &str) -> Vec<&'static str> {
     use common::elastic::Elastic;
     use elasticsearch::http::Method;
     let mut crashed_at = Vec::new();
-    for (point, action) in COPY_JOB_POINTS.iter().chain(ELASTIC_POINTS) {
+    for (point, action) in points.iter().copied() {
         let elastic = Elastic::new();
         let alias = elastic.index("items");
         let v1 = format!("{alias}_v1");
@@ -764,7 +796,7 @@ fn an_elasticsearch_reindex_killed_anywhere_resumes() {
         let file = project.job_file(
             &name,
             &format!(
-                "name = \"{name}\"\nkind = \"reindex\"\n[source]\ndatabase = \"elasticsearch\"\nindex = \"{alias}\"\n[copy]\nbatch_size = 300\n[catch_up]\nfield = \"updated_at\"\n[cutover]\nmode = \"auto\"\n[contract]\nafter = \"0s\"\n"
+                "name = \"{name}\"\nkind = \"reindex\"\n[source]\ndatabase = \"elasticsearch\"\nindex = \"{alias}\"\n[copy]\n{copy}\n[catch_up]\nfield = \"updated_at\"\n[cutover]\nmode = \"auto\"\n[contract]\nafter = \"0s\"\n"
             ),
         );
         if run_crashing_at_most(&project, &file, point, action) {
@@ -791,10 +823,7 @@ fn an_elasticsearch_reindex_killed_anywhere_resumes() {
             "{point}: checkpoints gone"
         );
     }
-    assert!(
-        crashed_at.len() >= 25 && crashed_at.contains(&"copy.after_write"),
-        "crashed only at {crashed_at:?}"
-    );
+    crashed_at
 }
 
 /// A PostgreSQL table copied into an index, killed at every crash point of the copy path

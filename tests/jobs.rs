@@ -642,6 +642,8 @@ fn bad_job_files_exit_2_naming_file_and_field() {
         (base.replace("name = \"items\"", &format!("name = \"{}\"", "n".repeat(37))), "field `name`: at most 36 characters (it names replication slots)"),
         (base.replace("concurrency = 2", "concurrency = \"two\""), "field `copy.concurrency`: invalid type: string \"two\", expected usize"),
         (format!("{base}\n[cutover]\nmax_lag = \"soon\"\n"), "field `cutover.max_lag`: "),
+        (base.replace("concurrency = 2", "concurrency = 2\nmethod = \"server\""), "field `copy.method`: \"server\" is an Elasticsearch reindex's (the cluster's `_reindex` copies the old index into the new); other jobs copy with \"bulk\""),
+        (base.replace("concurrency = 2", "concurrency = 2\nslices = 4"), "field `copy.slices`: slices are for the cluster's own copy; add `method = \"server\"`"),
         (base.replace("[target]", "[nothing]"), "unknown field `nothing`, expected one of `name`, `kind`"),
         ("name = \"x\"\nkind = \"copy\"\n[source]\n".to_string(), "field `source`: missing field `database`"),
         ("name = [".to_string(), "invalid TOML: "),

@@ -289,22 +289,30 @@ async fn copy_chunk(
             tokio::time::sleep(STOP_POLL).await;
         }
         if crew.stopped() {
+            worker.leave(&mut progress).await?;
             crew.remember(&progress);
             return Ok(Left::Stopped);
         }
         if heartbeat.lost() {
             return Ok(Left::Lost);
         }
-        pacing.throttle.admit(pacing.batch_size).await;
+        let paced_here = !worker.paces_itself();
+        if paced_here {
+            pacing.throttle.admit(pacing.batch_size).await;
+        } else {
+            worker.set_rate(pacing.throttle.rate()).await?;
+        }
         crate::crash_point!("copy.before_batch");
         let mut waited = waiting.elapsed();
         let started = Instant::now();
         let rows = worker.copy_batch(&mut progress, pacing.batch_size).await?;
         crate::crash_point!("copy.after_batch");
         let took = started.elapsed();
-        pacing.observer.batch(&crew.job, took);
         pacing.observer.copied(&crew.job, &crew.worker, rows);
-        if took > pacing.max_lag {
+        if paced_here {
+            pacing.observer.batch(&crew.job, took);
+        }
+        if paced_here && took > pacing.max_lag {
             // The database is struggling: give it as long again before the next batch.
             tracing::warn!(
                 took_ms = took.as_millis() as u64,
@@ -371,5 +379,141 @@ impl Heartbeat {
 impl Drop for Heartbeat {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::progress::KeyRange;
+
+    struct Quiet;
+    impl JobObserver for Quiet {
+        fn progress(&self, _: &JobRecord) {}
+    }
+
+    /// What a worker that paces itself was told, shared with the test.
+    #[derive(Default)]
+    struct Told {
+        rates: Vec<u64>,
+        batches: usize,
+        left: bool,
+    }
+
+    /// A server-side copy done after `batches` looks of 100 rows each; stops the crew
+    /// (`stop`) during the first look.
+    struct ServerLike {
+        told: Arc<Mutex<Told>>,
+        batches: usize,
+        stop: Option<Arc<Crew>>,
+    }
+
+    #[async_trait::async_trait]
+    impl CopyWorker for ServerLike {
+        async fn seize(&mut self, known: &RangeProgress, _: i64) -> Result<RangeProgress> {
+            Ok(known.clone())
+        }
+        async fn copy_batch(&mut self, progress: &mut RangeProgress, _: usize) -> Result<u64> {
+            let mut told = self.told.lock().unwrap();
+            told.batches += 1;
+            progress.rows += 100;
+            progress.done = told.batches == self.batches;
+            if let Some(crew) = self.stop.take() {
+                crew.stop.store(true, Ordering::SeqCst);
+            }
+            Ok(100)
+        }
+        fn paces_itself(&self) -> bool {
+            true
+        }
+        async fn set_rate(&mut self, rows_per_second: u64) -> Result<()> {
+            self.told.lock().unwrap().rates.push(rows_per_second);
+            Ok(())
+        }
+        async fn leave(&mut self, _: &mut RangeProgress) -> Result<()> {
+            self.told.lock().unwrap().left = true;
+            Ok(())
+        }
+    }
+
+    async fn crew_of_one_chunk(dir: &tempfile::TempDir) -> Arc<Crew> {
+        let url = format!("sqlite://{}/state.db", dir.path().display());
+        let store = crate::state::open(&crate::secret::SecretUrl::new(url))
+            .await
+            .unwrap();
+        store.add_chunks("job", &[(0, false)]).await.unwrap();
+        let range = RangeProgress {
+            range: KeyRange {
+                number: 0,
+                lower: None,
+                upper: None,
+            },
+            last_key: None,
+            rows: 0,
+            done: false,
+        };
+        Arc::new(Crew::new(
+            "job",
+            "w1",
+            store,
+            Duration::from_secs(30),
+            &[range],
+        ))
+    }
+
+    /// One row a second with batches of 1,000: a batch the engine paced would wait
+    /// about 1,000 s for the second.
+    fn slow_pacing() -> Pacing {
+        Pacing {
+            observer: Arc::new(Quiet),
+            throttle: Arc::new(Throttle::new(1, 1_000)),
+            batch_size: 1_000,
+            max_lag: Duration::from_millis(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_paces_itself_is_given_the_rate_not_throttled() {
+        let dir = tempfile::tempdir().unwrap();
+        let crew = crew_of_one_chunk(&dir).await;
+        let told = Arc::new(Mutex::new(Told::default()));
+        let worker = ServerLike {
+            told: told.clone(),
+            batches: 3,
+            stop: None,
+        };
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            copy_chunks(Box::new(worker), crew.clone(), slow_pacing()),
+        )
+        .await
+        .expect("neither throttled nor backed off")
+        .unwrap();
+        {
+            let told = told.lock().unwrap();
+            assert_eq!((told.batches, told.rates.clone()), (3, vec![1, 1, 1]));
+            assert!(!told.left);
+        }
+        assert!(ChunkCounts::of(&crew.store.chunks("job").await.unwrap()).all_done());
+        assert_eq!(crew.copied.load(Ordering::Relaxed), 300);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_worker_leaves_its_range_and_gives_the_chunk_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let crew = crew_of_one_chunk(&dir).await;
+        let told = Arc::new(Mutex::new(Told::default()));
+        let worker = ServerLike {
+            told: told.clone(),
+            batches: 3,
+            stop: Some(crew.clone()),
+        };
+        copy_chunks(Box::new(worker), crew.clone(), slow_pacing())
+            .await
+            .unwrap();
+        assert_eq!(told.lock().unwrap().batches, 1);
+        assert!(told.lock().unwrap().left, "left before the next batch");
+        let counts = ChunkCounts::of(&crew.store.chunks("job").await.unwrap());
+        assert_eq!((counts.pending, counts.leased, counts.done), (1, 0, 0));
     }
 }

@@ -54,6 +54,25 @@ pub trait CopyWorker: Send {
     /// after its last key, with its checkpoint. Exactly once: after a crash the batch
     /// is either wholly there with its checkpoint, or not at all. Updates `progress`.
     async fn copy_batch(&mut self, progress: &mut RangeProgress, limit: usize) -> Result<u64>;
+
+    /// Whether the server copies at a rate it is given (a server-side copy, each batch
+    /// a look at how far it got): the engine then neither throttles nor backs off its
+    /// batches, and gives it the rate in force before each ([`CopyWorker::set_rate`]).
+    fn paces_itself(&self) -> bool {
+        false
+    }
+
+    /// The job's rate in force (rows per second, 0: unthrottled), for a worker that
+    /// [paces itself](CopyWorker::paces_itself).
+    async fn set_rate(&mut self, _rows_per_second: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// Leaves `progress`'s range before it is done (pause, abort, shutdown) at a batch
+    /// boundary: a worker whose server copies stops the server's copy.
+    async fn leave(&mut self, _progress: &mut RangeProgress) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[async_trait]

@@ -3,6 +3,6 @@
 mod spec;
 
 pub use spec::{
-    load, load_text, parse, parse_window, CatchUpMethod, ContractAfter, CopySettings,
-    CutoverMethod, CutoverMode, Dependents, Endpoint, JobKind, JobSpec, VerifyMethod,
+    load, load_text, parse, parse_window, CatchUpMethod, ContractAfter, CopyMethod, CopySettings,
+    CutoverMethod, CutoverMode, Dependents, Endpoint, JobKind, JobSpec, Slices, VerifyMethod,
 };

@@ -229,10 +229,53 @@ pub struct CopySettings {
     /// where workers of other processes can share the copy, one per task elsewhere.
     #[serde(default)]
     pub chunks: Option<usize>,
+    /// Who copies: switchyard reading and writing batches, or (a reindex) the cluster.
+    #[serde(default)]
+    pub method: CopyMethod,
+    /// `method = "server"`: how many slices the cluster's `_reindex` runs in parallel.
+    #[serde(default)]
+    pub slices: Option<Slices>,
 }
 
 /// Chunks per copy task by default where other processes' workers can share the copy.
 pub const SHARED_CHUNKS_PER_TASK: usize = 4;
+
+/// Who copies a job's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyMethod {
+    /// switchyard reads batches from the source and writes them into the target.
+    #[default]
+    Bulk,
+    /// The target's server copies by itself (Elasticsearch `_reindex`); switchyard
+    /// starts it, follows it, and keeps catch-up, verify and cutover.
+    Server,
+}
+
+/// The slices of a server-side `_reindex`: `"auto"` (one per shard) or a number.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Slices {
+    Count(i64),
+    Named(String),
+}
+
+impl Slices {
+    /// The most slices a job may ask for.
+    pub const MAX: i64 = 1024;
+
+    /// As `_reindex`'s `slices` parameter; an error names what is wrong.
+    pub fn parameter(&self) -> std::result::Result<String, String> {
+        match self {
+            Slices::Count(n) if (1..=Slices::MAX).contains(n) => Ok(n.to_string()),
+            Slices::Count(n) => Err(format!("{n} is outside 1..={}", Slices::MAX)),
+            Slices::Named(word) if word == "auto" => Ok("auto".into()),
+            Slices::Named(word) => Err(format!(
+                "`{word}` is neither \"auto\" nor a number of slices"
+            )),
+        }
+    }
+}
 
 impl CopySettings {
     /// How many chunks the copy plans (see [`CopySettings::chunks`]); `shared`: whether
@@ -261,6 +304,8 @@ impl Default for CopySettings {
             max_lag: DEFAULT_MAX_LAG,
             concurrency: DEFAULT_CONCURRENCY,
             chunks: None,
+            method: CopyMethod::Bulk,
+            slices: None,
         }
     }
 }
@@ -540,6 +585,23 @@ impl JobSpec {
                     "{} is outside 1..=10000",
                     self.copy.chunks.unwrap_or_default()
                 ),
+            ));
+        }
+        if let Some(slices) = &self.copy.slices {
+            if self.copy.method != CopyMethod::Server {
+                return Err(field(
+                    "copy.slices",
+                    "slices are for the cluster's own copy; add `method = \"server\"`".into(),
+                ));
+            }
+            slices
+                .parameter()
+                .map_err(|reason| field("copy.slices", reason))?;
+        }
+        if self.copy.method == CopyMethod::Server && self.kind != JobKind::Reindex {
+            return Err(field(
+                "copy.method",
+                "\"server\" is an Elasticsearch reindex's (the cluster's `_reindex` copies the old index into the new); other jobs copy with \"bulk\"".into(),
             ));
         }
         if let Some(schedule) = &self.schedule {

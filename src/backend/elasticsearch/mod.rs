@@ -30,6 +30,7 @@ mod migrations;
 mod operations;
 mod pit;
 mod reindex;
+mod server_copy;
 mod sink;
 mod source;
 pub mod transfer;
@@ -56,6 +57,9 @@ use crate::secret::{percent_decode, SecretUrl};
 /// How long one request may take, unless it says otherwise (a reindex waits for the
 /// server to finish).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a synchronous `_reindex` may take (a migration's `reindex`; a job's server
+/// copy on a server without the tasks API).
+const REINDEX_TIMEOUT: Duration = Duration::from_secs(6 * 60 * 60);
 
 /// A configured Elasticsearch database.
 #[derive(Clone)]

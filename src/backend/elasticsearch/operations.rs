@@ -8,19 +8,14 @@
 //! - A reindex waits for the server to finish and fails on any document it could not
 //!   write (the `failures` the server lists), never reporting a partial copy as done.
 
-use std::time::Duration;
-
 use elasticsearch::http::Method;
 use serde_json::{json, Value};
 
-use super::{path_segment, Es};
+use super::{path_segment, Es, REINDEX_TIMEOUT};
 use crate::migrate::ElasticOperation;
 
 /// Why an operation failed, for the FAILED record.
 pub type Failure = String;
-
-/// How long a migration's `reindex` may take.
-const REINDEX_TIMEOUT: Duration = Duration::from_secs(6 * 60 * 60);
 
 /// Applies `operation`; `may_be_done` when an earlier, killed run may have applied it.
 pub async fn apply(

@@ -22,7 +22,7 @@ use crate::backend::plan::JobPlan;
 use crate::config::Config;
 use crate::engine::Pipeline;
 use crate::error::{Error, Result};
-use crate::job::{CatchUpMethod, ContractAfter, JobSpec};
+use crate::job::{CatchUpMethod, ContractAfter, CopyMethod, JobSpec};
 use crate::state::StateStore;
 
 /// The old index's settings a new index takes over when the job names none.
@@ -58,7 +58,7 @@ pub async fn open_job(
     // and the old index may be gone (contract deleted it).
     let expanded = state.contains_key("new");
     let direction = new_index(&es, spec, expanded, Some(&old)).await?;
-    let sink = ElasticSink::new(
+    let mut sink = ElasticSink::new(
         &es,
         opensearch,
         checkpoints,
@@ -67,6 +67,9 @@ pub async fn open_job(
         Origin::Index,
         field.is_some(),
     );
+    if let Some(slices) = server_slices(spec) {
+        sink = sink.copied_by_server(slices);
+    }
     if field.is_none() {
         return Ok(Pipeline::new(Box::new(source), Box::new(sink)));
     }
@@ -113,6 +116,17 @@ fn open_way_back(
         true,
     );
     (source, sink)
+}
+
+/// `_reindex`'s slices when the cluster copies (`[copy] method = "server"`).
+fn server_slices(spec: &JobSpec) -> Option<String> {
+    (spec.copy.method == CopyMethod::Server).then(|| {
+        spec.copy
+            .slices
+            .as_ref()
+            .and_then(|slices| slices.parameter().ok())
+            .unwrap_or_else(|| "auto".to_string())
+    })
 }
 
 fn watermark_field(spec: &JobSpec) -> Option<&str> {
@@ -340,7 +354,16 @@ pub async fn plan_job(
         ),
         (
             "copy".to_string(),
-            vec![format!("read `{old}` in point-in-time order, {} documents per `_bulk` into `{new}` (external versions)", spec.copy.batch_size)],
+            vec![match server_slices(spec) {
+                Some(slices) => format!(
+                    "the cluster copies `{old}` into `{new}`: one `_reindex` in {slices} slices at {}, external versions, followed through the tasks API",
+                    match spec.copy.rows_per_second {
+                        0 => "full speed".to_string(),
+                        rate => format!("{rate} documents a second"),
+                    }
+                ),
+                None => format!("read `{old}` in point-in-time order, {} documents per `_bulk` into `{new}` (external versions)", spec.copy.batch_size),
+            }],
         ),
     ];
     if let Some(field) = watermark {

@@ -39,6 +39,7 @@ use super::checkpoints::Checkpoints;
 use super::digest;
 use super::documents::{version_of, Documents};
 use super::pit::Pages;
+use super::server_copy::ServerCopy;
 use super::source::ElasticSource;
 use super::{path_segment, Es};
 use crate::backend::lease::Lease;
@@ -114,6 +115,8 @@ pub struct ElasticSink {
     way_back: Option<Box<(ElasticSource, ElasticSink)>>,
     /// Whether the job catches up (otherwise a difference at verify is never settled).
     catches_up: bool,
+    /// A reindex the cluster copies (`[copy] method = "server"`): `_reindex`'s slices.
+    server_copy: Option<String>,
 }
 
 /// The index a sink writes, and the one it reads from.
@@ -140,7 +143,14 @@ impl ElasticSink {
             checkpoints,
             way_back: None,
             catches_up,
+            server_copy: None,
         }
+    }
+
+    /// Has the cluster copy the old index into the new (`_reindex` in `slices`).
+    pub fn copied_by_server(mut self, slices: String) -> ElasticSink {
+        self.server_copy = Some(slices);
+        self
     }
 
     pub fn with_way_back(mut self, source: ElasticSource, sink: ElasticSink) -> ElasticSink {
@@ -728,6 +738,15 @@ impl Sink for ElasticSink {
     }
 
     async fn copy_worker(&mut self, source: &dyn Source) -> Result<Box<dyn CopyWorker>> {
+        if let Some(slices) = &self.server_copy {
+            return Ok(Box::new(ServerCopy::new(
+                &self.es,
+                self.source(),
+                self.target(),
+                slices.clone(),
+                self.checkpoints.clone(),
+            )));
+        }
         let mut writer = self.writer();
         if let (Origin::Rows(_), Some(start)) = (&self.origin, self.start().await?) {
             writer.version = version_of(&start)?;

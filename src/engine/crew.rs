@@ -408,6 +408,19 @@ mod tests {
         stop: Option<Arc<Crew>>,
     }
 
+    impl ServerLike {
+        /// A copy done after three looks, and what it will be told.
+        fn of_three_looks(stop: Option<Arc<Crew>>) -> (Box<ServerLike>, Arc<Mutex<Told>>) {
+            let told = Arc::new(Mutex::new(Told::default()));
+            let worker = ServerLike {
+                told: told.clone(),
+                batches: 3,
+                stop,
+            };
+            (Box::new(worker), told)
+        }
+    }
+
     #[async_trait::async_trait]
     impl CopyWorker for ServerLike {
         async fn seize(&mut self, known: &RangeProgress, _: i64) -> Result<RangeProgress> {
@@ -476,15 +489,10 @@ mod tests {
     async fn a_worker_that_paces_itself_is_given_the_rate_not_throttled() {
         let dir = tempfile::tempdir().unwrap();
         let crew = crew_of_one_chunk(&dir).await;
-        let told = Arc::new(Mutex::new(Told::default()));
-        let worker = ServerLike {
-            told: told.clone(),
-            batches: 3,
-            stop: None,
-        };
+        let (worker, told) = ServerLike::of_three_looks(None);
         tokio::time::timeout(
             Duration::from_secs(10),
-            copy_chunks(Box::new(worker), crew.clone(), slow_pacing()),
+            copy_chunks(worker, crew.clone(), slow_pacing()),
         )
         .await
         .expect("neither throttled nor backed off")
@@ -502,13 +510,8 @@ mod tests {
     async fn a_stopped_worker_leaves_its_range_and_gives_the_chunk_back() {
         let dir = tempfile::tempdir().unwrap();
         let crew = crew_of_one_chunk(&dir).await;
-        let told = Arc::new(Mutex::new(Told::default()));
-        let worker = ServerLike {
-            told: told.clone(),
-            batches: 3,
-            stop: Some(crew.clone()),
-        };
-        copy_chunks(Box::new(worker), crew.clone(), slow_pacing())
+        let (worker, told) = ServerLike::of_three_looks(Some(crew.clone()));
+        copy_chunks(worker, crew.clone(), slow_pacing())
             .await
             .unwrap();
         assert_eq!(told.lock().unwrap().batches, 1);

@@ -95,45 +95,37 @@ impl ServerCopy {
         })
     }
 
-    /// Starts the server's copy; returns the rows it wrote when it ran synchronously.
+    /// Starts the server's copy; returns the rows it wrote when it ran synchronously
+    /// (a server without the tasks API).
     async fn start(&mut self, progress: &mut RangeProgress, batch: usize) -> Result<u64> {
-        let rate = self.rate.unwrap_or_default();
-        let context = format!(
-            "cannot start `_reindex` of `{}` into `{}`",
-            self.old, self.new
-        );
-        if !self.has_tasks_api().await? {
-            let reply = self
-                .es
-                .call_with_timeout(
-                    Method::Post,
-                    &self.path(rate, true),
-                    Some(&self.body(batch)),
-                    Some(REINDEX_TIMEOUT),
-                )
-                .await?;
-            if !reply.is_success() {
-                return Err(self.es.refused(&context, &reply));
-            }
+        let synchronous = !self.has_tasks_api().await?;
+        let reply = self
+            .es
+            .call_with_timeout(
+                Method::Post,
+                &self.path(self.rate.unwrap_or_default(), synchronous),
+                Some(&self.body(batch)),
+                synchronous.then_some(REINDEX_TIMEOUT),
+            )
+            .await?;
+        if !reply.is_success() {
+            let context = format!(
+                "cannot start `_reindex` of `{}` into `{}`",
+                self.old, self.new
+            );
+            return Err(self.es.refused(&context, &reply));
+        }
+        if synchronous {
             self.check_failures(&reply.body)?;
             return self
                 .record(progress, None, written(&reply.body), true)
                 .await;
         }
-        let started = self
-            .es
-            .expect(
-                Method::Post,
-                &self.path(rate, false),
-                Some(&self.body(batch)),
-                &context,
-            )
-            .await?;
-        let task = started["task"].as_str().unwrap_or_default().to_string();
+        let task = reply.body["task"].as_str().unwrap_or_default().to_string();
         if task.is_empty() {
             return Err(Error::State(format!(
-                "`_reindex` of `{}` answered no task: {started}",
-                self.old
+                "`_reindex` of `{}` answered no task: {}",
+                self.old, reply.body
             )));
         }
         tracing::info!(task = %task, old = %self.old, new = %self.new, slices = %self.slices, "the cluster copies the index");

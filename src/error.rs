@@ -108,6 +108,11 @@ pub enum Error {
     #[error("job `{job}`: chunk {chunk} is leased to another worker now (this worker's lease expired: was the process stalled?); its batch was not written")]
     LeaseLost { job: String, chunk: i32 },
 
+    /// The job's lease passed to another process (it expired while this one stalled):
+    /// this run stopped without writing more.
+    #[error("job `{job}`: another worker runs the job now (this process's lease on it expired: was it stalled?); this run stopped without writing more")]
+    JobLeaseLost { job: String },
+
     /// `health` found something that needs action (each finding was printed).
     #[error("{0}")]
     Unhealthy(String),
@@ -149,6 +154,7 @@ impl Error {
             | Error::MigrationFailed { .. }
             | Error::VerifyFailed { .. }
             | Error::LeaseLost { .. }
+            | Error::JobLeaseLost { .. }
             | Error::Unhealthy(_)
             | Error::State(_)
             | Error::Io { .. } => 1,
@@ -229,7 +235,7 @@ impl Error {
             Error::MigrationFailed { .. } => "migration",
             Error::VerifyFailed { .. } | Error::Unhealthy(_) => "verify",
             Error::State(_) => "state",
-            Error::LeaseLost { .. } => "lease_lost",
+            Error::LeaseLost { .. } | Error::JobLeaseLost { .. } => "lease_lost",
             Error::Io { .. } => "io",
         }
     }

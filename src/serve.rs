@@ -3,8 +3,9 @@
 //! requests, and serves the HTTP API and `/metrics`.
 //!
 //! Invariants:
-//! - A job runs in one place at a time: each run takes the job's lease in its database
-//!   (several `serve` processes may share a state store; the others leave it alone).
+//! - A job runs in one place at a time: each run takes the job's lease in the state
+//!   store, then claims the job in its databases (several `serve` processes may share a
+//!   state store; the others help with its copy).
 //! - The decision to start a job is a pure function of its file, record, control and
 //!   the time ([`decide`]), so schedules and windows are tested with a given clock.
 //! - SIGTERM stops every job at a batch boundary with its checkpoint written; the next
@@ -399,8 +400,8 @@ const START_RETRY_MAX: Duration = Duration::from_secs(300);
 /// while it copies ([`engine::help`]). A job that cannot start for a transient reason is
 /// tried again with back-off, saying so; one that fails is recorded `failed` with its
 /// error and the digest of its file, so that `serve` starts it again only once the
-/// file changes or `job resume` is asked. A helper's failure is only logged: the job is
-/// the running process's to record.
+/// file changes or `job resume` is asked. A helper's failure, and a run's that lost the
+/// job's lease, are only logged: the job is the running process's to record.
 async fn run_job(
     config: Arc<Config>,
     spec: JobSpec,
@@ -456,6 +457,11 @@ async fn run_job(
             }
             Ok(end) => {
                 tracing::info!(job = %spec.name, ?end, "job stopped");
+                return;
+            }
+            Err(error @ crate::error::Error::JobLeaseLost { .. }) => {
+                // The job is the new holder's to record.
+                tracing::error!(job = %spec.name, %error, "job left to the worker that holds it now");
                 return;
             }
             Err(error) => break error,

@@ -137,3 +137,68 @@ fn postgresql_leases_chunks_one_worker_at_a_time() {
     let db = common::TestDb::new();
     chunks_are_leased_one_worker_at_a_time(&db.url);
 }
+
+/// The job's lease: one holder at a time; taken back by its own worker, over a fence
+/// found gone, or once expired; each take a greater fence; the record written only
+/// under the current fence; renewal and release by an old fence change nothing.
+fn the_job_lease_has_one_holder_and_fences_record_writes(url: &str) {
+    use std::time::Duration;
+    use switchyard::state::job_lease::JobHolder;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store: Arc<dyn StateStore> = state::open(&SecretUrl::new(url)).await.unwrap();
+        let long = Duration::from_secs(60);
+        let (a, b) = (JobHolder::this_process("a"), JobHolder::this_process("b"));
+        let first = store.take_job("j", &a, long, None).await.unwrap().unwrap();
+        assert_eq!(store.take_job("j", &b, long, None).await.unwrap(), None);
+        let held = store.job_holder("j").await.unwrap().unwrap();
+        assert_eq!((held.holder, held.fence), (a.clone(), first));
+        assert!(store.save_job_under("j", "{\"n\":1}", first).await.unwrap());
+        // The same worker (a restarted process) takes it back, with a new fence.
+        let again = store.take_job("j", &a, long, None).await.unwrap().unwrap();
+        assert!(again > first);
+        assert!(!store.save_job_under("j", "{\"n\":2}", first).await.unwrap());
+        assert!(!store.renew_job("j", first, long).await.unwrap());
+        assert_eq!(store.job("j").await.unwrap().as_deref(), Some("{\"n\":1}"));
+        // Over a fence (a holder found gone), and not over another.
+        assert_eq!(
+            store.take_job("j", &b, long, Some(first)).await.unwrap(),
+            None
+        );
+        let taken = store
+            .take_job("j", &b, long, Some(again))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(taken > again);
+        store.release_job("j", again).await.unwrap();
+        assert_eq!(store.job_holder("j").await.unwrap().unwrap().fence, taken);
+        assert!(store.renew_job("j", taken, long).await.unwrap());
+        // Expired: anybody takes it.
+        assert!(store.renew_job("j", taken, Duration::ZERO).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let expired = store.take_job("j", &a, long, None).await.unwrap().unwrap();
+        assert!(!store.save_job_under("j", "{\"n\":3}", taken).await.unwrap());
+        assert!(store
+            .save_job_under("j", "{\"n\":4}", expired)
+            .await
+            .unwrap());
+        assert_eq!(store.job("j").await.unwrap().as_deref(), Some("{\"n\":4}"));
+        store.release_job("j", expired).await.unwrap();
+        assert_eq!(store.job_holder("j").await.unwrap(), None);
+        assert!(!store.renew_job("j", expired, long).await.unwrap());
+    });
+}
+
+#[test]
+fn sqlite_job_lease_has_one_holder_and_fences_record_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("state.db").display());
+    the_job_lease_has_one_holder_and_fences_record_writes(&url);
+}
+
+#[test]
+fn postgresql_job_lease_has_one_holder_and_fences_record_writes() {
+    let db = common::TestDb::new();
+    the_job_lease_has_one_holder_and_fences_record_writes(&db.url);
+}

@@ -121,7 +121,7 @@ impl Lease {
             return Ok(false);
         };
         let here = whoami::hostname().unwrap_or_default();
-        if lease.host != here || process_alive(lease.pid) {
+        if lease.host != here || crate::state::process_alive(lease.pid) {
             return Ok(false);
         }
         self.store
@@ -187,16 +187,6 @@ pub async fn lock(lease: &mut Lease, database: &str, wait: Duration) -> Result<(
             ),
         }),
     }
-}
-
-/// Whether a process of this machine is alive.
-fn process_alive(pid: i64) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
-    let answer = unsafe { libc::kill(pid, 0) };
-    answer == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 impl Drop for Lease {

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
+use super::heartbeat::Heartbeat;
 use super::pipeline::Pipeline;
 use super::progress::RangeProgress;
 use super::record::{JobControl, JobRecord, Phase};
@@ -281,7 +282,13 @@ async fn copy_chunk(
             ))
         })?;
     let mut progress = worker.seize(&known, lease.fence).await?;
-    let heartbeat = Heartbeat::start(crew, lease);
+    let heartbeat = {
+        let (store, job, duration) = (crew.store.clone(), crew.job.clone(), crew.lease);
+        Heartbeat::start(duration, &crew.job, "a chunk's lease", move || {
+            let (store, job) = (store.clone(), job.clone());
+            async move { store.renew_chunk(&job, &lease, duration).await }
+        })
+    };
     crate::crash_point!("copy.after_seize");
     while !progress.done {
         let waiting = Instant::now();
@@ -337,48 +344,6 @@ async fn copy_chunk(
     } else {
         // Its lease expired as the last batch committed: whoever took it finds it done.
         Ok(Left::Lost)
-    }
-}
-
-/// Renews a chunk's lease every third of its length until dropped; notes when a
-/// renewal found the chunk leased again.
-struct Heartbeat {
-    lost: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Heartbeat {
-    fn start(crew: &Crew, lease: ChunkLease) -> Heartbeat {
-        let lost = Arc::new(AtomicBool::new(false));
-        let (store, job, duration) = (crew.store.clone(), crew.job.clone(), crew.lease);
-        let flag = lost.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(duration / 3).await;
-                match store.renew_chunk(&job, &lease, duration).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        flag.store(true, Ordering::SeqCst);
-                        return;
-                    }
-                    // Tried again at the next beat; the lease outlives two misses.
-                    Err(error) => {
-                        tracing::warn!(job = %job, %error, "cannot renew a chunk's lease")
-                    }
-                }
-            }
-        });
-        Heartbeat { lost, task }
-    }
-
-    fn lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Heartbeat {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

@@ -548,6 +548,60 @@ mod tests {
         .await
     }
 
+    /// The job's lease: a second process finds the job held; once the lease passed to
+    /// another (the holder stalled past it), the run stops at its next record write,
+    /// writing nothing more.
+    #[tokio::test]
+    async fn a_run_whose_lease_passed_on_stops_without_writing_its_record() {
+        use crate::state::job_lease::JobHolder;
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let memory = Memory::with_rows(600);
+        let spec = spec("rows_per_second = 100", "");
+        let running = {
+            let (memory, spec, store) = (memory.clone(), spec.clone(), store.clone());
+            tokio::spawn(async move { run_once(&memory, &spec, &store).await })
+        };
+        let held = loop {
+            let record = JobRecord::load(store.as_ref(), "mem").await.unwrap();
+            if record.is_some_and(|r| r.phase == Phase::Copy && r.rows_copied > 0) {
+                break store.job_holder("mem").await.unwrap().unwrap();
+            }
+            tokio::task::yield_now().await;
+        };
+        assert_eq!(held.holder.worker, "test");
+        let elsewhere = run(
+            &spec,
+            memory.pipeline(),
+            store.clone(),
+            "jobs/mem.toml",
+            options("other"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(elsewhere, RunEnd::RunningElsewhere);
+        // Another takes the lease over, as it would once the holder froze past it.
+        let taker = JobHolder::this_process("taker");
+        store
+            .take_job("mem", &taker, Duration::from_secs(30), Some(held.fence))
+            .await
+            .unwrap()
+            .unwrap();
+        let record = store.job("mem").await.unwrap();
+        let error = running.await.unwrap().unwrap_err();
+        assert!(matches!(error, Error::JobLeaseLost { .. }), "{error}");
+        assert_eq!(
+            store.job("mem").await.unwrap(),
+            record,
+            "the record stays as it was"
+        );
+        assert_eq!(
+            store.job_holder("mem").await.unwrap().unwrap().holder,
+            taker,
+            "the lease stays the taker's"
+        );
+    }
+
     /// A second process helps with the copy of a job another runs: both copy chunks,
     /// every row is counted once, and the target ends equal.
     #[tokio::test]

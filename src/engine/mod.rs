@@ -25,6 +25,8 @@
 //! ```
 
 mod crew;
+mod heartbeat;
+mod job_lease;
 #[cfg(test)]
 mod memory;
 mod pipeline;

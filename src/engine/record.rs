@@ -222,10 +222,23 @@ impl JobRecord {
         })
     }
 
+    /// Saves the record of a job no run holds (a failure to start, a job waiting in
+    /// line); a run saves under its lease ([`JobRecord::save_under`]).
     pub async fn save(&mut self, store: &dyn StateStore) -> Result<()> {
-        self.updated_at = Utc::now();
-        let text = serde_json::to_string(self).expect("a job record serialises");
+        let text = self.stamped();
         store.put_job(&self.name, &text).await
+    }
+
+    /// Saves the record if the job's lease still has `fence`; false, writing nothing,
+    /// once it passed on.
+    pub async fn save_under(&mut self, store: &dyn StateStore, fence: i64) -> Result<bool> {
+        let text = self.stamped();
+        store.save_job_under(&self.name, &text, fence).await
+    }
+
+    fn stamped(&mut self) -> String {
+        self.updated_at = Utc::now();
+        serde_json::to_string(self).expect("a job record serialises")
     }
 }
 

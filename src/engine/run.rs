@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use super::crew::{spawn_crew, Crew, Pacing};
+use super::job_lease::JobLease;
 use super::pipeline::Pipeline;
 use super::progress::{CutoverReport, RangeProgress};
 use super::record::{JobControl, JobRecord, Phase};
@@ -128,6 +129,8 @@ struct Engine<'a> {
     spec: &'a JobSpec,
     backend: Pipeline,
     store: Arc<dyn StateStore>,
+    /// The job's lease: every record write is made under it.
+    lease: &'a JobLease,
     record: JobRecord,
     options: RunOptions,
     throttle: Arc<Throttle>,
@@ -146,12 +149,47 @@ pub async fn run(
     options: RunOptions,
 ) -> Result<RunEnd> {
     let claim_deadline = Instant::now() + options.claim_wait;
+    let Some(lease) = JobLease::take(
+        store.clone(),
+        &spec.name,
+        &options.worker,
+        options.lease,
+        options.claim_wait,
+    )
+    .await?
+    else {
+        return Ok(RunEnd::RunningElsewhere);
+    };
+    let ended = match claim(&mut backend, claim_deadline).await {
+        Ok(true) => drive(spec, backend, store, file, options, &lease).await,
+        Ok(false) => Ok(RunEnd::RunningElsewhere),
+        Err(error) => Err(error),
+    };
+    lease.release().await;
+    ended
+}
+
+/// Claims the job in its stores (for the holder of the job's lease), trying until
+/// `deadline`: false when another process still holds it then.
+async fn claim(backend: &mut Pipeline, deadline: Instant) -> Result<bool> {
     while !backend.try_claim().await? {
-        if Instant::now() >= claim_deadline {
-            return Ok(RunEnd::RunningElsewhere);
+        if Instant::now() >= deadline {
+            return Ok(false);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(true)
+}
+
+/// Runs the claimed job under `lease`.
+async fn drive(
+    spec: &JobSpec,
+    backend: Pipeline,
+    store: Arc<dyn StateStore>,
+    file: &str,
+    options: RunOptions,
+    lease: &JobLease,
+) -> Result<RunEnd> {
     let mut record = match JobRecord::load(store.as_ref(), &spec.name).await? {
         Some(record) => record,
         None => JobRecord::new(&spec.name, spec.kind, file),
@@ -180,6 +218,7 @@ pub async fn run(
         spec,
         backend,
         store,
+        lease,
         record,
         options,
         throttle,
@@ -323,6 +362,9 @@ impl Engine<'_> {
                     ));
                     self.save().await?;
                     tokio::time::sleep(wait).await;
+                    // Reconnecting ends the sessions of other runs of the job: only
+                    // while the lease is still this run's.
+                    self.lease.confirm().await?;
                     match self.backend.reconnect().await {
                         Ok(true) => {}
                         Ok(false) => return Ok(RunEnd::RunningElsewhere),
@@ -356,7 +398,13 @@ impl Engine<'_> {
     }
 
     async fn save(&mut self) -> Result<()> {
-        self.record.save(self.store.as_ref()).await?;
+        if !self
+            .record
+            .save_under(self.store.as_ref(), self.lease.fence())
+            .await?
+        {
+            return Err(self.lease.lost());
+        }
         self.options.observer.progress(&self.record);
         if self.record.phase != self.audited_phase {
             let (outcome, why) = match (&self.record.phase, &self.record.error) {
@@ -476,6 +524,7 @@ impl Engine<'_> {
         if *self.options.shutdown.borrow() {
             return Ok(Some(Interrupt::Shutdown));
         }
+        self.lease.check()?;
         let control = JobControl::load(self.store.as_ref(), &self.spec.name).await?;
         self.cutover_requested = control.cutover_requested;
         self.throttle.set_rate(
@@ -778,6 +827,7 @@ impl Engine<'_> {
         let mut attempt = 0;
         let report = loop {
             attempt += 1;
+            self.lease.confirm().await?;
             match self.backend.cutover().await {
                 Ok(report) => break report,
                 Err(Error::LockTimeout { .. }) if attempt < CUTOVER_ATTEMPTS => {

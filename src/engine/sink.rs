@@ -85,7 +85,9 @@ pub trait Sink: Send + Sync {
 
     /// Claims the job for this process until it ends (a crash releases it). Returns
     /// false, changing nothing, when another process holds it. Ends the sessions of an
-    /// earlier run against the sink.
+    /// earlier run against the sink. Called only by the holder of the job's lease
+    /// ([`crate::state::job_lease`]), so a claim may be taken from a run that lost it
+    /// (frozen past it), by ending that run's sessions.
     async fn try_claim(&mut self) -> Result<bool>;
 
     /// After a transient error: connects afresh and claims the job again. Returns

@@ -6,11 +6,12 @@
 //! (Elasticsearch) keeps them here instead, each saved after the writes it stands for
 //! were acknowledged.
 //!
-//! Chunk leases ([`chunks`]) let many workers share one job's copy.
+//! Chunk leases ([`chunks`]) let many workers share one job's copy; the job's lease
+//! ([`job_lease`]) says which one runs the rest of it.
 //!
 //! Records are opaque JSON here; their meaning lives in [`crate::engine`]. A job's
-//! record is written only by the process running it, its control only by operators'
-//! commands, so the two never overwrite each other.
+//! record is written only by the process holding its lease, its control only by
+//! operators' commands, so the two never overwrite each other.
 //!
 //! Two implementations behind one trait: an embedded SQLite file (the default; no server
 //! needed) and a PostgreSQL schema `switchyard` (shared by many hosts). Both create
@@ -18,6 +19,7 @@
 //! Entries hold no secrets: callers pass redacted text only.
 
 pub mod chunks;
+pub mod job_lease;
 mod postgres;
 mod sqlite;
 
@@ -69,9 +71,10 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
-/// Everything the state store keeps; chunk leases are their own trait ([`chunks`]).
+/// Everything the state store keeps; chunk and job leases are traits of their own
+/// ([`chunks`], [`job_lease`]).
 #[async_trait]
-pub trait StateStore: chunks::ChunkLeases + Send + Sync {
+pub trait StateStore: chunks::ChunkLeases + job_lease::JobLeases + Send + Sync {
     async fn append_audit(&self, entry: &AuditEntry) -> Result<()>;
 
     /// The newest `limit` entries (at or after `since`, when given), newest first.
@@ -169,6 +172,16 @@ fn command_line(args: impl Iterator<Item = String>) -> String {
 pub fn default_worker_id() -> String {
     let host = whoami::hostname().unwrap_or_else(|_| "unknown".to_string());
     format!("{host}-{}", std::process::id())
+}
+
+/// Whether a process of this machine is alive.
+pub fn process_alive(pid: i64) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+    let answer = unsafe { libc::kill(pid, 0) };
+    answer == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// `user@host` of this process (the OS account), for audit entries and

@@ -1,10 +1,13 @@
 //! The shared state store: schema `switchyard` in a PostgreSQL database, for several
 //! hosts (or `serve` processes) working from one state.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use tokio_postgres::Client;
 
 use super::chunks::{ChunkLease, ChunkLeases, ChunkState, ChunkStatus};
+use super::job_lease::{HeldJob, JobHolder, JobLeases};
 use super::{AuditEntry, ControlChange, Outcome, StateStore};
 use crate::backend::postgres::connect;
 use crate::error::{Error, Result};
@@ -46,6 +49,14 @@ CREATE TABLE IF NOT EXISTS switchyard.chunks (
     expires_at timestamptz,
     copied_by  text,
     PRIMARY KEY (job, chunk)
+);
+CREATE TABLE IF NOT EXISTS switchyard.job_leases (
+    job        text PRIMARY KEY,
+    owner      text NOT NULL,
+    host       text NOT NULL,
+    pid        bigint NOT NULL,
+    fence      bigint NOT NULL,
+    expires_at timestamptz NOT NULL
 );";
 
 pub struct PostgresState {
@@ -204,6 +215,92 @@ impl StateStore for PostgresState {
             .await
             .map(drop)
             .map_err(|e| Error::database(NAME, "cannot remove the job's checkpoints", e))
+    }
+}
+
+#[async_trait]
+impl JobLeases for PostgresState {
+    async fn take_job(
+        &self,
+        job: &str,
+        holder: &JobHolder,
+        lease: Duration,
+        over: Option<i64>,
+    ) -> Result<Option<i64>> {
+        self.client
+            .query_opt(
+                "INSERT INTO switchyard.job_leases AS l (job, owner, host, pid, fence, expires_at)
+                 VALUES ($1, $2, $3, $4, nextval('switchyard.chunk_fences'), now() + $5::float8 * interval '1 second')
+                 ON CONFLICT (job) DO UPDATE
+                    SET owner = EXCLUDED.owner, host = EXCLUDED.host, pid = EXCLUDED.pid,
+                        fence = EXCLUDED.fence, expires_at = EXCLUDED.expires_at
+                  WHERE l.expires_at < now() OR l.owner = EXCLUDED.owner OR l.fence = $6
+                 RETURNING l.fence",
+                &[&job, &holder.worker, &holder.host, &holder.pid, &lease.as_secs_f64(), &over],
+            )
+            .await
+            .map(|row| row.map(|r| r.get(0)))
+            .map_err(|e| Error::database(NAME, "cannot take the job's lease", e))
+    }
+
+    async fn job_holder(&self, job: &str) -> Result<Option<HeldJob>> {
+        self.client
+            .query_opt(
+                "SELECT owner, host, pid, fence, expires_at FROM switchyard.job_leases WHERE job = $1",
+                &[&job],
+            )
+            .await
+            .map(|row| {
+                row.map(|r| HeldJob {
+                    holder: JobHolder {
+                        worker: r.get(0),
+                        host: r.get(1),
+                        pid: r.get(2),
+                    },
+                    fence: r.get(3),
+                    expires_at: r.get(4),
+                })
+            })
+            .map_err(|e| Error::database(NAME, "cannot read the job's lease", e))
+    }
+
+    async fn renew_job(&self, job: &str, fence: i64, lease: Duration) -> Result<bool> {
+        self.client
+            .execute(
+                "UPDATE switchyard.job_leases SET expires_at = now() + $3::float8 * interval '1 second'
+                  WHERE job = $1 AND fence = $2",
+                &[&job, &fence, &lease.as_secs_f64()],
+            )
+            .await
+            .map(|n| n == 1)
+            .map_err(|e| Error::database(NAME, "cannot renew the job's lease", e))
+    }
+
+    async fn release_job(&self, job: &str, fence: i64) -> Result<()> {
+        self.client
+            .execute(
+                "DELETE FROM switchyard.job_leases WHERE job = $1 AND fence = $2",
+                &[&job, &fence],
+            )
+            .await
+            .map(drop)
+            .map_err(|e| Error::database(NAME, "cannot give the job's lease back", e))
+    }
+
+    async fn save_job_under(&self, job: &str, record: &str, fence: i64) -> Result<bool> {
+        // The lease row is share-locked: a take waits for this write, and this write
+        // for a take under way (and then finds the new fence).
+        self.client
+            .execute(
+                "INSERT INTO switchyard.jobs (name, record)
+                 SELECT $1, $2 WHERE EXISTS (
+                     SELECT 1 FROM switchyard.job_leases WHERE job = $1 AND fence = $3 FOR SHARE)
+                 ON CONFLICT (name) DO UPDATE SET record = EXCLUDED.record",
+                &[&job, &record, &fence],
+            )
+            .await
+            .map(|n| n == 1)
+            .map_err(|e| Error::database(NAME, "cannot save the job's state", e))
     }
 }
 

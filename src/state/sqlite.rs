@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::chunks::{ChunkLease, ChunkLeases, ChunkState, ChunkStatus};
+use super::job_lease::{HeldJob, JobHolder, JobLeases};
 use super::{AuditEntry, ControlChange, Outcome, StateStore};
 use crate::error::{Error, Result};
 
@@ -46,6 +47,14 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE TABLE IF NOT EXISTS chunk_fences (
     id   INTEGER PRIMARY KEY CHECK (id = 1),
     last INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS job_leases (
+    job        TEXT PRIMARY KEY,
+    owner      TEXT NOT NULL,
+    host       TEXT NOT NULL,
+    pid        INTEGER NOT NULL,
+    fence      INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
 );";
 
 /// How long a writer waits for another process's write lock on the file.
@@ -287,6 +296,115 @@ impl StateStore for SqliteState {
 }
 
 #[async_trait]
+impl JobLeases for SqliteState {
+    async fn take_job(
+        &self,
+        job: &str,
+        holder: &JobHolder,
+        lease: Duration,
+        over: Option<i64>,
+    ) -> Result<Option<i64>> {
+        let (job, holder) = (job.to_string(), holder.clone());
+        self.with_connection(move |c| {
+            immediate(c, || {
+                let held = read_job_holder(c, &job)?;
+                let now = epoch_millis(Duration::ZERO);
+                let live_and_another = held.is_some_and(|held| {
+                    held.holder.worker != holder.worker
+                        && held.expires_at.timestamp_millis() >= now
+                        && Some(held.fence) != over
+                });
+                if live_and_another {
+                    return Ok(None);
+                }
+                let fence = next_fence(c)?;
+                c.execute(
+                    "INSERT INTO job_leases (job, owner, host, pid, fence, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (job) DO UPDATE SET owner = excluded.owner, host = excluded.host, pid = excluded.pid,
+                         fence = excluded.fence, expires_at = excluded.expires_at",
+                    params![job, holder.worker, holder.host, holder.pid, fence, epoch_millis(lease)],
+                )?;
+                Ok(Some(fence))
+            })
+        })
+        .await
+    }
+
+    async fn job_holder(&self, job: &str) -> Result<Option<HeldJob>> {
+        let job = job.to_string();
+        self.with_connection(move |c| read_job_holder(c, &job))
+            .await
+    }
+
+    async fn renew_job(&self, job: &str, fence: i64, lease: Duration) -> Result<bool> {
+        let job = job.to_string();
+        self.with_connection(move |c| {
+            c.execute(
+                "UPDATE job_leases SET expires_at = ?3 WHERE job = ?1 AND fence = ?2",
+                params![job, fence, epoch_millis(lease)],
+            )
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
+    async fn release_job(&self, job: &str, fence: i64) -> Result<()> {
+        let job = job.to_string();
+        self.with_connection(move |c| {
+            c.execute(
+                "DELETE FROM job_leases WHERE job = ?1 AND fence = ?2",
+                params![job, fence],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn save_job_under(&self, job: &str, record: &str, fence: i64) -> Result<bool> {
+        let (job, record) = (job.to_string(), record.to_string());
+        self.with_connection(move |c| {
+            c.execute(
+                "INSERT INTO jobs (name, record)
+                 SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM job_leases WHERE job = ?1 AND fence = ?3)
+                 ON CONFLICT (name) DO UPDATE SET record = excluded.record",
+                params![job, record, fence],
+            )
+            .map(|n| n == 1)
+        })
+        .await
+    }
+}
+
+fn read_job_holder(c: &Connection, job: &str) -> rusqlite::Result<Option<HeldJob>> {
+    c.query_row(
+        "SELECT owner, host, pid, fence, expires_at FROM job_leases WHERE job = ?1",
+        [job],
+        |row| {
+            Ok(HeldJob {
+                holder: JobHolder {
+                    worker: row.get(0)?,
+                    host: row.get(1)?,
+                    pid: row.get(2)?,
+                },
+                fence: row.get(3)?,
+                expires_at: chrono::DateTime::from_timestamp_millis(row.get(4)?)
+                    .unwrap_or_default(),
+            })
+        },
+    )
+    .optional()
+}
+
+/// The next fence of the store's one sequence (chunk and job leases).
+fn next_fence(c: &Connection) -> rusqlite::Result<i64> {
+    c.query_row(
+        "INSERT INTO chunk_fences (id, last) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET last = last + 1 RETURNING last",
+        [],
+        |row| row.get(0),
+    )
+}
+
+#[async_trait]
 impl ChunkLeases for SqliteState {
     async fn add_chunks(&self, job: &str, chunks: &[(i32, bool)]) -> Result<()> {
         let (job, chunks) = (job.to_string(), chunks.to_vec());
@@ -324,11 +442,7 @@ impl ChunkLeases for SqliteState {
                 else {
                     return Ok(None);
                 };
-                let fence: i64 = c.query_row(
-                    "INSERT INTO chunk_fences (id, last) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET last = last + 1 RETURNING last",
-                    [],
-                    |row| row.get(0),
-                )?;
+                let fence = next_fence(c)?;
                 c.execute(
                     "UPDATE chunks SET status = 'leased', owner = ?3, fence = ?4, expires_at = ?5 WHERE job = ?1 AND chunk = ?2",
                     params![job, chunk, worker, fence, epoch_millis(lease)],

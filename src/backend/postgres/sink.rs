@@ -447,6 +447,17 @@ impl PgSink {
         capture.start(&self.side, &target, 1).await.map(drop)
     }
 
+    /// Takes the job's session-scoped advisory lock, if free.
+    async fn lock_job(&self) -> Result<bool> {
+        self.side
+            .scalar(
+                "SELECT pg_try_advisory_lock(hashtextextended('switchyard job ' || $1, 0))",
+                &[&self.spec.name],
+                "cannot claim the job",
+            )
+            .await
+    }
+
     /// Applies `batch` within the caller's transaction and moves the position with it.
     pub(super) async fn apply_within(
         &mut self,
@@ -479,23 +490,23 @@ impl PgSink {
 
 #[async_trait]
 impl Sink for PgSink {
-    /// Takes the job's advisory lock, then ends the sessions a dead run left behind:
-    /// a killed process's batch statement can still be running on the server, and it
-    /// would commit its batch after this run read the checkpoint. Only then may the
-    /// checkpoints be read.
     fn fences_copy(&self) -> bool {
         true
     }
 
+    /// Takes the job's advisory lock, then ends the sessions a dead run left behind:
+    /// a killed process's batch statement can still be running on the server, and it
+    /// would commit its batch after this run read the checkpoint. Only then may the
+    /// checkpoints be read. A lock still held is a frozen run's (this run holds the
+    /// job's lease): its sessions are ended, and the lock taken.
     async fn try_claim(&mut self) -> Result<bool> {
-        let claimed: bool = self
-            .side
-            .scalar(
-                "SELECT pg_try_advisory_lock(hashtextextended('switchyard job ' || $1, 0))",
-                &[&self.spec.name],
-                "cannot claim the job",
-            )
-            .await?;
+        let mut claimed = self.lock_job().await?;
+        if !claimed {
+            // The lock is a frozen holder's, whose lease this run took: once its
+            // sessions are ended, the lock is free.
+            self.side.end_leftover_sessions().await?;
+            claimed = self.lock_job().await?;
+        }
         if claimed {
             self.side.end_leftover_sessions().await?;
         }

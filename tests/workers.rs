@@ -292,3 +292,67 @@ fn a_worker_frozen_past_its_lease_cannot_write_once_thawed() {
     first.terminate();
     frozen.terminate();
 }
+
+#[test]
+fn the_runner_frozen_past_the_jobs_lease_is_taken_over_and_cannot_act_once_thawed() {
+    let (project, state) = shared_project();
+    let mut db = project.db.client();
+    create_items(&mut db, "items", 8_000);
+    job(&project, 4, 100, 1_000);
+    let runner = Worker::start(&project, "runner");
+    project.wait_for_job("items", "copying", |s| {
+        s["phase"] == "copy" && s["held_by"] == "runner" && s["rows_copied"] != 0
+    });
+    runner.signal(libc::SIGSTOP);
+    // Its job lease expires; another worker takes the job over and carries it to the
+    // cutover, the runner's sessions ended so that its lock on the job is free.
+    let taker = Worker::start(&project, "taker");
+    let ready = project.wait_for_job("items", "the job taken over and ready", |s| {
+        s["phase"] == "ready_to_cutover" && s["held_by"] == "taker"
+    });
+    assert!(ready["error"].is_null(), "{ready}");
+    let record = || state.column("SELECT record FROM switchyard.jobs WHERE name = 'items'");
+    let before = record();
+    runner.signal(libc::SIGCONT);
+    // Thawed, it finds the job another's and stops without writing its record.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !runner.log().contains("another worker runs the job now") {
+        assert!(
+            Instant::now() < deadline,
+            "the thawed runner said nothing:\n{}",
+            runner.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!runner.log().contains("job failed"), "{}", runner.log());
+    let after = record();
+    let phase = |text: &[String]| {
+        serde_json::from_str::<serde_json::Value>(&text[0]).unwrap()["phase"].clone()
+    };
+    assert_eq!(phase(&after), phase(&before), "{after:?}");
+    assert_eq!(
+        state.column("SELECT owner FROM switchyard.job_leases WHERE job = 'items'"),
+        ["taker"]
+    );
+    // One cutover, by the holder, and the data equal.
+    project.run(&["job", "cutover", "items"]).ok();
+    wait_until(
+        &project.db,
+        "SELECT count(*)::text FROM switchyard.cutovers WHERE job = 'items'",
+        "the cutover recorded",
+        |count| count == ["1"],
+    );
+    let status = project.wait_for_job("items", "cut over", |s| s["phase"] == "cutover");
+    assert!(status["error"].is_null(), "{status}");
+    assert_eq!(
+        state.column("SELECT count(*)::text FROM switchyard.audit_log WHERE detail = 'job items: ready_to_cutover → cutover'"),
+        ["1"]
+    );
+    assert_eq!(checksum(&mut db, "items"), checksum(&mut db, "items_old"));
+    assert_eq!(
+        counted_rows(&project.db),
+        ("8000".to_string(), "4".to_string())
+    );
+    taker.terminate();
+    runner.terminate();
+}

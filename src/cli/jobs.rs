@@ -224,15 +224,19 @@ pub async fn status(config: &Config, name: Option<&str>, json: bool) -> Result<(
         None => JobRecord::load_all(store.as_ref()).await?,
     };
     let mut chunks = Vec::new();
+    let mut holders = Vec::new();
     for record in &records {
         chunks.push(store.chunks(&record.name).await?);
+        holders.push(store.job_holder(&record.name).await?);
     }
     if json {
         let rows: Vec<serde_json::Value> = records
             .iter()
             .zip(&chunks)
-            .map(|(record, chunks)| {
+            .zip(&holders)
+            .map(|((record, chunks), held)| {
                 let mut row = record.status_json();
+                row["held_by"] = serde_json::json!(held.as_ref().map(|h| &h.holder.worker));
                 if !chunks.is_empty() {
                     row["chunks"] = serde_json::json!(ChunkCounts::of(chunks));
                     row["workers"] = serde_json::json!(crate::state::chunks::workers(chunks));
@@ -256,10 +260,17 @@ pub async fn status(config: &Config, name: Option<&str>, json: bool) -> Result<(
     let mut table = Table::new(&[
         "NAME", "KIND", "PHASE", "ROWS", "RATE", "LAG", "ETA", "UPDATED",
     ]);
-    for (r, chunks) in records.iter().zip(&chunks) {
+    for ((r, chunks), held) in records.iter().zip(&chunks).zip(&holders) {
         let mut notes = Vec::new();
         if let Some(error) = &r.error {
             notes.push(format!("Error: {error}"));
+        }
+        if let Some(held) = held {
+            notes.push(format!(
+                "Run by {} (lease until {} UTC)",
+                held.holder.worker,
+                held.expires_at.format("%H:%M:%S")
+            ));
         }
         if let Some(note) = chunks_note(chunks) {
             notes.push(note);

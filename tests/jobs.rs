@@ -233,6 +233,56 @@ fn kill_until_done(seed: u64, path: JobPath) -> KillOutcome {
 /// `job run --follow` keeps applying changes once ready, until `job cutover` from
 /// another shell; that cutover then has almost nothing left to drain. After it, the
 /// process carries the new table's writes back to the old one, until `job contract`.
+/// A catch-up pass of many changes (updates, deletes, key changes, inserts, in a few
+/// large transactions made during the copy) is applied in parallel by key where the
+/// target allows it, and in one session where a trigger of the target's could see the
+/// order; the target ends equal to the source either way.
+#[test]
+fn a_large_catch_up_pass_is_applied_in_parallel_by_key_where_order_allows() {
+    for (triggered, said) in [
+        (false, "catch-up applied in parallel by key"),
+        (true, "catch-up applied in one session"),
+    ] {
+        let project = Project::new();
+        let mut db = project.db.client();
+        create_items(&mut db, "items", 6_000);
+        if triggered {
+            db.batch_execute(
+                "CREATE TABLE items_v2 (id bigint PRIMARY KEY, v text NOT NULL, pad text);
+                 CREATE FUNCTION keep() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+                 CREATE TRIGGER keep BEFORE INSERT OR UPDATE ON items_v2 FOR EACH ROW EXECUTE FUNCTION keep();",
+            )
+            .unwrap();
+        }
+        let file = project.job_file("items", &copy_job("items", "rows_per_second = 2000"));
+        let mut run = Running::spawn(
+            project
+                .command(&["job", "run", &file])
+                .env("SWITCHYARD_LOG", "switchyard=info"),
+        );
+        project.wait_for_job("items", "copying", |s| {
+            s["phase"] == "copy" && s["rows_copied"] != 0
+        });
+        db.batch_execute(
+            "UPDATE items SET v = v || 'x' WHERE id % 7 = 0;
+             DELETE FROM items WHERE id % 11 = 0;
+             UPDATE items SET id = id + 100000 WHERE id % 13 = 0;
+             INSERT INTO items (id, v) SELECT g, 'n' || g FROM generate_series(200001, 200600) g;
+             UPDATE items SET v = v || 'y' WHERE id % 5 = 0;",
+        )
+        .unwrap();
+        run.wait_for_stderr(said);
+        let ended = run.wait();
+        assert_eq!(
+            ended.stdout,
+            "job items: verified and caught up, ready to cut over: switchyard job cutover items\n",
+            "{}",
+            ended.stderr
+        );
+        assert_eq!(checksum(&mut db, "items"), checksum(&mut db, "items_v2"));
+    }
+}
+
 #[test]
 fn follow_keeps_the_target_caught_up_until_cutover_and_the_old_table_until_contract() {
     let project = Project::new();

@@ -1,7 +1,8 @@
 //! Many `switchyard serve` workers sharing one job through a PostgreSQL state store
 //! (interface.md, "Many workers"), through the real binary on the real PostgreSQL: the
 //! copy spread over every worker, a worker killed mid-chunk, two workers at the
-//! cutover, and a worker frozen past its lease.
+//! cutover, a worker frozen past its chunk's lease, and the job's runner frozen past
+//! the job's lease.
 
 mod common;
 

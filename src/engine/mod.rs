@@ -14,6 +14,9 @@
 //! - A backfill that catches up (one whose store has no dual-write trigger: MongoDB)
 //!   has its sink fill again every row a change touched, from before its first batch
 //!   until its contract, so rows written meanwhile end filled too.
+//! - One process runs a job at a time: it holds the job's lease in the state store
+//!   ([`job_lease`]) and writes the job's record only under the lease's fence, so a
+//!   run that stalled past its lease changes nothing once another took the job over.
 //! - Operators act through the job's control record (pause, throttle, cutover, abort,
 //!   contract); the running process reads it between batches, so commands take effect
 //!   live from any shell, with or without `serve`.

@@ -21,6 +21,15 @@ use crate::engine::row::{Change, Key, Projected, Projection, Row, Schema, Value}
 use crate::engine::source::Source;
 use crate::error::{Error, Result};
 
+/// Whether `change` touches only its own key's row and carries it whole (neither its
+/// key changed nor values were left out): such changes of different keys commute.
+pub fn touches_one_key(change: &Change) -> bool {
+    match change {
+        Change::Upsert { old_key, row } => old_key.is_none() && !row.0.contains(&Value::Unchanged),
+        Change::Delete { .. } => true,
+    }
+}
+
 /// Statements sent in one pipelined burst at most.
 const PIPELINE_DEPTH: usize = 1_000;
 
@@ -79,6 +88,19 @@ impl ChangeApply {
         }
         self.flush(client).await?;
         Ok(changes.len() as u64)
+    }
+
+    /// Applies `changes`, each touching one key with the whole row
+    /// ([`touches_one_key`]), in order within the caller's transaction.
+    pub async fn apply_keyed(&mut self, client: &Client, changes: &[&Change]) -> Result<()> {
+        self.queued.clear();
+        for change in changes {
+            match change {
+                Change::Upsert { row, .. } => self.upsert(client, &row.0).await?,
+                Change::Delete { key } => self.delete_key(client, key).await?,
+            }
+        }
+        self.flush(client).await
     }
 
     async fn update(

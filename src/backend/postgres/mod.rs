@@ -21,6 +21,7 @@ mod ddl;
 mod dependents;
 pub mod erase;
 pub mod health;
+mod lanes;
 mod migrations;
 mod pgoutput;
 mod plan;

@@ -19,6 +19,7 @@ use super::batch::{BatchSql, CopyWriter, InServerWorker, Write};
 use super::capture::Capture;
 use super::checkpoints::Checkpoints;
 use super::ddl::Ddl;
+use super::lanes::{Lanes, LANES_FROM};
 use super::session::{Sessions, Side};
 use super::table::{ident, literal, TableInfo, TableName};
 use super::verify;
@@ -64,6 +65,9 @@ pub struct PgSink {
     /// Loaded once the target exists, after expand.
     pub(super) target: Option<TableInfo>,
     pub(super) apply: Option<ChangeApply>,
+    /// The sessions applying large catch-up passes in parallel: `None` until the first
+    /// such pass, `Some(None)` where the target's constraints order changes.
+    pub(super) lanes: Option<Option<Lanes>>,
 }
 
 impl PgSink {
@@ -124,6 +128,7 @@ impl PgSink {
             local_source,
             target: None,
             apply: None,
+            lanes: None,
         })
     }
 
@@ -447,6 +452,32 @@ impl PgSink {
         capture.start(&self.side, &target, 1).await.map(drop)
     }
 
+    /// Applies `batch` in one transaction of the control session, with its position.
+    pub(super) async fn apply_in_transaction(
+        &mut self,
+        batch: &ChangeBatch,
+        source: &mut dyn Source,
+    ) -> Result<u64> {
+        self.side
+            .client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(self.side.failed("cannot begin a catch-up transaction"))?;
+        let applied = match self.apply_within(batch, source).await {
+            Ok(applied) => applied,
+            Err(error) => {
+                let _ = self.side.client.batch_execute("ROLLBACK").await;
+                return Err(error);
+            }
+        };
+        self.side
+            .client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(self.side.failed("cannot commit a catch-up transaction"))?;
+        Ok(applied)
+    }
+
     /// Takes the job's session-scoped advisory lock, if free.
     async fn lock_job(&self) -> Result<bool> {
         self.side
@@ -519,6 +550,7 @@ impl Sink for PgSink {
         self.side.reconnect().await?;
         // Prepared statements belonged to the old session.
         self.apply = None;
+        self.lanes = None;
         self.try_claim().await
     }
 
@@ -640,24 +672,18 @@ impl Sink for PgSink {
     }
 
     async fn apply(&mut self, batch: &ChangeBatch, source: &mut dyn Source) -> Result<u64> {
-        self.side
-            .client
-            .batch_execute("BEGIN")
-            .await
-            .map_err(self.side.failed("cannot begin a catch-up transaction"))?;
-        let applied = match self.apply_within(batch, source).await {
-            Ok(applied) => applied,
-            Err(error) => {
-                let _ = self.side.client.batch_execute("ROLLBACK").await;
-                return Err(error);
+        if batch.changes.len() >= LANES_FROM {
+            if self.lanes.is_none() {
+                self.lanes = Some(Lanes::open(self, &*source).await?);
             }
-        };
-        self.side
-            .client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(self.side.failed("cannot commit a catch-up transaction"))?;
-        Ok(applied)
+            if let Some(Some(mut lanes)) = self.lanes.take() {
+                let applied = self.apply_in_lanes(&mut lanes, batch, source).await;
+                self.lanes = Some(Some(lanes));
+                return applied;
+            }
+            self.lanes = Some(None);
+        }
+        self.apply_in_transaction(batch, source).await
     }
 
     async fn compare(

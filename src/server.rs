@@ -208,21 +208,18 @@ async fn ready(State(state): State<ApiState>) -> Response {
 }
 
 async fn list_jobs(State(state): State<ApiState>) -> ApiResult {
-    let records = JobRecord::load_all(state.store.as_ref()).await?;
-    Ok(Json(
-        records
-            .iter()
-            .map(JobRecord::status_json)
-            .collect::<Vec<_>>(),
-    )
-    .into_response())
+    let mut statuses = Vec::new();
+    for record in JobRecord::load_all(state.store.as_ref()).await? {
+        statuses.push(record.status(state.store.as_ref()).await?);
+    }
+    Ok(Json(statuses).into_response())
 }
 
 async fn show_job(State(state): State<ApiState>, Path(name): Path<String>) -> ApiResult {
     let record = JobRecord::load(state.store.as_ref(), &name)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no job named `{name}`")))?;
-    Ok(Json(record.status_json()).into_response())
+    Ok(Json(record.status(state.store.as_ref()).await?).into_response())
 }
 
 /// `POST /jobs` with a job file's TOML: checked, then written to the jobs folder,
@@ -274,7 +271,7 @@ async fn act_on_job(
         }
     };
     let record = engine::request(state.store.as_ref(), &name, request).await?;
-    Ok(Json(record.status_json()).into_response())
+    Ok(Json(record.status(state.store.as_ref()).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -298,5 +295,5 @@ async fn throttle_job(
         Request::Throttle(throttle.rows_per_second),
     )
     .await?;
-    Ok(Json(record.status_json()).into_response())
+    Ok(Json(record.status(state.store.as_ref()).await?).into_response())
 }

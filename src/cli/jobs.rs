@@ -193,7 +193,7 @@ pub async fn run(
     };
     match drive(
         config,
-        store,
+        store.clone(),
         &spec,
         &file.display().to_string(),
         RUN_CLAIM_WAIT,
@@ -202,10 +202,22 @@ pub async fn run(
     )
     .await?
     {
-        RunEnd::RunningElsewhere => Err(Error::Refused(format!(
-            "job `{}` is already running in another process",
-            spec.name
-        ))),
+        RunEnd::RunningElsewhere => {
+            let holder = match store.job_holder(&spec.name).await? {
+                Some(held) => format!(
+                    " (worker {} on {}, pid {}; its lease runs until {} UTC unless renewed)",
+                    held.holder.worker,
+                    held.holder.host,
+                    held.holder.pid,
+                    held.expires_at.format("%Y-%m-%d %H:%M:%S")
+                ),
+                None => String::new(),
+            };
+            Err(Error::Refused(format!(
+                "job `{}` is already running in another process{holder}",
+                spec.name
+            )))
+        }
         _ => Ok(()),
     }
 }
@@ -223,32 +235,22 @@ pub async fn status(config: &Config, name: Option<&str>, json: bool) -> Result<(
             })?],
         None => JobRecord::load_all(store.as_ref()).await?,
     };
-    let mut chunks = Vec::new();
-    let mut holders = Vec::new();
-    for record in &records {
-        chunks.push(store.chunks(&record.name).await?);
-        holders.push(store.job_holder(&record.name).await?);
-    }
     if json {
-        let rows: Vec<serde_json::Value> = records
-            .iter()
-            .zip(&chunks)
-            .zip(&holders)
-            .map(|((record, chunks), held)| {
-                let mut row = record.status_json();
-                row["held_by"] = serde_json::json!(held.as_ref().map(|h| &h.holder.worker));
-                if !chunks.is_empty() {
-                    row["chunks"] = serde_json::json!(ChunkCounts::of(chunks));
-                    row["workers"] = serde_json::json!(crate::state::chunks::workers(chunks));
-                }
-                row
-            })
-            .collect();
+        let mut rows = Vec::new();
+        for record in &records {
+            rows.push(record.status(store.as_ref()).await?);
+        }
         println!(
             "{}",
             serde_json::to_string_pretty(&rows).expect("status serialises")
         );
         return Ok(());
+    }
+    let mut chunks = Vec::new();
+    let mut holders = Vec::new();
+    for record in &records {
+        chunks.push(store.chunks(&record.name).await?);
+        holders.push(store.job_holder(&record.name).await?);
     }
     if records.is_empty() {
         println!(

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::job::JobKind;
+use crate::state::chunks::ChunkCounts;
 use crate::state::StateStore;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,8 +203,23 @@ impl JobRecord {
         Ok(records)
     }
 
-    /// The object `job status --json` and `GET /jobs` show.
-    pub fn status_json(&self) -> serde_json::Value {
+    /// The object `job status --json` and `GET /jobs` show: the record's fields, who
+    /// holds the job's lease (`held_by`), and, once its copy was shared out in chunks,
+    /// where they stand (`chunks`) and which workers copied them (`workers`).
+    pub async fn status(&self, store: &dyn StateStore) -> Result<serde_json::Value> {
+        let mut status = self.status_fields();
+        let held = store.job_holder(&self.name).await?;
+        status["held_by"] = serde_json::json!(held.map(|h| h.holder.worker));
+        let chunks = store.chunks(&self.name).await?;
+        if !chunks.is_empty() {
+            status["chunks"] = serde_json::json!(ChunkCounts::of(&chunks));
+            status["workers"] = serde_json::json!(crate::state::chunks::workers(&chunks));
+        }
+        Ok(status)
+    }
+
+    /// The record's own fields of [`JobRecord::status`].
+    fn status_fields(&self) -> serde_json::Value {
         serde_json::json!({
             "name": self.name,
             "kind": self.kind.as_str(),

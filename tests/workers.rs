@@ -76,6 +76,15 @@ impl Worker {
         common::read(&self.log)
     }
 
+    /// Waits (up to 30 s) until its log says `needle`.
+    fn wait_for_log(&self, needle: &str, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.log().contains(needle) {
+            assert!(Instant::now() < deadline, "{what}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn terminate(mut self) {
         self.signal(libc::SIGTERM);
         let status = self.child.wait().unwrap();
@@ -129,6 +138,26 @@ fn counted_rows(db: &TestDb) -> (String, String) {
     let row = db.column("SELECT sum(rows)::text || ' ' || count(*)::text FROM switchyard.copy_progress WHERE job = 'items'");
     let (rows, ranges) = row[0].split_once(' ').unwrap();
     (rows.to_string(), ranges.to_string())
+}
+
+/// Asks for the cutover of `items` and checks it happened once: one cutover recorded
+/// in the target, one worker entering it, no error, the old table equal to the new.
+fn cut_over_once(project: &Project, state: &TestDb, db: &mut postgres::Client) {
+    project.run(&["job", "cutover", "items"]).ok();
+    wait_until(
+        &project.db,
+        "SELECT count(*)::text FROM switchyard.cutovers WHERE job = 'items'",
+        "the cutover recorded",
+        |count| count == ["1"],
+    );
+    let status = project.wait_for_job("items", "cut over", |s| s["phase"] == "cutover");
+    assert!(status["error"].is_null(), "{status}");
+    assert_eq!(
+        state.column("SELECT count(*)::text FROM switchyard.audit_log WHERE detail = 'job items: ready_to_cutover → cutover'"),
+        ["1"],
+        "one worker entered the cutover"
+    );
+    assert_eq!(checksum(db, "items"), checksum(db, "items_old"));
 }
 
 #[test]
@@ -200,21 +229,7 @@ fn of_two_workers_at_the_cutover_exactly_one_cuts_over() {
         s["phase"] == "ready_to_cutover"
     });
     // Both see the request; only the one holding the job's lease acts on it.
-    project.run(&["job", "cutover", "items"]).ok();
-    wait_until(
-        &project.db,
-        "SELECT count(*)::text FROM switchyard.cutovers WHERE job = 'items'",
-        "the cutover recorded",
-        |count| count == ["1"],
-    );
-    let status = project.wait_for_job("items", "cut over", |s| s["phase"] == "cutover");
-    assert!(status["error"].is_null(), "{status}");
-    assert_eq!(
-        state.column("SELECT count(*)::text FROM switchyard.audit_log WHERE detail = 'job items: ready_to_cutover → cutover'"),
-        ["1"],
-        "one worker entered the cutover"
-    );
-    assert_eq!(checksum(&mut db, "items"), checksum(&mut db, "items_old"));
+    cut_over_once(&project, &state, &mut db);
     assert!(!project.db.exists("items_v2"));
     a.terminate();
     b.terminate();
@@ -260,15 +275,7 @@ fn a_worker_frozen_past_its_lease_cannot_write_once_thawed() {
     let fence = range_fence();
     frozen.signal(libc::SIGCONT);
     // Thawed, it finds its lease gone and leaves the chunk without writing to it.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !frozen.log().contains("passed to another worker") {
-        assert!(
-            Instant::now() < deadline,
-            "the thawed worker said nothing:\n{}",
-            frozen.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    frozen.wait_for_log("passed to another worker", "the thawed worker said nothing");
     assert!(
         frozen.log().contains(&format!("chunk={chunk}")),
         "{}",
@@ -316,15 +323,10 @@ fn the_runner_frozen_past_the_jobs_lease_is_taken_over_and_cannot_act_once_thawe
     let before = record();
     runner.signal(libc::SIGCONT);
     // Thawed, it finds the job another's and stops without writing its record.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !runner.log().contains("another worker runs the job now") {
-        assert!(
-            Instant::now() < deadline,
-            "the thawed runner said nothing:\n{}",
-            runner.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    runner.wait_for_log(
+        "another worker runs the job now",
+        "the thawed runner said nothing",
+    );
     assert!(!runner.log().contains("job failed"), "{}", runner.log());
     let after = record();
     let phase = |text: &[String]| {
@@ -336,20 +338,7 @@ fn the_runner_frozen_past_the_jobs_lease_is_taken_over_and_cannot_act_once_thawe
         ["taker"]
     );
     // One cutover, by the holder, and the data equal.
-    project.run(&["job", "cutover", "items"]).ok();
-    wait_until(
-        &project.db,
-        "SELECT count(*)::text FROM switchyard.cutovers WHERE job = 'items'",
-        "the cutover recorded",
-        |count| count == ["1"],
-    );
-    let status = project.wait_for_job("items", "cut over", |s| s["phase"] == "cutover");
-    assert!(status["error"].is_null(), "{status}");
-    assert_eq!(
-        state.column("SELECT count(*)::text FROM switchyard.audit_log WHERE detail = 'job items: ready_to_cutover → cutover'"),
-        ["1"]
-    );
-    assert_eq!(checksum(&mut db, "items"), checksum(&mut db, "items_old"));
+    cut_over_once(&project, &state, &mut db);
     assert_eq!(
         counted_rows(&project.db),
         ("8000".to_string(), "4".to_string())

@@ -233,8 +233,8 @@ fn kill_until_done(seed: u64, path: JobPath) -> KillOutcome {
 /// `job run --follow` keeps applying changes once ready, until `job cutover` from
 /// another shell; that cutover then has almost nothing left to drain. After it, the
 /// process carries the new table's writes back to the old one, until `job contract`.
-/// A catch-up pass of many changes (updates, deletes, key changes, inserts, in a few
-/// large transactions made during the copy) is applied in parallel by key where the
+/// A catch-up pass of many changes (updates, deletes, key changes, inserts, in one
+/// large transaction made during the copy) is applied in parallel by key where the
 /// target allows it, and in one session where a trigger of the target's could see the
 /// order; the target ends equal to the source either way.
 #[test]
